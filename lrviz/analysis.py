@@ -1,0 +1,167 @@
+"""Whole-model analysis: layers, spectra, EVBMF ranks and costs in one object."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+import torch.nn as nn
+
+from .cost import LayerIO, count_params, layer_macs, layer_params, record_io
+from .layers import TUCKER2, LayerInfo, SkippedLayer, find_layers, get_module
+from .spectra import LayerSpectrum, energy_curve, layer_spectrum
+from .vbmf import VBMFResult, evbmf
+
+__all__ = ["ModelAnalysis", "analyze"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelAnalysis:
+    """Everything lrviz knows about a model before choosing ranks.
+
+    Attributes
+    ----------
+    model_name : str
+    input_size : tuple of int
+        ``(C, H, W)``.
+    layers : tuple of LayerInfo
+        Decomposable layers, in module order.
+    skipped : tuple of SkippedLayer
+    spectra : dict[str, LayerSpectrum]
+    vbmf : dict[str, dict[str, VBMFResult]]
+        Per layer, per mode (``"mode0"``, ``"mode1"`` or ``"matrix"``).
+    io : dict[str, LayerIO]
+        Spatial sizes of every counted layer (decomposable or not).
+    params, macs : int
+        Whole-model totals (see :mod:`lrviz.cost` for the convention).
+    """
+
+    model_name: str
+    input_size: tuple[int, ...]
+    layers: tuple[LayerInfo, ...]
+    skipped: tuple[SkippedLayer, ...]
+    spectra: dict[str, LayerSpectrum]
+    vbmf: dict[str, dict[str, VBMFResult]]
+    io: dict[str, LayerIO]
+    params: int
+    macs: int
+
+    def layer(self, name: str) -> LayerInfo:
+        for l in self.layers:
+            if l.name == name:
+                return l
+        from .errors import LrvizError
+
+        raise LrvizError(f"no decomposable layer named {name!r}")
+
+    def vbmf_ranks(self, name: str) -> tuple[int, ...]:
+        """``(r_out, r_in)`` for a Tucker-2 layer (mode-0, mode-1), ``(r,)`` for a matrix."""
+        res = self.vbmf[name]
+        if "matrix" in res:
+            return (res["matrix"].rank,)
+        return (res["mode0"].rank, res["mode1"].rank)
+
+    def table(self) -> pd.DataFrame:
+        """One row per decomposable layer: shape, VBMF ranks, σ², energy kept at the VBMF rank, cost."""
+        rows = []
+        for l in self.layers:
+            sp = self.spectra[l.name]
+            ranks = self.vbmf_ranks(l.name)
+            energies = []
+            for mode, r in zip(sp.modes, ranks):
+                e = energy_curve(sp.values[mode])
+                energies.append(float(e[r - 1]) if r > 0 else 0.0)
+            rows.append(
+                {
+                    "name": l.name,
+                    "kind": l.kind,
+                    "weight_shape": "×".join(map(str, l.weight_shape)),
+                    "full_ranks": l.full_ranks,
+                    "vbmf_ranks": ranks,
+                    "vbmf_sigma2": tuple(self.vbmf[l.name][m].sigma2 for m in sp.modes),
+                    "energy_at_vbmf": tuple(energies),
+                    "params": layer_params(l),
+                    "macs": layer_macs(l, self.io[l.name]),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict:
+        """The JSON document written by ``lrviz analyze --json``."""
+        out_layers = []
+        for l in self.layers:
+            sp = self.spectra[l.name]
+            io = self.io[l.name]
+            out_layers.append(
+                {
+                    "name": l.name,
+                    "kind": l.kind,
+                    "weight_shape": list(l.weight_shape),
+                    "in_hw": list(io.in_hw),
+                    "out_hw": list(io.out_hw),
+                    "singular_values": {m: [float(v) for v in sp.values[m]] for m in sp.modes},
+                    "vbmf_ranks": list(self.vbmf_ranks(l.name)),
+                    "vbmf_sigma2": [float(self.vbmf[l.name][m].sigma2) for m in sp.modes],
+                    "vbmf_threshold": [float(self.vbmf[l.name][m].threshold) for m in sp.modes],
+                    "params": int(layer_params(l)),
+                    "macs": int(layer_macs(l, io)),
+                }
+            )
+        return {
+            "model": self.model_name,
+            "input_size": list(self.input_size),
+            "units": "MACs",
+            "note": "MACs at batch 1 for conv/linear layers; FLOPs = 2 x MACs; params = all model.parameters()",
+            "layers": out_layers,
+            "skipped": [{"name": s.name, "type": s.type, "reason": s.reason} for s in self.skipped],
+            "totals": {"params": int(self.params), "macs": int(self.macs), "flops": int(2 * self.macs)},
+        }
+
+
+def analyze(model: nn.Module, input_size: tuple[int, ...], name: str = "", progress=None) -> ModelAnalysis:
+    """Spectra, EVBMF ranks and costs of every decomposable layer.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Not modified.
+    input_size : tuple of int
+        ``(C, H, W)`` of one input sample.
+    name : str
+        Label for reports.
+    progress : callable, optional
+        ``progress(done, total, layer_name)`` after each layer.
+    """
+    layers, skipped = find_layers(model)
+    io = record_io(model, tuple(input_size))
+    spectra: dict[str, LayerSpectrum] = {}
+    vb: dict[str, dict[str, VBMFResult]] = {}
+    for i, l in enumerate(layers):
+        sp = layer_spectrum(l, get_module(model, l.name).weight)
+        spectra[l.name] = sp
+        vb[l.name] = {m: evbmf(sp.values[m], sp.shapes[m]) for m in sp.modes}
+        if progress is not None:
+            progress(i + 1, len(layers), l.name)
+    # layers never reached in the forward pass cannot be costed: report and drop them
+    unused = [l for l in layers if l.name not in io]
+    if unused:
+        log.info("layers not used in the forward pass are left out: %s", [l.name for l in unused])
+        skipped = list(skipped) + [SkippedLayer(l.name, "unused", "not called in the forward pass") for l in unused]
+        layers = [l for l in layers if l.name in io]
+    macs = int(sum(r.macs for r in io.values()))
+    return ModelAnalysis(
+        model_name=name,
+        input_size=tuple(int(v) for v in input_size),
+        layers=tuple(layers),
+        skipped=tuple(skipped),
+        spectra=spectra,
+        vbmf=vb,
+        io=io,
+        params=count_params(model),
+        macs=macs,
+    )
+
+

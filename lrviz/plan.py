@@ -1,0 +1,380 @@
+"""Rank plans: which rank each decomposable layer gets.
+
+A :class:`RankPlan` is frozen and hashable (safe as a cache key). Specs resolved by :func:`make_plan`:
+
+=================  ==========================================================================
+``full``           no truncation (every layer stays dense)
+``vbmf``           EVBMF rank of every mode (``vbmf:1``)
+``vbmf:K``         weakened: ``r = R − K·(R − r_vbmf)``, K ∈ [0, 1] (MUSCO)
+``energy:F``       smallest rank per mode keeping a fraction F ∈ (0, 1] of the squared spectrum
+``uniform:F``      ``ceil(F·R)`` on every mode, F ∈ (0, 1]
+``ratio:T``        whole-model params reduced about T× (within ±10% where reachable)
+``FILE.json``      a plan written by :meth:`RankPlan.save`
+=================  ==========================================================================
+
+Two rules apply to every spec: a mode where EVBMF finds no signal (rank 0) keeps the layer dense
+(clamping to rank 1 would destroy it); and a layer is only decomposed when it gets cheaper — each
+mode's factor is dropped (rank set back to full) if the layer has fewer parameters without it
+(:func:`effective_ranks`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import ModelAnalysis
+from .cost import CostReport, layer_macs, layer_params
+from .errors import LrvizError
+from .layers import TUCKER2, LayerInfo
+from .spectra import energy_rank
+from .vbmf import weaken_rank
+
+__all__ = ["LayerPlan", "RankPlan", "make_plan", "effective_ranks", "plan_cost", "PLAN_SCHEMA"]
+
+PLAN_SCHEMA = "lrviz.plan/1"
+RATIO_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Ranks for one layer.
+
+    Attributes
+    ----------
+    name : str
+    kind : str
+        ``"tucker2"``, ``"svd_conv"`` or ``"svd_linear"``.
+    weight_shape : tuple of int
+    ranks : tuple of int
+        ``(r_out, r_in)`` (Tucker-2) or ``(r,)``. Equal to :attr:`full_ranks` on a mode = that mode is
+        not factored.
+    note : str
+        Why the ranks are what they are, when a rule changed them.
+    """
+
+    name: str
+    kind: str
+    weight_shape: tuple[int, ...]
+    ranks: tuple[int, ...]
+    note: str = ""
+
+    @property
+    def full_ranks(self) -> tuple[int, ...]:
+        return _info(self).full_ranks
+
+    @property
+    def is_dense(self) -> bool:
+        if self.kind == TUCKER2:
+            return tuple(self.ranks) == tuple(self.full_ranks)
+        return self.ranks[0] >= self.full_ranks[0]
+
+
+def _info(lp: LayerPlan) -> LayerInfo:
+    return LayerInfo(name=lp.name, kind=lp.kind, weight_shape=tuple(lp.weight_shape))
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """A frozen per-layer rank plan (hashable; use :meth:`with_ranks` to derive a new one)."""
+
+    layers: tuple[LayerPlan, ...]
+    spec: str = ""
+    model: str = ""
+
+    def __getitem__(self, name: str) -> LayerPlan:
+        for lp in self.layers:
+            if lp.name == name:
+                return lp
+        raise LrvizError(f"plan has no layer named {name!r}")
+
+    def ranks(self) -> dict[str, tuple[int, ...]]:
+        return {lp.name: tuple(lp.ranks) for lp in self.layers}
+
+    def with_ranks(self, changes: dict[str, tuple[int, ...]], spec: str = "custom") -> "RankPlan":
+        """A new plan with some layers' ranks replaced (validated, not break-even adjusted)."""
+        by_name = {lp.name: lp for lp in self.layers}
+        for name in changes:
+            if name not in by_name:
+                raise LrvizError(f"plan has no layer named {name!r}")
+        new = []
+        for lp in self.layers:
+            if lp.name in changes:
+                r = _validate_ranks(_info(lp), changes[lp.name], clamp=False)
+                lp = replace(lp, ranks=r, note="")
+            new.append(lp)
+        return RankPlan(tuple(new), spec=spec, model=self.model)
+
+    # --- JSON -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "schema": PLAN_SCHEMA,
+            "model": self.model,
+            "spec": self.spec,
+            "layers": [
+                {"name": lp.name, "kind": lp.kind, "weight_shape": list(lp.weight_shape), "ranks": list(lp.ranks), "note": lp.note}
+                for lp in self.layers
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def save(self, path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def from_dict(cls, d: dict, layers: list[LayerInfo] | tuple[LayerInfo, ...] | None = None) -> "RankPlan":
+        """Parse and validate a plan document.
+
+        With ``layers`` (the model's decomposable layers) the plan is checked against the model:
+        unknown layer names or a different weight shape are rejected (another architecture), ranks
+        above full are clamped with a warning that names the layer, ranks below 1 are rejected.
+        """
+        if not isinstance(d, dict) or d.get("schema") != PLAN_SCHEMA:
+            got = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise LrvizError(f"not an lrviz plan: expected schema {PLAN_SCHEMA!r}, got {got!r}")
+        if not isinstance(d.get("layers"), list):
+            raise LrvizError("plan JSON has no 'layers' list")
+        model_layers = {l.name: l for l in layers} if layers is not None else None
+        out = []
+        for i, e in enumerate(d["layers"]):
+            try:
+                name, kind, shape, ranks = e["name"], e["kind"], tuple(int(v) for v in e["weight_shape"]), e["ranks"]
+            except (KeyError, TypeError, ValueError) as err:
+                raise LrvizError(f"plan layer #{i} is malformed ({err!r}); needs name, kind, weight_shape, ranks") from err
+            info = LayerInfo(name=name, kind=kind, weight_shape=shape)
+            if model_layers is not None:
+                m = model_layers.get(name)
+                if m is None:
+                    raise LrvizError(f"plan layer {name!r} is not a decomposable layer of this model (wrong architecture?)")
+                if m.weight_shape != shape or m.kind != kind:
+                    raise LrvizError(
+                        f"plan layer {name!r} is {kind} {shape} but the model's is {m.kind} {m.weight_shape}: wrong architecture"
+                    )
+            r = _validate_ranks(info, ranks, clamp=True)
+            out.append(LayerPlan(name, kind, shape, r, str(e.get("note", ""))))
+        return cls(tuple(out), spec=str(d.get("spec", "")), model=str(d.get("model", "")))
+
+    @classmethod
+    def from_json(cls, text: str, layers=None) -> "RankPlan":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LrvizError(f"plan file is not valid JSON: {e}") from e
+        return cls.from_dict(d, layers)
+
+    @classmethod
+    def load(cls, path, layers=None) -> "RankPlan":
+        p = Path(path)
+        if not p.is_file():
+            raise LrvizError(f"plan file {str(p)!r} does not exist")
+        return cls.from_json(p.read_text(), layers)
+
+
+def _validate_ranks(layer: LayerInfo, ranks, clamp: bool) -> tuple[int, ...]:
+    full = layer.full_ranks
+    if isinstance(ranks, (int, np.integer)):
+        ranks = (ranks,)
+    try:
+        vals = list(ranks)
+    except TypeError as e:
+        raise LrvizError(f"layer {layer.name!r}: ranks must be a list of integers, got {ranks!r}") from e
+    if len(vals) != len(full) or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
+        want = "[r_out, r_in]" if layer.kind == TUCKER2 else "[r]"
+        raise LrvizError(f"layer {layer.name!r} ({layer.kind}) needs integer ranks {want}; got {ranks!r}")
+    out = []
+    for v, f in zip(vals, full):
+        v = int(v)
+        if v < 1:
+            raise LrvizError(f"layer {layer.name!r}: rank {v} is impossible; allowed 1..{f}")
+        if v > f:
+            if not clamp:
+                raise LrvizError(f"layer {layer.name!r}: rank {v} is above the full rank {f}; allowed 1..{f}")
+            warnings.warn(f"layer {layer.name!r}: rank {v} clamped to the full rank {f}", stacklevel=3)
+            v = f
+        out.append(v)
+    return tuple(out)
+
+
+def effective_ranks(layer: LayerInfo, ranks: tuple[int, ...]) -> tuple[tuple[int, ...], str]:
+    """Drop factors that do not pay off: the cheapest (fewest params) structure allowed by ``ranks``.
+
+    Tucker-2 tries all four combinations of keeping each mode at ``ranks`` or at full rank; SVD keeps
+    the layer dense unless ``r·(m+n) < m·n``. Returns the ranks and a note when something changed.
+    """
+    full = layer.full_ranks
+    ranks = tuple(min(int(r), f) for r, f in zip(ranks, full))
+    if layer.kind != TUCKER2:
+        if ranks[0] < full[0] and layer_params(layer, ranks) >= layer_params(layer):
+            return full, f"rank {ranks[0]} would not reduce params (break-even {_svd_break_even(layer)}): kept dense"
+        return ranks, ""
+    options = {ranks}
+    options.add((full[0], ranks[1]))
+    options.add((ranks[0], full[1]))
+    options.add(full)
+    best = min(options, key=lambda r: (layer_params(layer, r), -sum(a == b for a, b in zip(r, full))))
+    note = ""
+    if best != ranks:
+        dropped = [m for m, (a, b) in zip(("out", "in"), zip(best, ranks)) if a != b]
+        note = f"{'/'.join(dropped)} factor would not reduce params: kept full"
+    return best, note
+
+
+def _svd_break_even(layer: LayerInfo) -> int:
+    m, n = layer.weight_shape[0], layer.weight_shape[1]
+    return math.ceil(m * n / (m + n))
+
+
+def plan_cost(analysis: ModelAnalysis, plan: RankPlan) -> CostReport:
+    """Params and MACs of the planned model from closed-form formulas (no model is built)."""
+    import pandas as pd
+
+    by_name = {lp.name: lp for lp in plan.layers}
+    rows = []
+    params_planned, macs_planned = analysis.params, analysis.macs
+    for l in analysis.layers:
+        lp = by_name.get(l.name)
+        ranks = tuple(lp.ranks) if lp is not None else l.full_ranks
+        p0, m0 = layer_params(l), layer_macs(l, analysis.io[l.name])
+        p1, m1 = layer_params(l, ranks), layer_macs(l, analysis.io[l.name], ranks)
+        params_planned += p1 - p0
+        macs_planned += m1 - m0
+        rows.append({"name": l.name, "kind": l.kind, "ranks": ranks, "full_ranks": l.full_ranks,
+                     "params": p0, "params_planned": p1, "macs": m0, "macs_planned": m1})
+    return CostReport(pd.DataFrame(rows), analysis.params, analysis.macs, params_planned, macs_planned)
+
+
+# --- spec resolution --------------------------------------------------------------------------
+
+def _parse_fraction(spec: str, arg: str, lo_open: bool = True) -> float:
+    try:
+        v = float(arg)
+    except ValueError as e:
+        raise LrvizError(f"plan spec {spec!r}: {arg!r} is not a number") from e
+    if not (0.0 < v <= 1.0) if lo_open else not (0.0 <= v <= 1.0):
+        raise LrvizError(f"plan spec {spec!r}: value must be in {'(0, 1]' if lo_open else '[0, 1]'}; got {v}")
+    return v
+
+
+def _build(analysis: ModelAnalysis, spec: str, rank_fn, exclude) -> RankPlan:
+    layers = []
+    for l in analysis.layers:
+        if any(fnmatch.fnmatchcase(l.name, pat) for pat in exclude):
+            layers.append(LayerPlan(l.name, l.kind, l.weight_shape, l.full_ranks, "excluded: kept dense"))
+            continue
+        ranks, note = rank_fn(l)
+        if note == "":
+            ranks, note = effective_ranks(l, ranks)
+        layers.append(LayerPlan(l.name, l.kind, l.weight_shape, tuple(int(r) for r in ranks), note))
+    return RankPlan(tuple(layers), spec=spec, model=analysis.model_name)
+
+
+def _mode_full(l: LayerInfo) -> tuple[int, ...]:
+    return l.full_ranks
+
+
+def _vbmf_fn(analysis: ModelAnalysis, k: float):
+    def fn(l: LayerInfo):
+        r_v = analysis.vbmf_ranks(l.name)
+        if any(r == 0 for r in r_v):
+            return l.full_ranks, "EVBMF found no signal (rank 0): kept dense"
+        return tuple(weaken_rank(r, f, k) for r, f in zip(r_v, l.full_ranks)), ""
+
+    return fn
+
+
+def _energy_fn(analysis: ModelAnalysis, frac: float):
+    def fn(l: LayerInfo):
+        sp = analysis.spectra[l.name]
+        return tuple(min(energy_rank(sp.values[m], frac), f) for m, f in zip(sp.modes, l.full_ranks)), ""
+
+    return fn
+
+
+def _uniform_fn(frac: float):
+    def fn(l: LayerInfo):
+        return tuple(max(1, math.ceil(frac * f - 1e-9)) for f in l.full_ranks), ""
+
+    return fn
+
+
+def _ratio_plan(analysis: ModelAnalysis, spec: str, target: float, exclude) -> RankPlan:
+    """Bisect a one-parameter family (energy fraction, then uniform fraction) to hit the params ratio."""
+    best: tuple[float, RankPlan] | None = None
+    for family in ("energy", "uniform"):
+        lo, hi = 0.0, 1.0
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            fn = _energy_fn(analysis, mid) if family == "energy" else _uniform_fn(mid)
+            p = _build(analysis, spec, fn, exclude)
+            ratio = plan_cost(analysis, p).params_ratio
+            err = abs(ratio / target - 1.0)
+            if best is None or err < best[0]:
+                best = (err, p)
+            if ratio > target:  # too compressed: keep more
+                lo = mid
+            else:
+                hi = mid
+        if best[0] <= RATIO_TOLERANCE:
+            break
+    err, plan = best
+    if err > RATIO_TOLERANCE:
+        reached = plan_cost(analysis, plan).params_ratio
+        max_ratio = plan_cost(analysis, _build(analysis, spec, _uniform_fn(1e-9), exclude)).params_ratio
+        raise LrvizError(
+            f"plan spec {spec!r}: cannot reach a {target:g}x params reduction within ±{RATIO_TOLERANCE:.0%} "
+            f"(closest {reached:.2f}x; the most this model allows is about {max_ratio:.2f}x, limited by layers "
+            f"that cannot be decomposed)"
+        )
+    return plan
+
+
+def make_plan(analysis: ModelAnalysis, spec: str, exclude: tuple[str, ...] | list[str] = ()) -> RankPlan:
+    """Resolve a plan spec (see module docstring) into a :class:`RankPlan`.
+
+    Parameters
+    ----------
+    analysis : ModelAnalysis
+    spec : str
+    exclude : sequence of str
+        ``fnmatch`` patterns of layer names to keep dense (e.g. ``"conv1"``, ``"layer1.*"``).
+    """
+    spec = str(spec).strip()
+    exclude = tuple(exclude)
+    kind, _, arg = spec.partition(":")
+    kind = kind.lower()
+    if spec.lower().endswith(".json"):
+        return RankPlan.load(spec, analysis.layers)
+    if kind == "full" and not arg:
+        return _build(analysis, "full", lambda l: (l.full_ranks, ""), exclude)
+    if kind == "vbmf":
+        k = 1.0 if not arg else _parse_fraction(spec, arg, lo_open=False)
+        return _build(analysis, spec, _vbmf_fn(analysis, k), exclude)
+    if kind == "energy" and arg:
+        return _build(analysis, spec, _energy_fn(analysis, _parse_fraction(spec, arg)), exclude)
+    if kind == "uniform" and arg:
+        return _build(analysis, spec, _uniform_fn(_parse_fraction(spec, arg)), exclude)
+    if kind == "ratio" and arg:
+        try:
+            target = float(arg)
+        except ValueError as e:
+            raise LrvizError(f"plan spec {spec!r}: {arg!r} is not a number") from e
+        if not target >= 1.0:
+            raise LrvizError(f"plan spec {spec!r}: the params reduction must be ≥ 1 (e.g. ratio:3); got {target}")
+        return _ratio_plan(analysis, spec, target, exclude)
+    raise LrvizError(
+        f"unknown plan spec {spec!r}; allowed: full, vbmf, vbmf:K (K in [0,1]), energy:F, uniform:F (F in (0,1]), "
+        f"ratio:T (T ≥ 1), or a plan .json file"
+    )
+
+
+def plan_summary(plan: RankPlan) -> list[dict]:
+    """Plain rows for display."""
+    return [asdict(lp) for lp in plan.layers]
