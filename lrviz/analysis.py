@@ -57,8 +57,16 @@ class ModelAnalysis:
 
         raise LrvizError(f"no decomposable layer named {name!r}")
 
+    @property
+    def has_spectra(self) -> bool:
+        return len(self.spectra) == len(self.layers)
+
     def vbmf_ranks(self, name: str) -> tuple[int, ...]:
         """``(r_out, r_in)`` for a Tucker-2 layer (mode-0, mode-1), ``(r,)`` for a matrix."""
+        if name not in self.vbmf:
+            from .errors import LrvizError
+
+            raise LrvizError(f"no spectra for layer {name!r}: run analyze(..., spectra=True)")
         res = self.vbmf[name]
         if "matrix" in res:
             return (res["matrix"].rank,)
@@ -67,7 +75,7 @@ class ModelAnalysis:
     def table(self) -> pd.DataFrame:
         """One row per decomposable layer: shape, VBMF ranks, σ², energy kept at the VBMF rank, cost."""
         rows = []
-        for l in self.layers:
+        for l in self.layers if self.has_spectra else []:
             sp = self.spectra[l.name]
             ranks = self.vbmf_ranks(l.name)
             energies = []
@@ -121,7 +129,7 @@ class ModelAnalysis:
         }
 
 
-def analyze(model: nn.Module, input_size: tuple[int, ...], name: str = "", progress=None) -> ModelAnalysis:
+def analyze(model: nn.Module, input_size: tuple[int, ...], name: str = "", progress=None, spectra: bool = True) -> ModelAnalysis:
     """Spectra, EVBMF ranks and costs of every decomposable layer.
 
     Parameters
@@ -134,12 +142,16 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], name: str = "", progr
         Label for reports.
     progress : callable, optional
         ``progress(done, total, layer_name)`` after each layer.
+    spectra : bool
+        ``False`` skips spectra and EVBMF (cost-only analysis: plans ``full``, ``uniform:F`` and
+        ``ratio:T`` by uniform ranks still work).
     """
     layers, skipped = find_layers(model)
     io = record_io(model, tuple(input_size))
+    want_spectra = spectra
     spectra: dict[str, LayerSpectrum] = {}
     vb: dict[str, dict[str, VBMFResult]] = {}
-    for i, l in enumerate(layers):
+    for i, l in enumerate(layers if want_spectra else []):
         sp = layer_spectrum(l, get_module(model, l.name).weight)
         spectra[l.name] = sp
         vb[l.name] = {m: evbmf(sp.values[m], sp.shapes[m]) for m in sp.modes}

@@ -203,6 +203,11 @@ def get_dataset(
 # ----------------------------------------------------------------------------------------------
 
 
+def _is_int(value: Any) -> bool:
+    """True for Python / numpy integers, False for bools and everything else."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_resize(resize: Any) -> tuple[int, int] | None:
     """Validate ``resize`` and return it as ``(H, W)`` (or None)."""
     if resize is None:
@@ -440,7 +445,9 @@ def _read_idx(path: Path, expected_magic: int, expected_ndim: int) -> np.ndarray
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _load_fashion_mnist_arrays(img_path: Path, lbl_path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_fashion_mnist_arrays(
+    img_path: Path, lbl_path: Path, split: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     stats = (img_path.stat(), lbl_path.stat())
     key = (
         str(img_path.resolve()),
@@ -739,7 +746,7 @@ def subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
     """
     if limit is None:
         return dataset
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
+    if not _is_int(limit):
         raise LrvizError(
             f"limit must be a positive integer or None, got {limit!r}. Use e.g. --limit 1000."
         )
@@ -788,9 +795,9 @@ def make_loader(
     LrvizError
         If ``batch_size`` < 1 or ``num_workers`` < 0.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if not _is_int(batch_size) or batch_size < 1:
         raise LrvizError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
+    if not _is_int(num_workers) or num_workers < 0:
         raise LrvizError(f"num_workers must be a non-negative integer, got {num_workers!r}.")
     generator = torch.Generator().manual_seed(int(seed)) if shuffle else None
     return DataLoader(

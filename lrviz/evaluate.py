@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrviz.data import make_loader, subset
+from lrviz.data import _is_int, make_loader, subset
 from lrviz.errors import LrvizError
 
 logger = logging.getLogger(__name__)
@@ -445,13 +445,13 @@ def _check_latency_args(
             f"input_size must be (channels, height, width) of positive ints, got {input_size!r}. "
             "Use e.g. (1, 28, 28)."
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if not _is_int(batch_size) or batch_size < 1:
         raise LrvizError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if not (isinstance(min_run_time, (int, float)) and min_run_time > 0):
-        raise LrvizError(f"min_run_time must be a positive number of seconds, got {min_run_time!r}.")
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1
-    ):
+        raise LrvizError(
+            f"min_run_time must be a positive number of seconds, got {min_run_time!r}."
+        )
+    if threads is not None and (not _is_int(threads) or threads < 1):
         raise LrvizError(f"threads must be a positive integer or None, got {threads!r}.")
     n_threads = int(threads) if threads is not None else torch.get_num_threads()
     return size, n_threads  # type: ignore[return-value]
@@ -470,7 +470,9 @@ def _make_timer(module: nn.Module, x: torch.Tensor, static_batch: int | None, th
     return Timer(stmt="module(x)", globals={"module": module, "x": x}, num_threads=threads)
 
 
-def _example_input(size: tuple[int, int, int], batch_size: int, device: torch.device) -> torch.Tensor:
+def _example_input(
+    size: tuple[int, int, int], batch_size: int, device: torch.device
+) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     return torch.randn(batch_size, *size, generator=gen).to(device)
 
@@ -582,7 +584,7 @@ def compare_latency(
     """
     if not models:
         raise LrvizError("compare_latency needs at least one model, got none.")
-    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+    if not _is_int(rounds) or rounds < 1:
         raise LrvizError(f"rounds must be a positive integer, got {rounds!r}.")
     size, n_threads = _check_latency_args(input_size, batch_size, min_run_time, threads)
     dev = _resolve_device(device)

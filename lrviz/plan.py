@@ -308,7 +308,7 @@ def _uniform_fn(frac: float):
 def _ratio_plan(analysis: ModelAnalysis, spec: str, target: float, exclude) -> RankPlan:
     """Bisect a one-parameter family (energy fraction, then uniform fraction) to hit the params ratio."""
     best: tuple[float, RankPlan] | None = None
-    for family in ("energy", "uniform"):
+    for family in ("energy", "uniform") if analysis.has_spectra else ("uniform",):
         lo, hi = 0.0, 1.0
         for _ in range(40):
             mid = 0.5 * (lo + hi)
@@ -354,6 +354,8 @@ def make_plan(analysis: ModelAnalysis, spec: str, exclude: tuple[str, ...] | lis
         return RankPlan.load(spec, analysis.layers)
     if kind == "full" and not arg:
         return _build(analysis, "full", lambda l: (l.full_ranks, ""), exclude)
+    if kind in ("vbmf", "energy") and not analysis.has_spectra:
+        raise LrvizError(f"plan spec {spec!r} needs spectra; this analysis was made with spectra=False")
     if kind == "vbmf":
         k = 1.0 if not arg else _parse_fraction(spec, arg, lo_open=False)
         return _build(analysis, spec, _vbmf_fn(analysis, k), exclude)

@@ -281,7 +281,8 @@ def test_synthetic_default_shapes_and_determinism():
 
 def test_synthetic_custom_spec_and_errors():
     ds = get_dataset("synthetic:1,8,8,3,20", resize=16)
-    assert len(ds) == 20 and ds.input_size == (1, 16, 16) and ds.classes == ["class_0", "class_1", "class_2"]
+    assert len(ds) == 20 and ds.input_size == (1, 16, 16)
+    assert ds.classes == ["class_0", "class_1", "class_2"]
     assert ds[0][0].shape == (1, 16, 16)
     assert {ds[i][1] for i in range(20)} == {0, 1, 2}
     with pytest.raises(LrvizError, match="synthetic:C,H,W,K,N"):
