@@ -4,6 +4,13 @@ The public API is re-exported here; the modules follow the data flow
 model → layers → spectra → VBMF → plan → decomposed model → cost / evaluation → export.
 """
 
+import os as _os
+
+# OpenMP threads that spin while waiting slow torch down 5-10x (and burn CPU) when another process
+# shares the cores — the usual case on laptops and 2-core CI. Takes effect only if torch was not
+# imported yet; an explicit user setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .analysis import ModelAnalysis, analyze
 from .cost import CostReport, LayerIO, count_macs, count_params, layer_macs, layer_params, record_io
 from .decompose import FactorCache, LayerFactors, LowRankConv2d, LowRankLinear, Tucker2Conv2d, build_layer, compress, factorize

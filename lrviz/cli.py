@@ -1,0 +1,299 @@
+"""The ``lrviz`` command line.
+
+Exit codes: 0 ok, 2 bad input (one line on stderr, no traceback), 1 unexpected failure.
+Progress goes to stderr as log lines; results go to stdout and, with ``--json``, to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .errors import LrvizError
+
+log = logging.getLogger("lrviz.cli")
+
+
+def _fmt_int(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def _progress(prefix: str, every: int = 1):
+    last = [0.0]
+
+    def cb(done, total, name=""):
+        now = time.monotonic()
+        if done == total or done % every == 0 or now - last[0] > 2:
+            last[0] = now
+            print(f"[{prefix}] {done}/{total} {name}".rstrip(), file=sys.stderr, flush=True)
+
+    return cb
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="demo, demo-compressed, a torchvision name (resnet18, ...), pkg.module:factory, or FILE.pt2")
+    p.add_argument("--weights", metavar="F", help="none | pretrained | FILE (a state_dict, loaded with weights_only=True)")
+    p.add_argument("--input-size", metavar="C,H,W", help="input size of one sample (inferred when possible)")
+    p.add_argument("--num-classes", type=int, metavar="N", help="number of classes (inferred when possible)")
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--data", metavar="NAME", required=required, help="fashion-mnist | imagefolder:DIR | synthetic[:C,H,W,K,N]")
+    p.add_argument("--data-root", metavar="DIR", help="folder with the dataset files")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate on a deterministic subset of N images")
+    p.add_argument("--resize", metavar="H[,W]", help="resize images (default: the model's input size)")
+    p.add_argument("--grayscale", action="store_true", help="convert images to one channel")
+    p.add_argument("--mean", metavar="M[,M,M]", help="normalisation mean per channel")
+    p.add_argument("--std", metavar="S[,S,S]", help="normalisation std per channel")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N")
+
+
+def _floats(text):
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in str(text).split(",")]
+    except ValueError as e:
+        raise LrvizError(f"expected comma-separated numbers, got {text!r}") from e
+
+
+def _load(args):
+    from .models import load_model, parse_input_size
+
+    size = parse_input_size(args.input_size) if args.input_size else None
+    return load_model(args.model, weights=args.weights, input_size=size, num_classes=args.num_classes)
+
+
+def _dataset(args, loaded, split="test", augment=False):
+    from .data import get_dataset
+
+    resize = None
+    if args.resize:
+        vals = [int(v) for v in _floats(args.resize)]
+        resize = (vals[0], vals[-1])
+    ds = get_dataset(args.data, split, root=args.data_root, resize=resize, grayscale=args.grayscale, mean=_floats(args.mean), std=_floats(args.std), augment=augment)
+    want = tuple(loaded.input_size)
+    got = tuple(getattr(ds, "input_size", want))
+    if resize is None and got[1:] != want[1:]:
+        log.info("resizing %s images %s to the model's %s", args.data, got[1:], want[1:])
+        ds = get_dataset(args.data, split, root=args.data_root, resize=want[1:], grayscale=args.grayscale, mean=_floats(args.mean), std=_floats(args.std), augment=augment)
+        got = tuple(getattr(ds, "input_size", want))
+    if got[0] != want[0]:
+        raise LrvizError(f"dataset {args.data} has {got[0]} channel(s) but model {loaded.name} expects {want[0]}; use --grayscale or another --input-size")
+    if getattr(ds, "num_classes", loaded.num_classes) > loaded.num_classes:
+        raise LrvizError(f"dataset {args.data} has {ds.num_classes} classes but the model outputs {loaded.num_classes}; pass --num-classes")
+    return ds
+
+
+def _write_json(path, doc) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=1))
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _plan_for(args, loaded, analysis):
+    from .plan import make_plan
+
+    if not loaded.decomposable:
+        raise LrvizError(f"{args.model} is an exported program: it has no modules to decompose (evaluate and cost only)")
+    return make_plan(analysis, args.plan, exclude=args.exclude or ())
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def cmd_analyze(args) -> int:
+    from .analysis import analyze
+
+    loaded = _load(args)
+    if not loaded.decomposable:
+        return _analyze_program(args, loaded)
+    a = analyze(loaded.module, loaded.input_size, loaded.name, progress=_progress("analyze", every=10))
+    doc = a.to_dict()
+    print(f"model {loaded.name} ({loaded.source}); input {'x'.join(map(str, loaded.input_size))}; units: MACs (FLOPs = 2 x MACs)")
+    hdr = f"{'layer':34s} {'kind':10s} {'weight':>16s} {'in->out':>13s} {'vbmf ranks':>11s} {'sigma2':>20s} {'params':>9s} {'MACs':>9s}"
+    print(hdr)
+    for l in doc["layers"]:
+        hw = f"{'x'.join(map(str, l['in_hw'])) or '-'}->{'x'.join(map(str, l['out_hw'])) or '-'}"
+        s2 = ",".join(f"{v:.2e}" for v in l["vbmf_sigma2"])
+        print(f"{l['name'][:34]:34s} {l['kind']:10s} {'x'.join(map(str, l['weight_shape'])):>16s} {hw:>13s} "
+              f"{','.join(map(str, l['vbmf_ranks'])):>11s} {s2:>20s} {_fmt_int(l['params']):>9s} {_fmt_int(l['macs']):>9s}")
+    for s in doc["skipped"]:
+        print(f"skipped {s['name']}: {s['reason']}")
+    t = doc["totals"]
+    print(f"total: {t['params']:,} params, {t['macs']:,} MACs ({_fmt_int(t['flops'])} FLOPs); "
+          f"{len(doc['layers'])} decomposable layers, {len(doc['skipped'])} skipped")
+    if args.json:
+        _write_json(args.json, doc)
+    return 0
+
+
+def _analyze_program(args, loaded) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .export import program_params
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        loaded.runnable(torch.zeros((1, *loaded.input_size)))
+    macs = fc.get_total_flops() // 2
+    params = program_params(loaded.program)
+    doc = {"model": loaded.name, "input_size": list(loaded.input_size), "units": "MACs", "layers": [],
+           "skipped": [{"name": "*", "type": "ExportedProgram", "reason": "exported program: no modules to decompose (cost only)"}],
+           "totals": {"params": params, "macs": int(macs), "flops": int(2 * macs)}}
+    print(f"model {loaded.name} (exported program, cost only): {params:,} params, {macs:,} MACs ({_fmt_int(2 * macs)} FLOPs)")
+    if args.json:
+        _write_json(args.json, doc)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .analysis import analyze
+    from .decompose import compress
+    from .evaluate import evaluate
+
+    loaded = _load(args)
+    model = loaded.runnable
+    if args.plan:
+        a = analyze(loaded.module, loaded.input_size, loaded.name) if loaded.decomposable else None
+        plan = _plan_for(args, loaded, a)
+        model = compress(loaded.module, plan, progress=_progress("decompose", every=10))
+    ds = _dataset(args, loaded)
+    res = evaluate(model, ds, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate", every=10))
+    lo, hi = res.top1_ci
+    top5 = f", top-5 {res.top5:.2%}" if res.top5 is not None else ""
+    print(f"{loaded.name}{' + plan ' + args.plan if args.plan else ''} on {args.data} (n={res.n}): "
+          f"top-1 {res.top1:.2%} [95% CI {lo:.2%}, {hi:.2%}]{top5}, loss {res.loss:.4f}")
+    if args.json:
+        _write_json(args.json, res.to_dict())
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from .analysis import analyze
+    from .decompose import compress
+    from .evaluate import evaluate
+    from .export import save_program
+    from .plan import plan_cost
+
+    loaded = _load(args)
+    if not loaded.decomposable:
+        raise LrvizError(f"{args.model} is an exported program: it has no modules to decompose (evaluate and cost only)")
+    if args.finetune and not args.data:
+        raise LrvizError("--finetune needs --data (the training split is used)")
+    out = Path(args.out)
+    a = analyze(loaded.module, loaded.input_size, loaded.name, progress=_progress("analyze", every=10))
+    plan = _plan_for(args, loaded, a)
+    cost = plan_cost(a, plan)
+    small = compress(loaded.module, plan, progress=_progress("decompose", every=10))
+    metrics = cost.to_dict()
+    if args.data:
+        test = _dataset(args, loaded)
+        acc0 = evaluate(loaded.module, test, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate original", every=10))
+        acc1 = evaluate(small, test, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate compressed", every=10))
+        metrics["accuracy"] = {"original": acc0.to_dict(), "compressed": acc1.to_dict()}
+        print(f"top-1 original {acc0.top1:.2%}, compressed {acc1.top1:.2%} (n={acc1.n})")
+        if args.finetune:
+            from .train import finetune
+
+            train = _dataset(args, loaded, split="train", augment=True)
+
+            def cb(ev):
+                if ev["event"] == "epoch":
+                    val = f"{ev['val_top1']:.2%}" if ev["val_top1"] is not None else "-"
+                    print(f"[finetune] epoch {ev['epoch']}: train loss {ev['train_loss']:.4f}, val top-1 {val}, {ev['seconds']:.0f}s", file=sys.stderr, flush=True)
+                elif ev["step"] % 50 == 0:
+                    print(f"[finetune] epoch {ev['epoch']} step {ev['step']}/{ev['steps']} loss {ev['loss']:.4f}", file=sys.stderr, flush=True)
+
+            res = finetune(small, train, epochs=args.finetune, lr=args.lr, val_set=test, val_limit=args.val_limit,
+                           teacher=loaded.module if args.distill else None, progress=cb, train_limit=args.train_limit)
+            small = res.model
+            acc2 = evaluate(small, test, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate fine-tuned", every=10))
+            metrics["accuracy"]["compressed_before_finetune"] = metrics["accuracy"]["compressed"]
+            metrics["accuracy"]["compressed"] = acc2.to_dict()
+            metrics["finetune"] = {"epochs_run": len(res.history), "best_epoch": res.best_epoch, "lr": args.lr, "distill": bool(args.distill)}
+            print(f"after fine-tuning ({len(res.history)} epochs, best {res.best_epoch}): top-1 {acc2.top1:.2%}")
+    out.mkdir(parents=True, exist_ok=True)
+    plan.save(out / "plan.json")
+    save_program(small, loaded.input_size, out / "model.pt2")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(f"plan {args.plan}: params {cost.params:,} -> {cost.params_planned:,} ({cost.params_ratio:.2f}x), "
+          f"MACs {cost.macs:,} -> {cost.macs_planned:,} ({cost.macs_ratio:.2f}x); FLOPs = 2 x MACs")
+    print(f"wrote {out / 'model.pt2'}, {out / 'plan.json'}, {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import available_models, builtin_models
+
+    av = available_models()
+    print("builtin:")
+    for name, entry in builtin_models().items():
+        print(f"  {name:18s} {getattr(entry, 'description', '')}")
+    print("torchvision classification models:")
+    print("  " + ", ".join(av["torchvision"]))
+    print("also: package.module:factory (with --weights FILE), or FILE.pt2 (evaluate/cost only)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lrviz", description="Low-rank compression of CNNs: analyse spectra, choose ranks (VBMF, energy, ratio), decompose, evaluate, export.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="per-layer spectra, EVBMF ranks, params and MACs")
+    _add_model_args(a)
+    a.add_argument("--json", metavar="OUT", help="write the analysis as JSON")
+    a.set_defaults(func=cmd_analyze)
+
+    c = sub.add_parser("compress", help="decompose with a rank plan and export model.pt2, plan.json, metrics.json")
+    _add_model_args(c)
+    c.add_argument("--plan", required=True, metavar="SPEC", help="full | vbmf | vbmf:K | energy:F | uniform:F | ratio:T | FILE.json")
+    c.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense (fnmatch, repeatable)")
+    c.add_argument("--out", required=True, metavar="DIR")
+    _add_data_args(c, required=False)
+    c.add_argument("--finetune", type=int, default=0, metavar="EPOCHS", help="fine-tune on the training split after decomposing")
+    c.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (cosine decay)")
+    c.add_argument("--distill", action="store_true", help="distil from the uncompressed model while fine-tuning")
+    c.add_argument("--val-limit", type=int, default=2000, metavar="N", help="test images used for early stopping")
+    c.add_argument("--train-limit", type=int, metavar="N", help="train on a subset of N images")
+    c.set_defaults(func=cmd_compress)
+
+    e = sub.add_parser("evaluate", help="top-1/top-5/loss with a 95%% Wilson interval")
+    _add_model_args(e)
+    e.add_argument("--plan", metavar="SPEC", help="evaluate the model decomposed with this plan")
+    e.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
+    _add_data_args(e, required=True)
+    e.add_argument("--json", metavar="OUT", help="write {top1, top1_ci, top5, loss, n}")
+    e.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("models", help="list available models")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except LrvizError as e:
+        print(f"lrviz: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        print(f"lrviz: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lrviz: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
