@@ -229,6 +229,39 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import torch
+
+    from .models import load_model
+    from .train import TrainConfig, train_model
+
+    loaded = load_model(args.model, weights=args.weights or "none", input_size=None, num_classes=args.num_classes)
+    if not loaded.decomposable:
+        raise LrvizError(f"{args.model} is an exported program: it cannot be trained")
+    cfg = TrainConfig(regime=args.regime, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
+                      lam_ortho=args.lam_ortho, lam_group=args.lam_group, seed=args.seed, train_limit=args.train_limit)
+    args.resize = args.resize if hasattr(args, "resize") else None
+    train = _dataset(args, loaded, split="train", augment=True)
+    test = _dataset(args, loaded, split="test")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def cb(ev):
+        if ev["event"] == "step" and ev["step"] % 100 == 0:
+            print(f"[train] epoch {ev['epoch']} step {ev['step']}/{ev['steps']} loss {ev['loss']:.4f} reg {ev['reg']:.4f}", file=sys.stderr, flush=True)
+        elif ev["event"] == "epoch":
+            print(f"[train] epoch {ev['epoch']}/{cfg.epochs}: loss {ev['train_loss']:.4f}, val top-1 {ev['val_top1']:.2%}, {ev['seconds']:.0f}s", file=sys.stderr, flush=True)
+
+    model, history = train_model(loaded.module, train, cfg, val_set=test, val_limit=args.val_limit, checkpoint=str(out / "checkpoint.pt"),
+                                 resume=args.resume, progress=cb)
+    torch.save(model.state_dict(), out / "model.pt")
+    doc = {"command": "lrviz " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("lrviz") else None, "model": args.model,
+           "config": cfg.__dict__, "history": history}
+    (out / "history.json").write_text(json.dumps(doc, indent=1))
+    print(f"wrote {out / 'model.pt'} (state_dict, regime {cfg.regime}); final val top-1 {history[-1]['val_top1']:.2%}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import available_models, builtin_models
 
@@ -272,6 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(e, required=True)
     e.add_argument("--json", metavar="OUT", help="write {top1, top1_ci, top5, loss, n}")
     e.set_defaults(func=cmd_evaluate)
+
+    t = sub.add_parser("train", help="train a model: plain, ortho (orthogonal regularisation) or overparam (+ over-parameterised)")
+    t.add_argument("model", metavar="MODEL", help="architecture, e.g. demo")
+    t.add_argument("--weights", metavar="F", help="start from these weights (default: random init)")
+    t.add_argument("--num-classes", type=int, metavar="N")
+    t.add_argument("--input-size", metavar="C,H,W")
+    t.add_argument("--regime", choices=["plain", "ortho", "overparam"], default="overparam")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--lam-ortho", type=float, default=1e-3, help="orthogonality weight λ_o (cosine-decayed)")
+    t.add_argument("--lam-group", type=float, default=2e-4, help="core group-lasso weight λ_g (overparam, cosine-decayed)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, metavar="DIR", help="writes model.pt, checkpoint.pt, history.json")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    _add_data_args(t, required=True)
+    t.add_argument("--val-limit", type=int, default=None, metavar="N")
+    t.add_argument("--train-limit", type=int, metavar="N")
+    t.set_defaults(func=cmd_train, batch_size=128)
 
     m = sub.add_parser("models", help="list available models")
     m.set_defaults(func=cmd_models)

@@ -21,6 +21,7 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 import pickle
 import re
 import socket
@@ -630,6 +631,10 @@ def _build_factory(
     spec: str, weights: str | None, num_classes: int | None, seed: int
 ) -> tuple[nn.Module, str]:
     module_name, attr_path = spec.split(":", 1)
+    # like `python -m`, look in the current directory too (the console script does not by itself)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
     try:
         py_module = importlib.import_module(module_name)
     except Exception as exc:

@@ -11,7 +11,8 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -22,7 +23,10 @@ from .data import make_loader, subset
 from .errors import LrvizError
 from .evaluate import evaluate
 
-__all__ = ["EpochLog", "FinetuneResult", "finetune", "distillation_loss"]
+__all__ = [
+    "EpochLog", "FinetuneResult", "finetune", "distillation_loss", "soft_orthogonality", "srip",
+    "OverparamConv2d", "overparameterize", "fold", "regularizer", "TrainConfig", "train_model", "REGIMES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +173,270 @@ def finetune(
     net.load_state_dict(best_state)
     net.eval()
     return FinetuneResult(net, tuple(history), best_epoch, best_top1, stopped_early, cancelled)
+
+
+# ================================================================================================
+# Low-rank-friendly training (He, Jiang & Wu 2024): orthogonal regularisation, over-parameterisation
+# ================================================================================================
+
+REGIMES = ("plain", "ortho", "overparam")
+
+
+def _unfold0(w: torch.Tensor) -> torch.Tensor:
+    return w.reshape(w.shape[0], -1)
+
+
+def soft_orthogonality(w: torch.Tensor) -> torch.Tensor:
+    """Soft orthogonality penalty ``‖G − I‖²_F`` (Bansal et al. 2018).
+
+    ``w`` is reshaped to ``(C_out, C_in·kh·kw)`` and ``G`` is the Gram matrix of the smaller side
+    (``W·Wᵀ`` when ``C_out ≤ C_in·kh·kw``, else ``Wᵀ·W``), so the penalty is 0 exactly when the rows
+    (or the columns) are orthonormal. Gradient: ``4·(W·Wᵀ − I)·W`` for the row case.
+    """
+    m = _unfold0(w)
+    g = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+    eye = torch.eye(g.shape[0], device=g.device, dtype=g.dtype)
+    return (g - eye).pow(2).sum()
+
+
+def srip(w: torch.Tensor, iters: int = 3) -> torch.Tensor:
+    """SRIP penalty ``σ_max(G − I)`` (spectral restricted isometry, Bansal et al. 2018).
+
+    Estimated by ``iters`` power iterations started from a fixed vector (deterministic); the
+    returned value is differentiable through the last iteration.
+    """
+    m = _unfold0(w)
+    g = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+    a = g - torch.eye(g.shape[0], device=g.device, dtype=g.dtype)
+    v = torch.ones(a.shape[0], 1, device=a.device, dtype=a.dtype) / math.sqrt(a.shape[0])
+    with torch.no_grad():
+        for _ in range(max(iters - 1, 0)):
+            v = a @ v
+            v = v / v.norm().clamp_min(1e-12)
+    u = a @ v
+    return u.norm()
+
+
+class OverparamConv2d(nn.Module):
+    """A k×k conv trained in full-rank Tucker-2 form ``W = core ×₀ U ×₁ V`` (over-parameterised).
+
+    ``V`` ``(C_in, C_in)`` and ``U`` ``(C_out, C_out)`` start orthogonal and are kept near-orthogonal
+    by :func:`soft_orthogonality`; the ``core`` ``(C_out, C_in, kh, kw)`` carries the spectrum. The
+    forward pass convolves with the folded kernel, so it costs one conv; :meth:`fold` returns the
+    equivalent plain ``nn.Conv2d`` exactly (the map is linear).
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if conv.groups != 1:
+            raise LrvizError("only groups=1 convolutions can be over-parameterised")
+        c_out, c_in = conv.out_channels, conv.in_channels
+        g = torch.Generator().manual_seed(c_out * 1000 + c_in)
+        u = torch.linalg.qr(torch.randn(c_out, c_out, generator=g, dtype=torch.float64))[0]
+        v = torch.linalg.qr(torch.randn(c_in, c_in, generator=g, dtype=torch.float64))[0]
+        w = conv.weight.detach().double()
+        core = torch.einsum("oikl,or,is->rskl", w, u, v)  # W = core ×0 U ×1 V exactly
+        dt = conv.weight.dtype
+        self.U = nn.Parameter(u.to(dt))
+        self.V = nn.Parameter(v.to(dt))
+        self.core = nn.Parameter(core.to(dt))
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.padding_mode = conv.padding_mode
+        self._shape = (c_out, c_in, *conv.kernel_size)
+
+    def weight(self) -> torch.Tensor:
+        return torch.einsum("rskl,or,is->oikl", self.core, self.U, self.V)
+
+    def forward(self, x):
+        if self.padding_mode != "zeros":
+            conv = nn.Conv2d(self._shape[1], self._shape[0], self._shape[2:], stride=self.stride, padding=self.padding,
+                             dilation=self.dilation, bias=False, padding_mode=self.padding_mode)
+            return conv._conv_forward(x, self.weight(), self.bias)
+        return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding, self.dilation)
+
+    def fold(self) -> nn.Conv2d:
+        """The equivalent plain conv (computed in float64, then cast)."""
+        c_out, c_in, kh, kw = self._shape
+        conv = nn.Conv2d(c_in, c_out, (kh, kw), stride=self.stride, padding=self.padding, dilation=self.dilation,
+                         bias=self.bias is not None, padding_mode=self.padding_mode)
+        with torch.no_grad():
+            w = torch.einsum("rskl,or,is->oikl", self.core.double(), self.U.double(), self.V.double())
+            conv.weight.copy_(w.to(conv.weight.dtype))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv.to(self.core.device)
+
+
+def overparameterize(model: nn.Module, min_channels: int = 8) -> nn.Module:
+    """A copy of ``model`` with every k×k (k>1), groups=1 conv with ≥ ``min_channels`` input channels
+    replaced by :class:`OverparamConv2d` (the stem on 1–3 channels stays plain)."""
+    from .layers import set_module
+
+    net = copy.deepcopy(model)
+    for name, m in list(net.named_modules()):
+        if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1 and m.in_channels >= min_channels:
+            set_module(net, name, OverparamConv2d(m))
+    return net
+
+
+def fold(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every :class:`OverparamConv2d` folded back into a plain conv."""
+    from .layers import set_module
+
+    net = copy.deepcopy(model)
+    for name, m in list(net.named_modules()):
+        if isinstance(m, OverparamConv2d):
+            set_module(net, name, m.fold())
+    return net
+
+
+def regularizer(model: nn.Module, regime: str, lam_ortho: float, lam_group: float) -> torch.Tensor:
+    """The regime's penalty (0 for ``plain``).
+
+    * ``ortho``: ``λ_o · Σ soft_orthogonality(W)`` over k×k / 1×1 convs (groups=1), i.e. on the mode-0
+      unfolding of each kernel.
+    * ``overparam``: ``λ_o · Σ (‖UᵀU − I‖² + ‖VᵀV − I‖²)`` keeps the factors near rotations, plus
+      ``λ_g · Σ (Σ_i ‖core[i]‖ + Σ_j ‖core[:, j]‖)`` — a group-lasso on the core's output and input
+      channel slices, which (with orthogonal U, V) pushes each kernel towards low multilinear rank.
+    """
+    total = None
+    for m in model.modules():
+        pen = None
+        if regime == "ortho" and isinstance(m, nn.Conv2d) and m.groups == 1:
+            pen = lam_ortho * soft_orthogonality(m.weight)
+        elif regime == "overparam" and isinstance(m, OverparamConv2d):
+            c = m.core
+            pen = lam_ortho * (soft_orthogonality(m.U) + soft_orthogonality(m.V))
+            pen = pen + lam_group * (c.flatten(1).norm(dim=1).sum() + c.transpose(0, 1).flatten(1).norm(dim=1).sum())
+        if pen is not None:
+            total = pen if total is None else total + pen
+    if total is None:
+        p = next(model.parameters())
+        return torch.zeros((), device=p.device)
+    return total
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (recorded in checkpoints and model cards)."""
+
+    regime: str = "plain"
+    epochs: int = 10
+    lr: float = 0.1
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    lam_ortho: float = 1e-3
+    lam_group: float = 2e-4
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 0.5
+    seed: int = 0
+    train_limit: int | None = None
+
+    def __post_init__(self):
+        if self.regime not in REGIMES:
+            raise LrvizError(f"unknown training regime {self.regime!r}; available: {list(REGIMES)}")
+        if self.epochs < 1:
+            raise LrvizError(f"epochs must be ≥ 1; got {self.epochs}")
+
+
+def _lam_scale(step: int, total: int) -> float:
+    """λ schedule: cosine decay from 1 to 0 over training (regularise early, fit late)."""
+    return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def train_model(
+    model: nn.Module,
+    train_set,
+    config: TrainConfig,
+    *,
+    val_set=None,
+    val_limit: int | None = None,
+    checkpoint: str | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    progress: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[nn.Module, list[dict]]:
+    """Train ``model`` (a copy) under a regime; returns the plain (folded) model and the epoch log.
+
+    SGD with Nesterov momentum, linear warm-up then cosine decay per step. ``overparam`` trains the
+    over-parameterised copy and folds it back at the end. With ``checkpoint`` the state after every
+    epoch is written there (``torch.save`` of tensors and numbers only — loadable with
+    ``weights_only=True``), and ``resume=True`` continues from it.
+    """
+    from .data import make_loader, subset
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(config.seed)
+    net = overparameterize(model) if config.regime == "overparam" else copy.deepcopy(model)
+    net = net.to(device)
+    data = subset(train_set, config.train_limit, seed=config.seed) if config.train_limit else train_set
+    loader = make_loader(data, batch_size=config.batch_size, shuffle=True, seed=config.seed)
+    steps = len(loader)
+    total = steps * config.epochs
+    warm = max(1, int(config.warmup_epochs * steps))
+    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+
+    def lr_at(s):
+        if s < warm:
+            return (s + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    history: list[dict] = []
+    start_epoch = 1
+    if resume and checkpoint and Path(checkpoint).exists():
+        ck = torch.load(checkpoint, map_location=device, weights_only=True)
+        if ck.get("config") != asdict(config):
+            raise LrvizError(f"checkpoint {checkpoint} was written with another configuration: {ck.get('config')}")
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng"])
+        history = [dict(zip(ck["history_keys"], row)) for row in ck["history"].tolist()]
+        start_epoch = int(ck["epoch"]) + 1
+        log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
+    # the shuffling generator must also continue where it stopped
+    loader.generator.manual_seed(config.seed + start_epoch)
+
+    step = (start_epoch - 1) * steps
+    for epoch in range(start_epoch, config.epochs + 1):
+        loader.generator.manual_seed(config.seed + epoch)
+        t0 = time.perf_counter()
+        net.train()
+        sum_loss = sum_reg = 0.0
+        n = 0
+        for i, (x, y) in enumerate(loader, 1):
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt("training cancelled")
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
+            s = _lam_scale(step, total)
+            reg = regularizer(net, config.regime, config.lam_ortho * s, config.lam_group * s)
+            opt.zero_grad(set_to_none=True)
+            (loss + reg).backward()
+            opt.step()
+            sched.step()
+            step += 1
+            sum_loss += float(loss) * len(y)
+            sum_reg += float(reg) * len(y)
+            n += len(y)
+            if progress is not None and (i % 20 == 0 or i == steps):
+                progress({"event": "step", "epoch": epoch, "step": i, "steps": steps, "loss": float(loss), "reg": float(reg)})
+        rec = {"epoch": epoch, "train_loss": sum_loss / n, "reg": sum_reg / n, "lr": opt.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - t0, "val_top1": float("nan")}
+        if val_set is not None:
+            eval_net = fold(net) if config.regime == "overparam" else net
+            rec["val_top1"] = evaluate(eval_net, val_set, limit=val_limit, device=device).top1
+        history.append(rec)
+        log.info("epoch %d/%d: loss %.4f reg %.4f val %.4f (%.0fs)", epoch, config.epochs, rec["train_loss"], rec["reg"], rec["val_top1"], rec["seconds"])
+        if progress is not None:
+            progress({"event": "epoch", **rec})
+        if checkpoint:
+            keys = list(history[0])
+            torch.save({"config": asdict(config), "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "history_keys": keys,
+                        "history": torch.tensor([[float(h[k]) for k in keys] for h in history], dtype=torch.float64)}, checkpoint)
+    out = fold(net) if config.regime == "overparam" else net
+    return out.eval(), history

@@ -10,3 +10,23 @@ def planted_kernel(c_out, c_in, k, r_out, r_in, seed=0):
     a = torch.linalg.qr(torch.randn(c_out, r_out, generator=g))[0]
     b = torch.linalg.qr(torch.randn(c_in, r_in, generator=g))[0]
     return torch.einsum("rskl,or,is->oikl", core, a, b)
+
+
+def tiny_net(num_classes: int = 10):
+    """A small CNN for 3x16x16 inputs used by CLI tests (importable as ``helpers:tiny_net``)."""
+    import torch.nn as nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 48, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(48, num_classes),
+    )

@@ -1,0 +1,116 @@
+"""The command line end to end on a small model (in-process, plus one real subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lrviz.cli import main
+
+MODEL = ["helpers:tiny_net", "--input-size", "3,16,16"]
+DATA = "synthetic:3,16,16,10,96"
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_analyze_json_schema(tmp_path, capsys):
+    out_json = tmp_path / "a.json"
+    rc, out, _ = run(capsys, "analyze", *MODEL, "--json", str(out_json))
+    assert rc == 0 and "units: MACs" in out and "total:" in out
+    doc = json.loads(out_json.read_text())
+    assert set(doc) >= {"model", "input_size", "units", "layers", "skipped", "totals"}
+    assert doc["units"] == "MACs" and doc["input_size"] == [3, 16, 16]
+    by = {l["name"]: l for l in doc["layers"]}
+    conv = by["3"]
+    assert set(conv) >= {"name", "kind", "weight_shape", "in_hw", "out_hw", "singular_values", "vbmf_ranks", "vbmf_sigma2", "params", "macs"}
+    assert conv["kind"] == "tucker2" and conv["in_hw"] == [16, 16] and conv["out_hw"] == [8, 8]
+    assert set(conv["singular_values"]) == {"mode0", "mode1"} and len(conv["vbmf_ranks"]) == 2
+    assert len(conv["singular_values"]["mode0"]) == 32 and len(conv["singular_values"]["mode1"]) == 16
+    assert conv["macs"] == 8 * 8 * 32 * 16 * 9
+    assert set(by["11"]["singular_values"]) == {"matrix"} and len(by["11"]["vbmf_ranks"]) == 1
+    total = sum(p.numel() for p in __import__("helpers").tiny_net().parameters())
+    assert doc["totals"]["params"] == total
+
+
+def test_compress_writes_program_plan_metrics(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, stdout, _ = run(capsys, "compress", *MODEL, "--plan", "uniform:0.5", "--out", str(out), "--data", DATA)
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"]["compressed"] < metrics["params"]["original"]
+    assert metrics["macs"]["compressed"] < metrics["macs"]["original"]
+    assert set(metrics["accuracy"]) == {"original", "compressed"}
+    assert set(metrics["accuracy"]["compressed"]) == {"top1", "top1_ci", "top5", "loss", "n"}
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["schema"] == "lrviz.plan/1" and plan["spec"] == "uniform:0.5"
+    prog = torch.export.load(str(out / "model.pt2"))
+    m = prog.module()
+    for b in (1, 5):  # dynamic batch dimension
+        assert m(torch.randn(b, 3, 16, 16)).shape == (b, 10)
+    from lrviz.export import program_params
+
+    assert program_params(prog) == metrics["params"]["compressed"]
+    # the exported file evaluates and costs through the CLI too
+    rc, stdout, _ = run(capsys, "evaluate", str(out / "model.pt2"), "--data", DATA, "--json", str(tmp_path / "e.json"))
+    assert rc == 0
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert e["top1"] == pytest.approx(metrics["accuracy"]["compressed"]["top1"])
+    rc, stdout, _ = run(capsys, "analyze", str(out / "model.pt2"))
+    assert rc == 0 and f"{metrics['params']['compressed']:,} params" in stdout
+
+
+def test_evaluate_json_and_plan(tmp_path, capsys):
+    rc, out, _ = run(capsys, "evaluate", *MODEL, "--data", DATA, "--limit", "50", "--json", str(tmp_path / "e.json"))
+    assert rc == 0 and "95% CI" in out
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert set(e) == {"top1", "top1_ci", "top5", "loss", "n"} and e["n"] == 50
+    lo, hi = e["top1_ci"]
+    assert lo <= e["top1"] <= hi
+    rc, out, _ = run(capsys, "evaluate", *MODEL, "--plan", "full", "--data", DATA, "--limit", "50", "--json", str(tmp_path / "f.json"))
+    assert json.loads((tmp_path / "f.json").read_text())["top1"] == pytest.approx(e["top1"])
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["analyze", "resnt18"], "did you mean resnet18"),
+        (["compress", *MODEL, "--plan", "tuker", "--out", "x"], "unknown plan spec 'tuker'"),
+        (["compress", *MODEL, "--plan", "ratio:500", "--out", "x"], "cannot reach a 500x"),
+        (["evaluate", *MODEL, "--data", "nope"], "nope"),
+        (["analyze", "resnet18", "--weights", "missing.pt"], "missing.pt"),
+        (["compress", *MODEL, "--plan", "vbmf", "--out", "x", "--finetune", "1"], "--finetune needs --data"),
+        (["analyze", *MODEL[:1], "--input-size", "3,16"], "3,16"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(capsys, argv, msg):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2
+    assert msg in err and "Traceback" not in err
+    lines = err.strip().splitlines()  # progress lines may precede the error
+    assert lines[-1].startswith("lrviz: error:") and msg in lines[-1]
+    assert sum(l.startswith("lrviz: error") for l in lines) == 1
+
+
+def test_compressing_a_program_is_refused(tmp_path, capsys):
+    run(capsys, "compress", *MODEL, "--plan", "full", "--out", str(tmp_path / "o"))
+    rc, _, err = run(capsys, "compress", str(tmp_path / "o" / "model.pt2"), "--plan", "vbmf", "--out", str(tmp_path / "p"))
+    assert rc == 2 and "no modules to decompose" in err
+
+
+def test_real_subprocess_exit_code_and_no_traceback(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), env_path()]))
+    p = subprocess.run([sys.executable, "-m", "lrviz.cli", "analyze", "not_a_model"], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and "unknown model 'not_a_model'" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "-m", "lrviz.cli", "analyze", "helpers:tiny_net", "--input-size", "3,16,16"], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0 and "total:" in p.stdout
+
+
+def env_path():
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
