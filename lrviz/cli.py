@@ -82,7 +82,7 @@ def _dataset(args, loaded, split="test", augment=False):
     want = tuple(loaded.input_size)
     got = tuple(getattr(ds, "input_size", want))
     if resize is None and got[1:] != want[1:]:
-        log.info("resizing %s images %s to the model's %s", args.data, got[1:], want[1:])
+        print(f"resizing {args.data} images {got[1:]} to the model's {want[1:]}", file=sys.stderr)
         ds = get_dataset(args.data, split, root=args.data_root, resize=want[1:], grayscale=args.grayscale, mean=_floats(args.mean), std=_floats(args.std), augment=augment)
         got = tuple(getattr(ds, "input_size", want))
     if got[0] != want[0]:
@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    # the CLI prints its own progress lines; library logs only with -v
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except LrvizError as e:

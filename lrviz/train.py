@@ -81,6 +81,7 @@ def finetune(
     device: str | None = None,
     progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    max_grad_norm: float = 5.0,
 ) -> FinetuneResult:
     """Fine-tune a (decomposed) model; returns a new model, ``model`` is not modified.
 
@@ -123,8 +124,10 @@ def finetune(
     best_state = copy.deepcopy(net.state_dict())
     best_top1: float | None = None
     best_epoch = 0
+    best_key = None
     if val_set is not None:
-        best_top1 = evaluate(net, val_set, limit=val_limit, device=device).top1
+        r0 = evaluate(net, val_set, limit=val_limit, device=device)
+        best_top1, best_key = r0.top1, (r0.top1, -r0.loss)
     bad_epochs = 0
     cancelled = stopped_early = False
     g = torch.Generator().manual_seed(seed)
@@ -147,22 +150,26 @@ def finetune(
                 loss = F.cross_entropy(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            # a freshly truncated net can have large gradients: clip so a small lr stays small
+            torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
             opt.step()
             sched.step()
-            run_loss += float(loss) * len(y)
+            run_loss += float(loss.detach()) * len(y)
             seen += len(y)
             if progress is not None and (step % 10 == 0 or step == steps_per_epoch):
                 progress({"event": "step", "epoch": epoch, "step": step, "steps": steps_per_epoch, "loss": float(loss)})
         if cancelled and seen == 0:
             break
-        val = evaluate(net, val_set, limit=val_limit, device=device).top1 if val_set is not None else None
+        vres = evaluate(net, val_set, limit=val_limit, device=device) if val_set is not None else None
+        val = vres.top1 if vres is not None else None
         rec = EpochLog(epoch, run_loss / max(seen, 1), val, opt.param_groups[0]["lr"], time.perf_counter() - t0)
         history.append(rec)
         log.info("epoch %d: train loss %.4f, val top-1 %s", epoch, rec.train_loss, val)
         if progress is not None:
             progress({"event": "epoch", **rec.__dict__})
-        if val is None or best_top1 is None or val > best_top1:
-            best_state, best_top1, best_epoch, bad_epochs = copy.deepcopy(net.state_dict()), val, epoch, 0
+        key = (vres.top1, -vres.loss) if vres is not None else None
+        if key is None or best_key is None or key > best_key:  # best accuracy, then lowest loss
+            best_state, best_top1, best_key, best_epoch, bad_epochs = copy.deepcopy(net.state_dict()), val, key, epoch, 0
         else:
             bad_epochs += 1
             if bad_epochs >= patience:
@@ -419,8 +426,8 @@ def train_model(
             opt.step()
             sched.step()
             step += 1
-            sum_loss += float(loss) * len(y)
-            sum_reg += float(reg) * len(y)
+            sum_loss += float(loss.detach()) * len(y)
+            sum_reg += float(reg.detach()) * len(y)
             n += len(y)
             if progress is not None and (i % 20 == 0 or i == steps):
                 progress({"event": "step", "epoch": epoch, "step": i, "steps": steps, "loss": float(loss), "reg": float(reg)})
