@@ -808,3 +808,50 @@ def make_loader(
         num_workers=int(num_workers),
         persistent_workers=False,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Bundled Fashion-MNIST sample (works where nothing else is installed)
+# ----------------------------------------------------------------------------------------------
+
+SAMPLE_PATH = Path(__file__).parent / "assets" / "fashion-mnist-sample.npz"
+
+
+def build_fashion_mnist_sample(out: str | os.PathLike = SAMPLE_PATH, per_class: int = 200, seed: int = 0, root=None) -> Path:
+    """Write the bundled sample: ``per_class`` test images of each class, chosen by a seeded
+    permutation of the full Fashion-MNIST test set (uint8 images, labels and original indices)."""
+    found = _find_fashion_mnist(root, "test")
+    if found is None:
+        raise LrvizError("building the sample needs the full Fashion-MNIST test set (apt-get install dataset-fashion-mnist)")
+    images, labels = _load_fashion_mnist_arrays(found[0], found[1], "test")
+    images, labels = np.asarray(images), np.asarray(labels)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    picked = np.sort(np.concatenate([order[labels[order] == c][:per_class] for c in range(10)]))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, images=images[picked], labels=labels[picked].astype(np.int64), indices=picked.astype(np.int64))
+    return out
+
+
+@register_dataset("fashion-mnist-sample")
+def _fashion_mnist_sample(arg, split, *, root, resize, grayscale, mean, std, augment) -> Dataset:
+    """2,000 Fashion-MNIST test images (200 per class) bundled with lrviz (MIT licence, Zalando)."""
+    if arg:
+        raise LrvizError(f"Dataset 'fashion-mnist-sample' takes no argument, got 'fashion-mnist-sample:{arg}'")
+    if split != "test":
+        raise LrvizError("fashion-mnist-sample is a test-set sample only; train on 'fashion-mnist'")
+    if not SAMPLE_PATH.exists():
+        raise LrvizError(f"the bundled sample {SAMPLE_PATH} is missing (reinstall lrviz)")
+    with np.load(SAMPLE_PATH) as z:
+        images, labels = torch.from_numpy(z["images"]), torch.from_numpy(z["labels"])
+    return _InMemoryImageDataset(
+        images,
+        labels,
+        classes=FASHION_MNIST_CLASSES,
+        name="fashion-mnist-sample",
+        resize=_check_resize(resize),
+        grayscale=grayscale,
+        mean=_check_norm(mean, FASHION_MNIST_MEAN, 1, "mean"),
+        std=_check_norm(std, FASHION_MNIST_STD, 1, "std"),
+        augment=augment,
+    )

@@ -157,7 +157,7 @@ def finetune(
             run_loss += float(loss.detach()) * len(y)
             seen += len(y)
             if progress is not None and (step % 10 == 0 or step == steps_per_epoch):
-                progress({"event": "step", "epoch": epoch, "step": step, "steps": steps_per_epoch, "loss": float(loss)})
+                progress({"event": "step", "epoch": epoch, "step": step, "steps": steps_per_epoch, "loss": float(loss.detach())})
         if cancelled and seen == 0:
             break
         vres = evaluate(net, val_set, limit=val_limit, device=device) if val_set is not None else None

@@ -340,3 +340,25 @@ def test_make_loader():
     assert torch.equal(epoch(), torch.stack([ds[i][0].flatten() for i in range(10)]))
     with pytest.raises(LrvizError, match="batch_size"):
         make_loader(ds, batch_size=0)
+
+
+def test_bundled_sample_matches_full_test_set():
+    import numpy as np
+
+    from lrviz.data import SAMPLE_PATH
+
+    sample = get_dataset("fashion-mnist-sample")
+    assert len(sample) == 2000 and sample.input_size == (1, 28, 28)
+    assert np.bincount(sample.targets).tolist() == [200] * 10
+    assert SAMPLE_PATH.stat().st_size <= 2 * 1024 * 1024
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("full Fashion-MNIST not installed")
+    full = get_dataset("fashion-mnist")
+    with np.load(SAMPLE_PATH) as z:
+        idx = z["indices"]
+    for i in (0, 777, 1999):
+        x, y = sample[i]
+        fx, fy = full[int(idx[i])]
+        assert y == fy and torch.equal(x, fx)
+    with pytest.raises(LrvizError, match="test-set sample only"):
+        get_dataset("fashion-mnist-sample", "train")
