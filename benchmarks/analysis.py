@@ -44,6 +44,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch / BLAS threads (default: number of usable CPU cores)")
     p.add_argument("--input-size", type=int, nargs=3, default=(3, 224, 224), metavar=("C", "H", "W"), help="input of the forward pass in lrviz.analyze (default 3 224 224)")
     p.add_argument("--a-max-seconds", type=float, default=60.0, help="if one run of (a) takes longer, (a) is not repeated (default 60)")
+    p.add_argument("--budget-seconds", type=float, default=240.0, help="no further run of (a) starts once it would likely end past this many seconds of timing (default 240)")
     p.add_argument("--skip-a", action="store_true", help="leave out the slow full-SVD recipe (a)")
     p.add_argument("--breakdown", action="store_true", help="also time (b) and lrviz's spectra per unfolding shape (once) and print the costliest shapes")
     return p.parse_args(argv)
@@ -229,14 +230,19 @@ def main(args: argparse.Namespace) -> None:
 
     times: dict[str, list[float]] = {k: [] for k in methods}
     first: dict[str, tuple] = {}
-    a_capped = False
+    a_capped = a_budget = False
     names = list(methods)
+    t_timing = time.perf_counter()
     for r in range(args.rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for k in order:
-            if k == key_a and times[k] and (a_capped or times[k][0] > args.a_max_seconds):
-                a_capped = True
-                continue
+            if k == key_a and times[k]:
+                if a_capped or times[k][0] > args.a_max_seconds:
+                    a_capped = True
+                    continue
+                if a_budget or time.perf_counter() - t_timing + min(times[k]) > args.budget_seconds:
+                    a_budget = True
+                    continue
             t0 = time.perf_counter()
             out = methods[k](unfs)
             dt = time.perf_counter() - t0
@@ -271,6 +277,8 @@ def main(args: argparse.Namespace) -> None:
               "(other load, CPU steal); trust the min more than the median, or rerun with more --rounds")
     if a_capped:
         print(f"note: one run of (a) took {times[key_a][0]:.1f} s > {args.a_max_seconds:.0f} s, so (a) was run only once (its 'median' is that run)")
+    elif a_budget:
+        print(f"note: (a) was run {len(times[key_a])} of {args.rounds} times: another run would have gone past --budget-seconds={args.budget_seconds:.0f}")
     if args.rounds < 3:
         print("note: fewer than 3 rounds — medians are single or paired runs")
     print()

@@ -82,6 +82,7 @@ def finetune(
     progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     max_grad_norm: float = 5.0,
+    keep: str = "best",
 ) -> FinetuneResult:
     """Fine-tune a (decomposed) model; returns a new model, ``model`` is not modified.
 
@@ -104,7 +105,11 @@ def finetune(
         and ``{"event": "epoch", "epoch", "train_loss", "val_top1", "lr", "seconds"}`` per epoch.
     should_stop : callable, optional
         Polled every step; returning True cancels (the best weights so far are returned).
+    keep : {"best", "last"}
+        Return the best validation epoch's weights (default) or the last epoch's.
     """
+    if keep not in ("best", "last"):
+        raise LrvizError(f"keep must be 'best' or 'last'; got {keep!r}")
     if epochs < 0:
         raise LrvizError(f"epochs must be ≥ 0; got {epochs}")
     if lr <= 0:
@@ -177,7 +182,10 @@ def finetune(
                 break
         if cancelled:
             break
-    net.load_state_dict(best_state)
+    if keep == "best":
+        net.load_state_dict(best_state)
+    else:
+        best_epoch = len(history)
     net.eval()
     return FinetuneResult(net, tuple(history), best_epoch, best_top1, stopped_early, cancelled)
 
