@@ -535,13 +535,17 @@ def _fashion_mnist(
                 "--data-root DIR."
             )
     images, labels = _load_fashion_mnist_arrays(found[0], found[1], split)
-    size = _check_resize(resize)
+    return _fmnist_dataset(images, labels, "fashion-mnist", resize, grayscale, mean, std, augment)
+
+
+def _fmnist_dataset(images, labels, name, resize, grayscale, mean, std, augment) -> Dataset:
+    """In-memory Fashion-MNIST-style dataset with the standard classes and normalisation."""
     return _InMemoryImageDataset(
         images,
         labels,
         classes=FASHION_MNIST_CLASSES,
-        name="fashion-mnist",
-        resize=size,
+        name=name,
+        resize=_check_resize(resize),
         grayscale=grayscale,
         mean=_check_norm(mean, FASHION_MNIST_MEAN, 1, "mean"),
         std=_check_norm(std, FASHION_MNIST_STD, 1, "std"),
@@ -844,14 +848,4 @@ def _fashion_mnist_sample(arg, split, *, root, resize, grayscale, mean, std, aug
         raise LrvizError(f"the bundled sample {SAMPLE_PATH} is missing (reinstall lrviz)")
     with np.load(SAMPLE_PATH) as z:
         images, labels = torch.from_numpy(z["images"]), torch.from_numpy(z["labels"])
-    return _InMemoryImageDataset(
-        images,
-        labels,
-        classes=FASHION_MNIST_CLASSES,
-        name="fashion-mnist-sample",
-        resize=_check_resize(resize),
-        grayscale=grayscale,
-        mean=_check_norm(mean, FASHION_MNIST_MEAN, 1, "mean"),
-        std=_check_norm(std, FASHION_MNIST_STD, 1, "std"),
-        augment=augment,
-    )
+    return _fmnist_dataset(images, labels, "fashion-mnist-sample", resize, grayscale, mean, std, augment)

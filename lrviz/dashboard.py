@@ -1,0 +1,966 @@
+"""Pure helpers behind the Streamlit dashboard (``app.py`` and ``pages/``).
+
+Nothing here imports Streamlit, so everything can be unit-tested and reused (the HTML report in
+:mod:`lrviz.report` draws the same figures). Plotly is imported lazily by the figure functions (it is
+an optional dependency: ``pip install lrviz[app]``).
+
+Contents: model and dataset sources with explicit cache keys (uploads are stored content-addressed and
+never unpickled), layer grouping and slider keys, number formatting, rank-plan helpers (presets,
+plans at a matched params ratio, ratio sweeps), a thread-safe result store, a background job for
+fine-tuning, sample predictions, and the plotly figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import tempfile
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .analysis import ModelAnalysis
+from .cost import CostReport
+from .errors import LrvizError
+from .layers import TUCKER2, LayerInfo
+from .plan import RankPlan, make_plan, plan_cost
+from .spectra import energy_curve
+
+__all__ = [
+    "DataSource",
+    "ModelSource",
+    "ResultStore",
+    "BackgroundJob",
+    "builtin_source",
+    "torchvision_source",
+    "state_dict_source",
+    "program_source",
+    "load_source",
+    "dataset_source",
+    "load_dataset",
+    "eval_problem",
+    "stage_of",
+    "group_by_stage",
+    "mode_labels",
+    "slider_key",
+    "human",
+    "size_mb",
+    "full_plan",
+    "plan_from_ranks",
+    "plan_key",
+    "preset_spec",
+    "plan_at_ratio",
+    "ratio_sweep",
+    "evaluate_plan",
+    "headline",
+]
+
+#: Largest upload accepted (bytes).
+MAX_UPLOAD_BYTES = 1 << 30
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+PROGRAM_SUFFIXES = (".pt2",)
+#: Ratios of the Compare page's sweep (params reduction, ×).
+SWEEP_RATIOS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+SWEEP_FAMILIES = ("energy", "uniform", "vbmf")
+FAMILY_LABELS = {
+    "energy": "energy threshold (ratio:T)",
+    "uniform": "uniform rank fraction",
+    "vbmf": "weakened VBMF (vbmf:K)",
+}
+
+
+# ==================================================================================================
+# Models
+# ==================================================================================================
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, with an explicit cache key.
+
+    Attributes
+    ----------
+    key : str
+        Stable identity of architecture + weights (uploads: content hash), used as cache key.
+    spec : str
+        What :func:`lrviz.models.load_model` gets (a name or a ``.pt2`` path).
+    weights : str or None
+        ``None`` (default weights), ``"none"``, ``"pretrained"`` or a file path.
+    label : str
+        Short text for the UI.
+    """
+
+    key: str
+    spec: str
+    weights: str | None
+    label: str
+
+
+def digest(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def short_id(text: str, n: int = 10) -> str:
+    """A short, stable hash of ``text`` (for widget keys)."""
+    return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+def upload_dir() -> Path:
+    """Folder where uploads are stored (content-addressed, so repeated uploads are free)."""
+    path = Path(tempfile.gettempdir()) / "lrviz-uploads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def store_upload(data: bytes, filename: str, suffixes: Sequence[str], directory: str | Path | None = None) -> tuple[Path, str]:
+    """Write uploaded bytes to ``<directory>/<sha256><suffix>`` and return ``(path, sha256)``.
+
+    The file is only written, never read back here; loading it is :func:`load_source`'s job (which
+    uses ``torch.load(weights_only=True)`` or ``torch.export.load`` — nothing is unpickled).
+
+    Raises
+    ------
+    LrvizError
+        For an empty or too large upload or a file name with another suffix.
+    """
+    name = str(filename or "upload")
+    suffix = Path(name).suffix.lower()
+    if suffix not in suffixes:
+        raise LrvizError(f"{name!r} has the wrong file type: expected {' / '.join(suffixes)}")
+    if not data:
+        raise LrvizError(f"{name!r} is empty (0 bytes)")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise LrvizError(f"{name!r} is {len(data) / 2**20:.0f} MiB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MiB")
+    sha = digest(data)
+    folder = Path(directory) if directory is not None else upload_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{sha}{suffix}"
+    if not path.is_file() or path.stat().st_size != len(data):
+        tmp = path.with_suffix(path.suffix + f".{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path, sha
+
+
+def builtin_source(name: str = "demo") -> ModelSource:
+    """A bundled model with its default weights (the demo falls back to random weights, see :func:`load_source`)."""
+    return ModelSource(key=f"builtin:{name}", spec=name, weights=None, label=name)
+
+
+def torchvision_source(arch: str, weights: str = "none") -> ModelSource:
+    """A torchvision architecture with random (``"none"``) or ``"pretrained"`` weights."""
+    if weights not in ("none", "pretrained"):
+        raise LrvizError(f"weights must be 'none' or 'pretrained' here; got {weights!r}")
+    label = f"{arch} ({'random init' if weights == 'none' else 'pretrained'})"
+    return ModelSource(key=f"torchvision:{arch}:{weights}", spec=arch, weights=weights, label=label)
+
+
+def state_dict_source(arch: str, data: bytes, filename: str, directory: str | Path | None = None) -> ModelSource:
+    """An architecture name (builtin or torchvision) plus an uploaded state_dict file."""
+    path, sha = store_upload(data, filename, STATE_DICT_SUFFIXES, directory)
+    return ModelSource(key=f"state_dict:{arch}:{sha}", spec=arch, weights=str(path), label=f"{arch} + {filename}")
+
+
+def program_source(data: bytes, filename: str, directory: str | Path | None = None) -> ModelSource:
+    """An uploaded ``torch.export`` program (``.pt2``)."""
+    path, sha = store_upload(data, filename, PROGRAM_SUFFIXES, directory)
+    return ModelSource(key=f"program:{sha}", spec=str(path), weights=None, label=filename)
+
+
+def _short_cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def load_source(source: ModelSource):
+    """Load a model; returns ``(LoadedModel, notes)`` where notes are warnings for the user.
+
+    A builtin model whose bundled weights are missing is loaded with random weights and a note says
+    so. Every failure is raised as :class:`LrvizError` with the cause (never another exception type).
+    """
+    from .models import builtin_models, load_model
+
+    notes: list[str] = []
+    try:
+        try:
+            loaded = load_model(source.spec, weights=source.weights)
+        except LrvizError as exc:
+            builtin = builtin_models().get(source.spec)
+            if source.weights is None and builtin is not None and "weights" in str(exc):
+                loaded = load_model(source.spec, weights="none")
+                notes.append(f"bundled weights unavailable ({exc}); using random weights")
+            else:
+                raise
+    except LrvizError:
+        raise
+    except Exception as exc:  # anything torch raises on a strange file: report the cause
+        raise LrvizError(f"could not load {source.label}: {_short_cause(exc)}") from exc
+    if "random init" in loaded.source:
+        notes.append(
+            f"{loaded.name} has random weights ({loaded.source}): spectra and accuracies describe an "
+            "untrained network"
+        )
+    return loaded, notes
+
+
+# ==================================================================================================
+# Data
+# ==================================================================================================
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A dataset choice: the ``lrviz.data`` name and how images are adapted to the model."""
+
+    key: str
+    name: str
+    label: str
+    resize: tuple[int, int] | None = None
+    grayscale: bool = False
+
+
+def dataset_source(name: str, input_size: Sequence[int], label: str | None = None) -> DataSource:
+    """Dataset ``name`` prepared for a model taking ``input_size`` ``(C, H, W)``.
+
+    Fashion-MNIST images are resized to the model's ``H×W`` when they differ; ImageFolder images are
+    resized to it and converted to grayscale for one-channel models.
+    """
+    c, h, w = (int(v) for v in input_size)
+    kind = name.partition(":")[0].lower()
+    resize: tuple[int, int] | None = None
+    gray = False
+    if kind in ("fashion-mnist", "fashion-mnist-sample"):
+        resize = None if (h, w) == (28, 28) else (h, w)
+    elif kind == "imagefolder":
+        resize, gray = (h, w), c == 1
+    key = f"{name}|{resize}|{gray}"
+    return DataSource(key=key, name=name, label=label or name, resize=resize, grayscale=gray)
+
+
+def load_dataset(src: DataSource, split: str = "test"):
+    """Build the dataset of ``src`` (raises :class:`LrvizError` with the cause)."""
+    from .data import get_dataset
+
+    try:
+        return get_dataset(src.name, split=split, resize=src.resize, grayscale=src.grayscale)
+    except LrvizError:
+        raise
+    except Exception as exc:
+        raise LrvizError(f"could not load dataset {src.name!r}: {_short_cause(exc)}") from exc
+
+
+def train_dataset_name(name: str) -> str:
+    """Name of the dataset to fine-tune on for evaluation dataset ``name`` (the sample has no train split)."""
+    return "fashion-mnist" if name == "fashion-mnist-sample" else name
+
+
+def eval_problem(loaded, dataset) -> str | None:
+    """Why ``dataset`` cannot measure ``loaded``'s accuracy, or None when it can."""
+    if dataset is None:
+        return "no dataset loaded"
+    ds_size = tuple(getattr(dataset, "input_size", ()) or ())
+    if ds_size and tuple(ds_size) != tuple(loaded.input_size):
+        return (
+            f"the dataset's images are {'×'.join(map(str, ds_size))} but the model expects "
+            f"{'×'.join(map(str, loaded.input_size))}"
+        )
+    n = getattr(dataset, "num_classes", None)
+    if n is not None and int(n) != int(loaded.num_classes):
+        return f"the model has {loaded.num_classes} outputs but the dataset has {n} classes"
+    return None
+
+
+# ==================================================================================================
+# Layers, keys, formatting
+# ==================================================================================================
+
+
+def stage_of(name: str) -> str:
+    """Stage of a layer: its name up to the first ``.`` (``layer2.0.conv1`` → ``layer2``)."""
+    return name.split(".", 1)[0]
+
+
+def group_by_stage(layers: Iterable[LayerInfo]) -> "OrderedDict[str, list[LayerInfo]]":
+    """Layers grouped by :func:`stage_of`, stages in order of first appearance."""
+    out: OrderedDict[str, list[LayerInfo]] = OrderedDict()
+    for l in layers:
+        out.setdefault(stage_of(l.name), []).append(l)
+    return out
+
+
+def mode_labels(kind: str) -> tuple[str, ...]:
+    """Rank names of a layer kind: ``("r_out", "r_in")`` for Tucker-2, ``("r",)`` otherwise."""
+    return ("r_out", "r_in") if kind == TUCKER2 else ("r",)
+
+
+def slider_key(model_id: str, layer: str, index: int) -> str:
+    """Session-state key of one rank slider."""
+    return f"rank|{model_id}|{layer}|{index}"
+
+
+def human(n: float, unit: str = "") -> str:
+    """``1234567`` → ``"1.23 M"`` (k, M, G, T)."""
+    n = float(n)
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.3g} {prefix}{unit}".rstrip()
+    return f"{n:.0f} {unit}".rstrip() if float(n).is_integer() else f"{n:.3g} {unit}".rstrip()
+
+
+def size_mb(params: int, bytes_per_param: int = 4) -> float:
+    """Model size in MB (10⁶ bytes) at float32."""
+    return params * bytes_per_param / 1e6
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f} %"
+
+
+def headline(cost: CostReport) -> dict[str, float]:
+    """The numbers shown above the Ranks page: params, MACs, FLOPs, size and their ratios."""
+    return {
+        "params": cost.params,
+        "params_planned": cost.params_planned,
+        "macs": cost.macs,
+        "macs_planned": cost.macs_planned,
+        "flops": cost.flops,
+        "flops_planned": cost.flops_planned,
+        "size_mb": size_mb(cost.params),
+        "size_mb_planned": size_mb(cost.params_planned),
+        "params_ratio": cost.params_ratio,
+        "macs_ratio": cost.macs_ratio,
+    }
+
+
+def model_summary(analysis: ModelAnalysis, loaded) -> dict[str, Any]:
+    """Headline facts of a model for the Model page."""
+    kinds: dict[str, int] = {}
+    for l in analysis.layers:
+        kinds[l.kind] = kinds.get(l.kind, 0) + 1
+    return {
+        "name": loaded.name,
+        "source": loaded.source,
+        "input_size": "×".join(map(str, loaded.input_size)),
+        "num_classes": loaded.num_classes,
+        "params": analysis.params,
+        "macs": analysis.macs,
+        "flops": 2 * analysis.macs,
+        "size_mb": size_mb(analysis.params),
+        "decomposable": len(analysis.layers),
+        "skipped": len(analysis.skipped),
+        "kinds": kinds,
+    }
+
+
+def layer_table(analysis: ModelAnalysis) -> pd.DataFrame:
+    """Decomposable layers with stage, kind, shape, params and MACs."""
+    from .cost import layer_macs, layer_params
+
+    rows = []
+    for l in analysis.layers:
+        rows.append(
+            {
+                "stage": stage_of(l.name),
+                "layer": l.name,
+                "kind": l.kind,
+                "weight shape": "×".join(map(str, l.weight_shape)),
+                "full ranks": ", ".join(map(str, l.full_ranks)),
+                "params": layer_params(l),
+                "MACs": layer_macs(l, analysis.io[l.name]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def skipped_table(analysis: ModelAnalysis) -> pd.DataFrame:
+    return pd.DataFrame([{"layer": s.name, "type": s.type, "why it is skipped": s.reason} for s in analysis.skipped])
+
+
+def spectra_table(analysis: ModelAnalysis) -> pd.DataFrame:
+    """Per layer: VBMF ranks, noise variance σ² and energy kept at the VBMF ranks (readable columns)."""
+    if not analysis.has_spectra:
+        return pd.DataFrame()
+    t = analysis.table()
+    fmt = lambda vals, f: ", ".join(f.format(v) for v in vals)  # noqa: E731
+    return pd.DataFrame(
+        {
+            "layer": t["name"],
+            "kind": t["kind"],
+            "shape": t["weight_shape"],
+            "full ranks": [", ".join(map(str, r)) for r in t["full_ranks"]],
+            "VBMF ranks": [", ".join(map(str, r)) for r in t["vbmf_ranks"]],
+            "σ²": [fmt(v, "{:.3g}") for v in t["vbmf_sigma2"]],
+            "energy kept": [fmt(v, "{:.1%}") for v in t["energy_at_vbmf"]],
+        }
+    )
+
+
+# ==================================================================================================
+# Plans
+# ==================================================================================================
+
+
+def full_plan(analysis: ModelAnalysis) -> RankPlan:
+    return make_plan(analysis, "full")
+
+
+def plan_from_ranks(analysis: ModelAnalysis, ranks: Mapping[str, Sequence[int]], spec: str = "custom") -> RankPlan:
+    """The plan with exactly these ranks (layers not given stay at full rank); no break-even rule."""
+    base = full_plan(analysis)
+    changes = {name: tuple(int(v) for v in r) for name, r in ranks.items()}
+    return base.with_ranks(changes, spec=spec)
+
+
+def plan_key(plan: RankPlan) -> str:
+    """Stable short identity of a plan's ranks (for result caches and session state)."""
+    text = ";".join(f"{lp.name}={','.join(map(str, lp.ranks))}" for lp in plan.layers)
+    return short_id(text, 16)
+
+
+def preset_spec(kind: str, value: float | None = None) -> str:
+    """Plan spec of a preset: ``full``, ``vbmf:K``, ``energy:F``, ``uniform:F``, ``ratio:T``."""
+    if kind == "full":
+        return "full"
+    if value is None:
+        raise LrvizError(f"preset {kind!r} needs a value")
+    if kind in ("vbmf", "energy", "uniform", "ratio"):
+        return f"{kind}:{float(value):g}"
+    raise LrvizError(f"unknown preset {kind!r}")
+
+
+def plan_at_ratio(analysis: ModelAnalysis, family: str, target: float, tol: float = 0.1) -> RankPlan | None:
+    """A plan of ``family`` whose params ratio is ``target`` (±``tol``), or None if out of reach.
+
+    ``energy`` uses ``make_plan("ratio:T")`` (energy threshold bisection); ``uniform`` and ``vbmf``
+    bisect the uniform fraction ``F`` and the weakening ``K`` of ``vbmf:K``.
+    """
+    if family == "energy":
+        try:
+            return make_plan(analysis, f"ratio:{target:g}")
+        except LrvizError:
+            return None
+    if family not in ("uniform", "vbmf"):
+        raise LrvizError(f"unknown family {family!r}; use energy, uniform or vbmf")
+
+    def build(x: float) -> RankPlan:
+        return make_plan(analysis, f"uniform:{max(x, 1e-6):.6f}" if family == "uniform" else f"vbmf:{x:.6f}")
+
+    # ratio falls as the uniform fraction grows, and grows with the VBMF weakening K
+    lo, hi = 0.0, 1.0
+    best: tuple[float, RankPlan] | None = None
+    for _ in range(24):
+        mid = 0.5 * (lo + hi)
+        plan = build(mid)
+        ratio = plan_cost(analysis, plan).params_ratio
+        err = abs(ratio / target - 1.0)
+        if best is None or err < best[0]:
+            best = (err, plan)
+        too_compressed = ratio > target
+        if family == "uniform":
+            lo, hi = (mid, hi) if too_compressed else (lo, mid)
+        else:
+            lo, hi = (lo, mid) if too_compressed else (mid, hi)
+    if family == "vbmf":  # the end point K = 1 may be what is needed
+        plan = build(1.0)
+        err = abs(plan_cost(analysis, plan).params_ratio / target - 1.0)
+        if best is None or err < best[0]:
+            best = (err, plan)
+    assert best is not None
+    return best[1] if best[0] <= tol else None
+
+
+def planned_model(module: torch.nn.Module, plan: RankPlan, cache, progress=None) -> torch.nn.Module:
+    """A new decomposed model from cached factors (``module`` is never modified)."""
+    from .decompose import compress
+
+    return compress(module, plan, cache, progress=progress)
+
+
+def evaluate_plan(module, plan: RankPlan, cache, dataset, limit: int | None, progress=None):
+    """Build the planned model from the cached factors and evaluate it; returns an ``EvalResult``."""
+    from .evaluate import evaluate
+
+    model = planned_model(module, plan, cache)
+    return evaluate(model, dataset, limit=limit, progress=progress)
+
+
+def ratio_sweep(
+    analysis: ModelAnalysis,
+    module,
+    cache,
+    dataset,
+    ratios: Sequence[float] = SWEEP_RATIOS,
+    families: Sequence[str] = SWEEP_FAMILIES,
+    limit: int | None = 300,
+    progress: Callable[[int, int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> pd.DataFrame:
+    """Accuracy vs params ratio for plan families at matched cost.
+
+    Returns one row per (family, target ratio): ``family, target, params_ratio, macs_ratio, top1,
+    lo, hi, n, spec`` — ``top1`` is NaN when the family cannot reach the target.
+    """
+    from .evaluate import evaluate
+
+    jobs = [(f, r) for f in families for r in ratios]
+    rows = []
+    for i, (family, target) in enumerate(jobs):
+        if should_stop is not None and should_stop():
+            break
+        plan = plan_at_ratio(analysis, family, float(target))
+        row: dict[str, Any] = {"family": family, "label": FAMILY_LABELS.get(family, family), "target": float(target)}
+        if plan is None:
+            row.update(params_ratio=math.nan, macs_ratio=math.nan, top1=math.nan, lo=math.nan, hi=math.nan, n=0, spec="unreachable")
+        else:
+            cost = plan_cost(analysis, plan)
+            res = evaluate(planned_model(module, plan, cache), dataset, limit=limit)
+            row.update(
+                params_ratio=cost.params_ratio,
+                macs_ratio=cost.macs_ratio,
+                top1=res.top1,
+                lo=res.top1_ci[0],
+                hi=res.top1_ci[1],
+                n=res.n,
+                spec=plan.spec,
+            )
+        rows.append(row)
+        if progress is not None:
+            progress(i + 1, len(jobs), f"{family} {target:g}×")
+    return pd.DataFrame(rows)
+
+
+# ==================================================================================================
+# Shared state
+# ==================================================================================================
+
+
+class ResultStore:
+    """Thread-safe ``key → value`` memo shared by all sessions (held in ``st.cache_resource``).
+
+    Used for results that need a progress bar while they are computed (evaluations), which a
+    Streamlit-cached function cannot show. Bounded: the oldest entries go first.
+    """
+
+    def __init__(self, max_items: int = 512):
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_items = max_items
+
+    def get(self, key, default=None):
+        with self._lock:
+            return self._data.get(key, default)
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_items:
+                self._data.popitem(last=False)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+
+class BackgroundJob:
+    """Run ``target(progress, should_stop)`` in a daemon thread and collect its events.
+
+    The UI polls :attr:`events`, :attr:`done`, :attr:`result`, :attr:`error`; :meth:`stop` sets the
+    flag that ``should_stop()`` returns. Exceptions are kept as text (``error``), never re-raised.
+    """
+
+    def __init__(self, target: Callable[[Callable[[dict], None], Callable[[], bool]], Any], name: str = "job"):
+        self._target = target
+        self.name = name
+        self.events: list[dict] = []
+        self.result: Any = None
+        self.error: str | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "BackgroundJob":
+        if self._thread is not None:
+            raise LrvizError("job already started")
+        self.started_at = time.time()
+        self._thread = threading.Thread(target=self._run, name=f"lrviz-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _progress(self, event: dict) -> None:
+        with self._lock:
+            self.events.append(dict(event))
+
+    def _run(self) -> None:
+        try:
+            self.result = self._target(self._progress, self._stop.is_set)
+        except LrvizError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # keep the cause for the UI, log the trace for developers
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.trace = traceback.format_exc()
+        finally:
+            self.finished_at = time.time()
+            self._done.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self.done
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def snapshot(self) -> list[dict]:
+        with self._lock:
+            return list(self.events)
+
+
+def finetune_history(events: Sequence[Mapping]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split fine-tuning progress events into step rows (``x`` = fractional epoch) and epoch rows."""
+    steps, epochs = [], []
+    for e in events:
+        if e.get("event") == "step":
+            steps.append({"x": e["epoch"] - 1 + e["step"] / max(e["steps"], 1), "loss": e["loss"]})
+        elif e.get("event") == "epoch":
+            epochs.append(
+                {"epoch": e["epoch"], "train_loss": e["train_loss"], "val_top1": e.get("val_top1"), "lr": e.get("lr"), "seconds": e.get("seconds")}
+            )
+    return pd.DataFrame(steps, columns=["x", "loss"]), pd.DataFrame(epochs, columns=["epoch", "train_loss", "val_top1", "lr", "seconds"])
+
+
+def split_sample(dataset, val_fraction: float = 0.5, seed: int = 0):
+    """Disjoint ``(train, val)`` subsets of one dataset (for when no separate train split exists)."""
+    from .data import DatasetSubset
+
+    n = len(dataset)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    k = int(round(n * (1 - val_fraction)))
+    return DatasetSubset(dataset, perm[:k]), DatasetSubset(dataset, perm[k:])
+
+
+# ==================================================================================================
+# Predictions and images
+# ==================================================================================================
+
+
+def predict(model, dataset, indices: Sequence[int]) -> tuple[list[int], list[int], list[float]]:
+    """``(labels, predicted classes, confidences)`` of a few dataset items (model flags restored)."""
+    xs, ys = zip(*(dataset[i] for i in indices)) if indices else ((), ())
+    if not xs:
+        return [], [], []
+    flags = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.inference_mode():
+            p = torch.softmax(model(torch.stack(list(xs))).float(), dim=1)
+    finally:
+        for m, f in flags.items():
+            m.training = f
+    conf, pred = p.max(dim=1)
+    return [int(y) for y in ys], pred.tolist(), conf.tolist()
+
+
+def display_image(x: torch.Tensor) -> np.ndarray:
+    """A normalised ``C×H×W`` tensor as a ``uint8`` image (min–max scaled; ``H×W`` or ``H×W×3``)."""
+    a = x.detach().float().cpu()
+    lo, hi = float(a.min()), float(a.max())
+    a = (a - lo) / (hi - lo) if hi > lo else torch.zeros_like(a)
+    img = (a * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return img[0] if img.shape[0] == 1 else np.transpose(img[:3], (1, 2, 0))
+
+
+def sample_indices(dataset, n: int = 8, seed: int = 0) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(len(dataset), generator=g)[: min(n, len(dataset))].tolist()
+
+
+def clone_model(module: torch.nn.Module) -> torch.nn.Module:
+    """A private deep copy (never hand a cached model to code that might change it)."""
+    return copy.deepcopy(module)
+
+
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """Hash of all parameters and buffers (to check that a cached model was not modified)."""
+    h = hashlib.sha1()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ==================================================================================================
+# Figures (plotly, imported lazily)
+# ==================================================================================================
+
+COLORS = {
+    "original": "#8c8c8c",
+    "planned": "#1f77b4",
+    "mode0": "#1f77b4",
+    "mode1": "#ff7f0e",
+    "matrix": "#2ca02c",
+    "projection": "#9467bd",
+    "measured": "#d62728",
+}
+MODE_NAMES = {"mode0": "mode-0 (output channels)", "mode1": "mode-1 (input channels)", "matrix": "matrix"}
+
+
+def _layout(fig, title: str | None = None, height: int = 380):
+    fig.update_layout(
+        title=title,
+        height=height,
+        margin=dict(l=10, r=10, t=50 if title else 20, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
+        template="plotly_white",
+    )
+    return fig
+
+
+def spectrum_figure(analysis: ModelAnalysis, name: str, ranks: Sequence[int] | None = None):
+    """Singular values (log y) of a layer's modes, the EVBMF threshold, the chosen rank and the
+    retained energy (secondary axis), in one figure."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    sp = analysis.spectra[name]
+    layer = analysis.layer(name)
+    ranks = tuple(ranks) if ranks is not None else layer.full_ranks
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    for mode, r in zip(sp.modes, ranks):
+        s = np.asarray(sp.values[mode])
+        idx = np.arange(1, len(s) + 1)
+        color = COLORS[mode]
+        label = MODE_NAMES[mode]
+        floor = max(float(s.max()) * 1e-12, 1e-30) if len(s) else 1e-30
+        fig.add_trace(
+            go.Scatter(x=idx, y=np.maximum(s, floor), mode="lines+markers", name=f"σ {label}", line=dict(color=color), marker=dict(size=4)),
+            secondary_y=False,
+        )
+        fig.add_trace(
+            go.Scatter(x=idx, y=energy_curve(s), mode="lines", name=f"energy {label}", line=dict(color=color, dash="dot")),
+            secondary_y=True,
+        )
+        vb = analysis.vbmf.get(name, {}).get(mode)
+        if vb is not None and vb.threshold > 0:
+            fig.add_trace(
+                go.Scatter(
+                    x=[1, len(s)], y=[vb.threshold, vb.threshold], mode="lines", name=f"EVBMF threshold {mode} (rank {vb.rank})",
+                    line=dict(color=color, dash="dash", width=1),
+                ),
+                secondary_y=False,
+            )
+        if 1 <= r <= len(s):
+            fig.add_trace(
+                go.Scatter(
+                    x=[r], y=[max(s[r - 1], floor)], mode="markers", name=f"chosen rank {mode} = {r}",
+                    marker=dict(symbol="diamond", size=13, color=color, line=dict(color="black", width=1)),
+                ),
+                secondary_y=False,
+            )
+    fig.update_yaxes(type="log", title_text="singular value", secondary_y=False)
+    fig.update_yaxes(range=[0, 1.02], title_text="retained energy", tickformat=".0%", secondary_y=True, showgrid=False)
+    fig.update_xaxes(title_text="index (rank)")
+    return _layout(fig, f"{name} — {layer.kind} {'×'.join(map(str, layer.weight_shape))}", height=420)
+
+
+def spectra_heatmap(analysis: ModelAnalysis, max_len: int = 64):
+    """Normalised spectra (σ_i / σ_1) of every layer mode, one row each, as a heat-map."""
+    import plotly.graph_objects as go
+
+    rows, labels = [], []
+    width = 0
+    for l in analysis.layers:
+        sp = analysis.spectra.get(l.name)
+        if sp is None:
+            continue
+        for mode in sp.modes:
+            s = np.asarray(sp.values[mode])
+            width = max(width, len(s))
+            rows.append(s / s[0] if len(s) and s[0] > 0 else s)
+            labels.append(f"{l.name} · {mode}")
+    width = min(width, max_len)
+    z = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        z[i, : min(len(r), width)] = r[:width]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=np.arange(1, width + 1), y=labels, colorscale="Viridis", zmin=0, zmax=1,
+            colorbar=dict(title="σᵢ/σ₁"), hovertemplate="%{y}<br>i=%{x}<br>σᵢ/σ₁=%{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title_text="singular value index")
+    return _layout(fig, "Normalised spectra of all layers", height=max(320, 16 * len(labels) + 120))
+
+
+def layer_cost_figure(cost: CostReport, metric: str = "params"):
+    """Per-layer bars: original vs planned params (or MACs)."""
+    import plotly.graph_objects as go
+
+    t = cost.table
+    unit = "params" if metric == "params" else "MACs"
+    fig = go.Figure()
+    fig.add_bar(x=t["name"], y=t[metric], name=f"original {unit}", marker_color=COLORS["original"])
+    fig.add_bar(x=t["name"], y=t[f"{metric}_planned"], name=f"planned {unit}", marker_color=COLORS["planned"])
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text=unit)
+    fig.update_xaxes(tickangle=-45)
+    return _layout(fig, f"Per-layer {unit}: original vs planned", height=380)
+
+
+def projection_figure(curve: pd.DataFrame | None, current: Mapping | None, measured: Sequence[Mapping], base_top1: float | None, chance: float | None):
+    """Projected accuracy vs params ratio (curve of the energy family, the current plan) and measured
+    quick evaluations with their 95 % intervals."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    if curve is not None and len(curve):
+        fig.add_trace(go.Scatter(x=curve["params_ratio"], y=curve["top1"], mode="lines", name="projection (energy plans)", line=dict(color=COLORS["projection"], dash="dot")))
+    if measured:
+        m = pd.DataFrame(list(measured))
+        fig.add_trace(
+            go.Scatter(
+                x=m["params_ratio"], y=m["top1"], mode="markers", name="measured (95 % CI)",
+                marker=dict(color=COLORS["measured"], size=9),
+                error_y=dict(type="data", symmetric=False, array=m["hi"] - m["top1"], arrayminus=m["top1"] - m["lo"]),
+                text=m.get("label"), hovertemplate="%{text}<br>%{x:.2f}× params<br>top-1 %{y:.1%}<extra></extra>",
+            )
+        )
+        if "projected" in m:
+            fig.add_trace(
+                go.Scatter(x=m["params_ratio"], y=m["projected"], mode="markers", name="projected at measured plans",
+                           marker=dict(color=COLORS["projection"], symbol="x", size=8))
+            )
+    if current is not None:
+        fig.add_trace(
+            go.Scatter(x=[current["params_ratio"]], y=[current["top1"]], mode="markers", name="current plan (projected)",
+                       marker=dict(color=COLORS["projection"], symbol="star", size=16, line=dict(color="black", width=1)))
+        )
+    if base_top1 is not None:
+        fig.add_hline(y=base_top1, line=dict(color="gray", dash="dash"), annotation_text="original", annotation_position="top left")
+    if chance is not None:
+        fig.add_hline(y=chance, line=dict(color="lightgray", dash="dot"), annotation_text="chance", annotation_position="bottom left")
+    fig.update_xaxes(title_text="params reduction (×)", type="log")
+    fig.update_yaxes(title_text="top-1 accuracy", tickformat=".0%", rangemode="tozero")
+    return _layout(fig, "Accuracy: projection and quick evaluations", height=380)
+
+
+def pareto_front(df: pd.DataFrame, x: str, y: str = "top1") -> pd.DataFrame:
+    """Rows not dominated (lower ``x`` is better, higher ``y`` is better), sorted by ``x``."""
+    d = df.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, False])
+    best, keep = -math.inf, []
+    for idx, row in d.iterrows():
+        if row[y] > best:
+            keep.append(idx)
+            best = row[y]
+    return d.loc[keep]
+
+
+def pareto_figure(configs: pd.DataFrame, x: str = "params", title: str | None = None):
+    """Accuracy vs params (or FLOPs) of saved configurations, Pareto front highlighted.
+
+    ``configs`` needs columns ``name``, ``top1``, ``lo``, ``hi`` and ``x``. Point ``customdata`` is the
+    configuration name (read back from a plotly selection).
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    unit = "params" if x == "params" else "FLOPs"
+    d = configs.dropna(subset=["top1"]) if "top1" in configs else configs.iloc[0:0]
+    if len(d):
+        fig.add_trace(
+            go.Scatter(
+                x=d[x], y=d["top1"], mode="markers+text", text=d["name"], textposition="top center", name="configurations",
+                customdata=d["name"], marker=dict(size=12, color=COLORS["planned"]),
+                error_y=dict(type="data", symmetric=False, array=d["hi"] - d["top1"], arrayminus=d["top1"] - d["lo"]),
+                hovertemplate="%{customdata}<br>%{x:.4s} " + unit + "<br>top-1 %{y:.1%}<extra></extra>",
+            )
+        )
+        front = pareto_front(d, x)
+        fig.add_trace(go.Scatter(x=front[x], y=front["top1"], mode="lines", name="Pareto front", line=dict(color=COLORS["measured"], dash="dash"), hoverinfo="skip"))
+    fig.update_xaxes(title_text=unit, type="log")
+    fig.update_yaxes(title_text="top-1 accuracy", tickformat=".0%")
+    return _layout(fig, title or f"Accuracy vs {unit}", height=380)
+
+
+def sweep_figure(sweep: pd.DataFrame, base_top1: float | None = None):
+    """Accuracy vs params ratio of each plan family (the Compare page's ratio sweep)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    palette = {"energy": "#1f77b4", "uniform": "#ff7f0e", "vbmf": "#2ca02c"}
+    for fam, d in sweep.dropna(subset=["top1"]).groupby("family", sort=False):
+        d = d.sort_values("params_ratio")
+        fig.add_trace(
+            go.Scatter(
+                x=d["params_ratio"], y=d["top1"], mode="lines+markers", name=FAMILY_LABELS.get(fam, fam),
+                line=dict(color=palette.get(fam)),
+                error_y=dict(type="data", symmetric=False, array=d["hi"] - d["top1"], arrayminus=d["top1"] - d["lo"]),
+            )
+        )
+    if base_top1 is not None:
+        fig.add_hline(y=base_top1, line=dict(color="gray", dash="dash"), annotation_text="original")
+    fig.update_xaxes(title_text="params reduction (×)", type="log")
+    fig.update_yaxes(title_text="top-1 accuracy", tickformat=".0%")
+    return _layout(fig, "Accuracy vs compression ratio (matched params)", height=400)
+
+
+def finetune_figure(steps: pd.DataFrame, epochs: pd.DataFrame):
+    """Training loss per step and validation accuracy per epoch (secondary axis)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    if len(steps):
+        fig.add_trace(go.Scatter(x=steps["x"], y=steps["loss"], mode="lines", name="train loss (step)", line=dict(color=COLORS["planned"])), secondary_y=False)
+    if len(epochs):
+        fig.add_trace(go.Scatter(x=epochs["epoch"], y=epochs["train_loss"], mode="markers", name="train loss (epoch)", marker=dict(color=COLORS["planned"], size=9)), secondary_y=False)
+        val = epochs.dropna(subset=["val_top1"])
+        if len(val):
+            fig.add_trace(go.Scatter(x=val["epoch"], y=val["val_top1"], mode="lines+markers", name="val top-1", line=dict(color=COLORS["measured"])), secondary_y=True)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="loss", secondary_y=False)
+    fig.update_yaxes(title_text="val top-1", tickformat=".0%", secondary_y=True, showgrid=False)
+    return _layout(fig, "Fine-tuning", height=360)
+
+
+def before_after_figure(rows: Sequence[Mapping]):
+    """Grouped bars of relative before/after values (``metric``, ``before``, ``after``); after shown as % of before."""
+    import plotly.graph_objects as go
+
+    metrics = [r["metric"] for r in rows]
+    rel = [100.0 * r["after"] / r["before"] if r["before"] else math.nan for r in rows]
+    fig = go.Figure()
+    fig.add_bar(x=metrics, y=[100.0] * len(rows), name="original", marker_color=COLORS["original"])
+    fig.add_bar(x=metrics, y=rel, name="compressed", marker_color=COLORS["planned"], text=[f"{v:.0f} %" for v in rel], textposition="outside")
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="% of original")
+    return _layout(fig, "Compressed model relative to the original", height=360)
