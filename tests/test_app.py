@@ -1,0 +1,284 @@
+"""The Streamlit dashboard, driven headlessly with ``streamlit.testing.v1.AppTest`` on the demo model.
+
+Small subsets everywhere (quick evaluations on 200 images, tiny fine-tuning) so the file runs in a
+couple of minutes on 2 cores.
+"""
+
+import argparse
+import io
+import os
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+streamlit = pytest.importorskip("streamlit")
+pytest.importorskip("plotly")
+
+import torch  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+import lrviz  # noqa: E402
+from lrviz import dashboard as dsh  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+PAGES = ["pages/model.py", "pages/spectra.py", "pages/ranks.py", "pages/compare.py", "pages/finetune.py", "pages/present.py"]
+QUICK_N = 200
+
+
+def ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def new_app(quick_n: int = QUICK_N) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    ok(at.run())
+    at.select_slider(key="quick_n").set_value(quick_n)
+    return ok(at.run())
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page)
+    return ok(at.run())
+
+
+def metric(at: AppTest, label: str) -> str:
+    for m in at.metric:
+        if m.label == label:
+            return m.value
+    raise AssertionError(f"no metric {label!r}; have {[m.label for m in at.metric]}")
+
+
+def ctx_of(at: AppTest):
+    return at.session_state["_lrviz_ctx"]
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    loaded, _ = dsh.load_source(dsh.builtin_source("demo"))
+    return lrviz.analyze(loaded.module, loaded.input_size, loaded.name)
+
+
+def test_every_page_runs_on_the_demo():
+    at = new_app()
+    assert "demo" in at.session_state["_lrviz_ctx"].loaded.name
+    for page in PAGES:
+        goto(at, page)
+        assert not at.error, (page, [e.value for e in at.error])
+        assert at.title, page
+
+
+def test_slider_move_updates_cost_and_projection_and_is_fast():
+    at = goto(new_app(), "pages/ranks.py")
+    at.number_input(key="proj_base_pct").set_value(90.0)  # a known baseline: the projection is defined
+    ok(at.run())
+    mid = ctx_of(at).model_id
+    before = (metric(at, "Params"), metric(at, "MACs / image"), metric(at, "FLOPs / image"), metric(at, "Projected top-1"))
+    assert before[3] == "90.0%"  # full rank: projection equals the baseline
+    at.slider(key=dsh.slider_key(mid, "layer2.0.conv2", 0)).set_value(4)
+    ok(at.run())
+    after = (metric(at, "Params"), metric(at, "MACs / image"), metric(at, "FLOPs / image"), metric(at, "Projected top-1"))
+    assert all(a != b for a, b in zip(before, after)), (before, after)
+    assert float(after[3].rstrip("%")) < 90.0
+
+    # rerun time of a slider move (the whole app script, AppTest overhead included)
+    walls, renders = [], []
+    names = ["layer2.1.conv1", "layer2.1.conv2", "layer3.0.conv1", "layer3.1.conv2", "layer3.2.conv1"]
+    for name in names:
+        at.slider(key=dsh.slider_key(mid, name, 1)).set_value(8)
+        t = time.perf_counter()
+        ok(at.run())
+        walls.append(1000 * (time.perf_counter() - t))
+        renders.append(at.session_state["_ranks_render_ms"])
+    wall, render = statistics.median(walls), statistics.median(renders)
+    print(f"\nslider-move rerun on demo: median {wall:.0f} ms whole rerun (AppTest), {render:.0f} ms Ranks page script")
+    assert render <= 300, renders
+    assert wall <= 1000, walls
+
+
+@pytest.mark.parametrize(
+    "button, setting, spec",
+    [
+        ("preset_vbmf", ("slider", "preset_vbmf_k", 0.5), "vbmf:0.5"),
+        ("preset_energy", ("slider", "preset_energy_f", 0.9), "energy:0.9"),
+        ("preset_uniform", ("slider", "preset_uniform_f", 0.25), "uniform:0.25"),
+        ("preset_ratio", ("number_input", "preset_ratio_t", 3.0), "ratio:3"),
+        ("preset_full", None, "full"),
+    ],
+)
+def test_presets_set_the_ranks_of_make_plan(analysis, button, setting, spec):
+    at = goto(new_app(), "pages/ranks.py")
+    if spec == "full":  # move away first so that reset has something to do
+        at.button(key="preset_uniform").click()
+        ok(at.run())
+    if setting is not None:
+        kind, key, value = setting
+        getattr(at, kind)(key=key).set_value(value)
+        ok(at.run())
+    at.button(key=button).click()
+    ok(at.run())
+    assert not at.error, [e.value for e in at.error]
+    mid = ctx_of(at).model_id
+    expected = lrviz.make_plan(analysis, spec)
+    for lp in expected.layers:
+        for i, (r, full) in enumerate(zip(lp.ranks, lp.full_ranks)):
+            if full > 1:
+                assert at.slider(key=dsh.slider_key(mid, lp.name, i)).value == r, (spec, lp.name, i)
+    cost = lrviz.plan_cost(analysis, expected)
+    assert metric(at, "Params") == dsh.human(cost.params_planned)
+
+
+def test_quick_evaluation_gives_an_accuracy_with_interval():
+    at = goto(new_app(), "pages/ranks.py")
+    at.button(key="preset_ratio").click()
+    ok(at.run())
+    at.button(key="quick_eval").click()
+    ok(at.run())
+    msgs = [s.value for s in at.success]
+    assert any("Measured top-1" in m and "CI" in m and f"n={QUICK_N}" in m for m in msgs), msgs
+    rows = at.session_state["_measured"]
+    (points,) = [v for k, v in rows.items() if k[2] == QUICK_N]
+    assert points and 0.0 <= points[-1]["top1"] <= 1.0 and points[-1]["lo"] <= points[-1]["top1"] <= points[-1]["hi"]
+
+
+def test_compare_save_load_and_sweep():
+    at = goto(new_app(), "pages/ranks.py")
+    at.button(key="preset_ratio").click()
+    ok(at.run())
+    ratio_ranks = dict(at.session_state["_plans"][ctx_of(at).model_id]["ranks"])
+    goto(at, "pages/compare.py")
+    at.text_input(key="config_name").set_value("three-x")
+    at.button(key="save_config").click()
+    ok(at.run())
+    assert "three-x" in at.session_state["_configs"][ctx_of(at).model_id]
+    # change the plan, then load the saved configuration back
+    goto(at, "pages/ranks.py")
+    at.button(key="preset_full").click()
+    ok(at.run())
+    goto(at, "pages/compare.py")
+    at.selectbox(key="config_choice").set_value("three-x")
+    at.button(key="load_config").click()
+    ok(at.run())
+    assert at.session_state["_plans"][ctx_of(at).model_id]["ranks"] == ratio_ranks
+    # a small sweep: two ratios, two families, 100 images
+    at.multiselect(key="sweep_ratios").set_value([2.0, 4.0])
+    at.multiselect(key="sweep_families").set_value(["energy", "uniform"])
+    at.number_input(key="sweep_n").set_value(100)
+    at.button(key="run_sweep").click()
+    ok(at.run())
+    sweep = next(iter(at.session_state["_sweeps"].values()))
+    assert len(sweep) == 4 and sweep["top1"].notna().all()
+    assert at.get("plotly_chart")
+
+
+def test_finetune_with_stop_flag_and_export():
+    at = goto(new_app(), "pages/ranks.py")
+    at.button(key="preset_ratio").click()
+    ok(at.run())
+    goto(at, "pages/finetune.py")
+    at.number_input(key="ft_epochs").set_value(1)
+    at.number_input(key="ft_train_n").set_value(256)
+    at.number_input(key="ft_val_n").set_value(100)
+    at.button(key="ft_start").click()
+    ok(at.run())
+    deadline = time.time() + 150
+    while time.time() < deadline:
+        time.sleep(1.0)
+        ok(at.run())
+        if any("Fine-tuning" in s.value for s in at.success):
+            break
+    assert any("Fine-tuning" in s.value for s in at.success), [e.value for e in at.error]
+    at.button(key="build_export").click()
+    ok(at.run())
+    assert not at.error, [e.value for e in at.error]
+    labels = [d.label for d in at.get("download_button")]
+    assert {"Download plan (JSON)", "Download .pt2 program", "Download weights (state_dict)"} <= set(labels), labels
+
+
+def test_background_job_stops_when_asked():
+    started = []
+
+    def target(progress, should_stop):
+        started.append(1)
+        while not should_stop():
+            progress({"event": "step", "epoch": 1, "step": 1, "steps": 10, "loss": 1.0})
+            time.sleep(0.01)
+        return "stopped"
+
+    job = dsh.BackgroundJob(target).start()
+    time.sleep(0.1)
+    assert job.running
+    job.stop()
+    assert job.wait(5) and job.result == "stopped" and job.error is None and job.snapshot()
+
+
+def test_present_measures_and_builds_report():
+    at = goto(new_app(), "pages/ranks.py")
+    at.button(key="preset_ratio").click()
+    ok(at.run())
+    goto(at, "pages/present.py")
+    at.number_input(key="present_n").set_value(100)
+    at.button(key="present_measure").click()
+    ok(at.run())
+    assert not at.error, [e.value for e in at.error]
+    assert metric(at, "Top-1 accuracy (100 images)").count("%") == 2
+    assert "ms" in metric(at, "CPU latency (batch 1, median)")
+    at.button(key="build_report").click()
+    ok(at.run())
+    assert any(d.label == "Download report (HTML)" for d in at.get("download_button"))
+
+
+def _bad_state_dicts():
+    buf = io.BytesIO()
+    torch.save({"obj": argparse.Namespace(a=1)}, buf)  # not tensors: must be refused, never unpickled
+    pickled = buf.getvalue()
+    buf = io.BytesIO()
+    torch.save({"foo.weight": torch.zeros(3)}, buf)  # tensors, wrong architecture
+    return [("garbage.pt", b"this is not a torch file", "file"), ("object.pt", pickled, "refused"), ("other.pt", buf.getvalue(), "missing")]
+
+
+@pytest.mark.parametrize("filename, data, expect", _bad_state_dicts())
+def test_bad_state_dict_upload_shows_an_error(filename, data, expect):
+    at = new_app()
+    at.radio(key="builtin_weights").set_value("upload")
+    ok(at.run())
+    at.file_uploader(key="sd_upload_builtin").set_value((filename, data, "application/octet-stream"))
+    ok(at.run())
+    errors = " ".join(e.value for e in at.error)
+    assert errors and expect in errors.lower(), errors
+    # the app keeps working: back to the bundled weights
+    at.radio(key="builtin_weights").set_value("default")
+    ok(at.run())
+    assert not at.error and at.metric
+
+
+def test_bad_program_upload_shows_an_error():
+    at = new_app()
+    at.radio(key="model_kind").set_value("program")
+    ok(at.run())
+    at.file_uploader(key="pt2_upload").set_value(("broken.pt2", b"PK\x03\x04 not really a zip", "application/octet-stream"))
+    ok(at.run())
+    errors = " ".join(e.value for e in at.error)
+    assert "broken.pt2" in errors or "exported program" in errors, errors
+
+
+def test_sessions_do_not_change_the_cached_model():
+    a1 = new_app()
+    model = ctx_of(a1).loaded.module
+    before = dsh.state_fingerprint(model)
+    flags = [m.training for m in model.modules()]
+    a2 = new_app()
+    assert ctx_of(a2).loaded.module is model  # one cached object shared by the sessions
+    for at in (a1, a2):
+        goto(at, "pages/ranks.py")
+        at.button(key="preset_uniform").click()
+        ok(at.run())
+        at.button(key="quick_eval").click()
+        ok(at.run())
+        goto(at, "pages/present.py")
+    assert dsh.state_fingerprint(model) == before
+    assert [m.training for m in model.modules()] == flags  # train/eval flags restored
