@@ -76,7 +76,10 @@ def main():
     torch.set_num_threads(os.cpu_count() or 2)
     train = get_dataset("fashion-mnist", "train", augment=True)
     test = get_dataset("fashion-mnist", "test")
-    out_rows = []
+    table_path = Path(args.runs, "paper_table.json")
+    # rows of regimes run earlier are kept (regimes can be run separately), in the order plain, ortho, overparam
+    old = json.loads(table_path.read_text()) if table_path.exists() else []
+    out_rows = [r for r in old if r["regime"] not in args.regimes.split(",")]
     for regime in args.regimes.split(","):
         path = Path(args.runs) / regime / "model.pt"
         if not path.exists():
@@ -94,7 +97,8 @@ def main():
         plan.save(Path(args.runs) / regime / "vbmf_plan.json")
         row["common"], _, _ = run_plan(net, a, f"ratio:{args.target:g}", train, test, args.epochs, args.lr, args.seed)
         out_rows.append(row)
-        Path(args.runs, "paper_table.json").write_text(json.dumps(out_rows, indent=1))
+        out_rows.sort(key=lambda r: ["plain", "ortho", "overparam"].index(r["regime"]) if r["regime"] in ("plain", "ortho", "overparam") else 9)
+        table_path.write_text(json.dumps(out_rows, indent=1))
     e = args.epochs
     lines = [
         f"| regime | baseline top-1 | VBMF params × | VBMF MACs × | VBMF: decomposed | +1 ep | +{e} ep | ratio:{args.target:g} params × | MACs × | decomposed | +1 ep | +{e} ep |",
