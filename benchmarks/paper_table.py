@@ -7,7 +7,7 @@ regimes are compared at equal size.
 
     python benchmarks/paper_table.py [--runs runs] [--target 4] [--epochs 3]
 
-Writes ``runs/paper_table.json`` and ``runs/paper_table.md`` and prints the table. The stem conv
+Writes ``runs/paper_table.json`` and ``runs/paper_table.md`` and prints the table. The stem conv and the classifier
 (1 input channel; 10 logits) are kept dense in every plan (``--exclude conv1 --exclude fc``), as is usual.
 The VBMF-compressed, fine-tuned model of each regime is saved as ``runs/<regime>/vbmf_finetuned.pt``
 with its plan ``runs/<regime>/vbmf_plan.json``.

@@ -21,7 +21,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,7 @@ class ModelSource:
     spec: str
     weights: str | None
     label: str
+    filename: str | None = None
 
 
 def digest(data: bytes) -> str:
@@ -169,13 +170,13 @@ def torchvision_source(arch: str, weights: str = "none") -> ModelSource:
 def state_dict_source(arch: str, data: bytes, filename: str, directory: str | Path | None = None) -> ModelSource:
     """An architecture name (builtin or torchvision) plus an uploaded state_dict file."""
     path, sha = store_upload(data, filename, STATE_DICT_SUFFIXES, directory)
-    return ModelSource(key=f"state_dict:{arch}:{sha}", spec=arch, weights=str(path), label=f"{arch} + {filename}")
+    return ModelSource(key=f"state_dict:{arch}:{sha}", spec=arch, weights=str(path), label=f"{arch} + {filename}", filename=filename)
 
 
 def program_source(data: bytes, filename: str, directory: str | Path | None = None) -> ModelSource:
     """An uploaded ``torch.export`` program (``.pt2``)."""
     path, sha = store_upload(data, filename, PROGRAM_SUFFIXES, directory)
-    return ModelSource(key=f"program:{sha}", spec=str(path), weights=None, label=filename)
+    return ModelSource(key=f"program:{sha}", spec=str(path), weights=None, label=filename, filename=filename)
 
 
 def _short_cause(exc: BaseException) -> str:
@@ -202,7 +203,10 @@ def load_source(source: ModelSource):
                 notes.append(f"bundled weights unavailable ({exc}); using random weights")
             else:
                 raise
-    except LrvizError:
+    except LrvizError as exc:
+        if source.filename:  # name the user's file, not our content-addressed copy of it
+            stored = source.weights if source.weights not in (None, "none", "pretrained") else source.spec
+            raise LrvizError(str(exc).replace(str(stored), source.filename)) from exc
         raise
     except Exception as exc:  # anything torch raises on a strange file: report the cause
         raise LrvizError(f"could not load {source.label}: {_short_cause(exc)}") from exc
@@ -341,6 +345,37 @@ def headline(cost: CostReport) -> dict[str, float]:
         "params_ratio": cost.params_ratio,
         "macs_ratio": cost.macs_ratio,
     }
+
+
+def analyze_loaded(loaded, progress=None) -> ModelAnalysis:
+    """:func:`lrviz.analyze` for a module; a cost-only analysis for an exported program.
+
+    A ``.pt2`` program has no modules to decompose: its params come from the program's parameters
+    and its MACs from ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2, batch 1), as
+    ``lrviz analyze`` does for programs.
+    """
+    from .analysis import analyze
+    from .layers import SkippedLayer
+
+    if loaded.decomposable:
+        return analyze(loaded.module, loaded.input_size, loaded.name, progress=progress)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .export import program_params
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        loaded.runnable(torch.zeros((1, *loaded.input_size)))
+    return ModelAnalysis(
+        model_name=loaded.name,
+        input_size=tuple(loaded.input_size),
+        layers=(),
+        skipped=(SkippedLayer("*", "ExportedProgram", "exported program: no modules to decompose (cost and accuracy only)"),),
+        spectra={},
+        vbmf={},
+        io={},
+        params=program_params(loaded.program),
+        macs=int(fc.get_total_flops() // 2),
+    )
 
 
 def model_summary(analysis: ModelAnalysis, loaded) -> dict[str, Any]:
@@ -708,6 +743,20 @@ def clone_model(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module)
 
 
+def inference_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy in eval mode without gradients, for inference shared by concurrent sessions.
+
+    Evaluating the cached original directly would toggle its train/eval flags; with several
+    sessions (threads) at once, one could run a forward pass in train mode and update BatchNorm
+    statistics. A copy that is only ever used in eval mode cannot be changed that way.
+    """
+    m = copy.deepcopy(module)
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
 def state_fingerprint(module: torch.nn.Module) -> str:
     """Hash of all parameters and buffers (to check that a cached model was not modified)."""
     h = hashlib.sha1()
@@ -735,10 +784,10 @@ MODE_NAMES = {"mode0": "mode-0 (output channels)", "mode1": "mode-1 (input chann
 
 def _layout(fig, title: str | None = None, height: int = 380):
     fig.update_layout(
-        title=title,
+        title=dict(text=title, y=0.98, yanchor="top", x=0.01, xanchor="left", font=dict(size=15)) if title else None,
         height=height,
-        margin=dict(l=10, r=10, t=50 if title else 20, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
+        margin=dict(l=10, r=10, t=95 if title else 40, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0),
         template="plotly_white",
     )
     return fig
@@ -777,7 +826,8 @@ def spectrum_figure(analysis: ModelAnalysis, name: str, ranks: Sequence[int] | N
                 ),
                 secondary_y=False,
             )
-        if 1 <= r <= len(s):
+        r = min(int(r), len(s))  # a mode can have fewer singular values than channels
+        if r >= 1:
             fig.add_trace(
                 go.Scatter(
                     x=[r], y=[max(s[r - 1], floor)], mode="markers", name=f"chosen rank {mode} = {r}",
@@ -785,8 +835,8 @@ def spectrum_figure(analysis: ModelAnalysis, name: str, ranks: Sequence[int] | N
                 ),
                 secondary_y=False,
             )
-    fig.update_yaxes(type="log", title_text="singular value", secondary_y=False)
-    fig.update_yaxes(range=[0, 1.02], title_text="retained energy", tickformat=".0%", secondary_y=True, showgrid=False)
+    fig.layout.yaxis.update(type="log", title_text="singular value (log)")
+    fig.layout.yaxis2.update(type="linear", range=[0, 1.02], tickmode="linear", tick0=0, dtick=0.2, title_text="retained energy", tickformat=".0%", showgrid=False)
     fig.update_xaxes(title_text="index (rank)")
     return _layout(fig, f"{name} — {layer.kind} {'×'.join(map(str, layer.weight_shape))}", height=420)
 
@@ -948,7 +998,7 @@ def finetune_figure(steps: pd.DataFrame, epochs: pd.DataFrame):
             fig.add_trace(go.Scatter(x=val["epoch"], y=val["val_top1"], mode="lines+markers", name="val top-1", line=dict(color=COLORS["measured"])), secondary_y=True)
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="loss", secondary_y=False)
-    fig.update_yaxes(title_text="val top-1", tickformat=".0%", secondary_y=True, showgrid=False)
+    fig.update_yaxes(title_text="val top-1", tickformat=".0%", secondary_y=True, showgrid=False, tickmode="auto", range=[0, 1.02])
     return _layout(fig, "Fine-tuning", height=360)
 
 

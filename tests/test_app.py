@@ -77,6 +77,7 @@ def test_slider_move_updates_cost_and_projection_and_is_fast():
     at.number_input(key="proj_base_pct").set_value(90.0)  # a known baseline: the projection is defined
     ok(at.run())
     mid = ctx_of(at).model_id
+    analysis_obj, model_obj = ctx_of(at).analysis, ctx_of(at).loaded
     before = (metric(at, "Params"), metric(at, "MACs / image"), metric(at, "FLOPs / image"), metric(at, "Projected top-1"))
     assert before[3] == "90.0%"  # full rank: projection equals the baseline
     at.slider(key=dsh.slider_key(mid, "layer2.0.conv2", 0)).set_value(4)
@@ -94,6 +95,8 @@ def test_slider_move_updates_cost_and_projection_and_is_fast():
         ok(at.run())
         walls.append(1000 * (time.perf_counter() - t))
         renders.append(at.session_state["_ranks_render_ms"])
+    # nothing heavy was recomputed: the same cached model and analysis (spectra, EVBMF) objects
+    assert ctx_of(at).analysis is analysis_obj and ctx_of(at).loaded is model_obj
     wall, render = statistics.median(walls), statistics.median(renders)
     print(f"\nslider-move rerun on demo: median {wall:.0f} ms whole rerun (AppTest), {render:.0f} ms Ranks page script")
     assert render <= 300, renders
@@ -143,6 +146,13 @@ def test_quick_evaluation_gives_an_accuracy_with_interval():
     rows = at.session_state["_measured"]
     (points,) = [v for k, v in rows.items() if k[2] == QUICK_N]
     assert points and 0.0 <= points[-1]["top1"] <= 1.0 and points[-1]["lo"] <= points[-1]["top1"] <= points[-1]["hi"]
+    # calibrating the projection exponent to the measured point(s) keeps the page working
+    at.number_input(key="proj_base_pct").set_value(95.0)
+    at.toggle(key="calibrate_alpha").set_value(True)
+    ok(at.run())
+    assert metric(at, "Projected top-1").endswith("%")
+    at.toggle(key="calibrate_alpha").set_value(False)
+    ok(at.run())
 
 
 def test_compare_save_load_and_sweep():
@@ -192,6 +202,18 @@ def test_finetune_with_stop_flag_and_export():
         if any("Fine-tuning" in s.value for s in at.success):
             break
     assert any("Fine-tuning" in s.value for s in at.success), [e.value for e in at.error]
+    # a second run, stopped with the Stop button: the job's should_stop flag is set from the page
+    at.number_input(key="ft_epochs").set_value(20)
+    train_n = at.number_input(key="ft_train_n")
+    train_n.set_value(min(4096, int(train_n.max)))
+    at.button(key="ft_start").click()
+    ok(at.run())
+    at.button(key="ft_stop").click()
+    ok(at.run())
+    job = at.session_state["_ft_job"]["job"]
+    assert job.stop_requested and job.wait(60)
+    ok(at.run())
+    assert any("cancelled" in s.value for s in at.success), [s.value for s in at.success]
     at.button(key="build_export").click()
     ok(at.run())
     assert not at.error, [e.value for e in at.error]
@@ -238,7 +260,7 @@ def _bad_state_dicts():
     pickled = buf.getvalue()
     buf = io.BytesIO()
     torch.save({"foo.weight": torch.zeros(3)}, buf)  # tensors, wrong architecture
-    return [("garbage.pt", b"this is not a torch file", "file"), ("object.pt", pickled, "refused"), ("other.pt", buf.getvalue(), "missing")]
+    return [("garbage.pt", b"this is not a torch file", "garbage.pt"), ("object.pt", pickled, "refused"), ("other.pt", buf.getvalue(), "missing")]
 
 
 @pytest.mark.parametrize("filename, data, expect", _bad_state_dicts())
@@ -282,3 +304,22 @@ def test_sessions_do_not_change_the_cached_model():
         goto(at, "pages/present.py")
     assert dsh.state_fingerprint(model) == before
     assert [m.training for m in model.modules()] == flags  # train/eval flags restored
+
+
+def test_program_upload_is_analysed_but_not_decomposed(tmp_path):
+    from lrviz.export import save_program
+
+    loaded, _ = dsh.load_source(dsh.builtin_source("demo"))
+    data = save_program(loaded.module, loaded.input_size, tmp_path / "demo.pt2").read_bytes()
+    at = new_app()
+    at.radio(key="model_kind").set_value("program")
+    ok(at.run())
+    at.file_uploader(key="pt2_upload").set_value(("demo.pt2", data, "application/octet-stream"))
+    ok(at.run())
+    assert not at.error, [e.value for e in at.error]
+    assert metric(at, "Parameters") == dsh.human(sum(p.numel() for p in loaded.module.parameters()))
+    at.button(key="model_eval_btn").click()
+    ok(at.run())
+    assert "%" in metric(at, "Top-1 on Fashion-MNIST sample (2,000)")
+    goto(at, "pages/ranks.py")
+    assert any("cannot be decomposed" in i.value or "not decomposed" in i.value for i in at.info), [i.value for i in at.info]
