@@ -788,8 +788,17 @@ def _layout(fig, title: str | None = None, height: int = 380):
         height=height,
         margin=dict(l=10, r=10, t=95 if title else 40, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0),
-        template="plotly_white",
-    )
+    )  # no template here: Streamlit applies its theme, the report sets its own (templates are slow)
+    return fig
+
+
+def _hlines(fig, lines: Sequence[tuple[float, str, str, str, str]]):
+    """Horizontal reference lines ``(y, text, color, dash, "top"|"bottom")`` as plain layout shapes
+    (much cheaper than ``add_hline``, which matters on every slider move)."""
+    shapes = [dict(type="line", xref="paper", x0=0, x1=1, yref="y", y0=y, y1=y, line=dict(color=c, dash=d, width=1)) for y, _, c, d, _ in lines]
+    notes = [dict(xref="paper", x=0.005, yref="y", y=y, text=t, showarrow=False, xanchor="left", yanchor=pos, font=dict(size=11, color="gray"))
+             for y, t, _, _, pos in lines]
+    fig.update_layout(shapes=shapes, annotations=notes)
     return fig
 
 
@@ -914,13 +923,15 @@ def projection_figure(curve: pd.DataFrame | None, current: Mapping | None, measu
             go.Scatter(x=[current["params_ratio"]], y=[current["top1"]], mode="markers", name="current plan (projected)",
                        marker=dict(color=COLORS["projection"], symbol="star", size=16, line=dict(color="black", width=1)))
         )
+    lines = []
     if base_top1 is not None:
-        fig.add_hline(y=base_top1, line=dict(color="gray", dash="dash"), annotation_text="original", annotation_position="top left")
+        lines.append((base_top1, "original", "gray", "dash", "bottom"))
     if chance is not None:
-        fig.add_hline(y=chance, line=dict(color="lightgray", dash="dot"), annotation_text="chance", annotation_position="bottom left")
+        lines.append((chance, "chance", "lightgray", "dot", "top"))
+    _hlines(fig, lines)
     fig.update_xaxes(title_text="params reduction (×)", type="log")
     fig.update_yaxes(title_text="top-1 accuracy", tickformat=".0%", rangemode="tozero")
-    return _layout(fig, "Accuracy: projection and quick evaluations", height=380)
+    return _layout(fig, "Accuracy: projected vs measured", height=380)
 
 
 def pareto_front(df: pd.DataFrame, x: str, y: str = "top1") -> pd.DataFrame:
@@ -977,7 +988,7 @@ def sweep_figure(sweep: pd.DataFrame, base_top1: float | None = None):
             )
         )
     if base_top1 is not None:
-        fig.add_hline(y=base_top1, line=dict(color="gray", dash="dash"), annotation_text="original")
+        _hlines(fig, [(base_top1, "original", "gray", "dash", "bottom")])
     fig.update_xaxes(title_text="params reduction (×)", type="log")
     fig.update_yaxes(title_text="top-1 accuracy", tickformat=".0%")
     return _layout(fig, "Accuracy vs compression ratio (matched params)", height=400)

@@ -106,6 +106,7 @@ def build_report(
     if figures:
         parts.append("<h2>Plots</h2>")
     for fig_title, fig in figures:
+        fig = type(fig)(fig).update_layout(template="plotly_white")  # a copy: the caller's figure is unchanged
         div = fig.to_html(full_html=False, include_plotlyjs=True if first else False, config={"displaylogo": False})
         first = False
         parts.append(f"<div class='fig'><h3>{_esc(fig_title)}</h3>{div}</div>")
