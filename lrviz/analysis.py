@@ -6,8 +6,10 @@ import logging
 from dataclasses import dataclass
 
 import pandas as pd
+import torch
 import torch.nn as nn
 
+from .errors import LrvizError
 from .cost import LayerIO, count_params, layer_macs, layer_params, record_io
 from .layers import TUCKER2, LayerInfo, SkippedLayer, find_layers, get_module
 from .spectra import LayerSpectrum, energy_curve, layer_spectrum
@@ -146,6 +148,13 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], name: str = "", progr
         ``False`` skips spectra and EVBMF (cost-only analysis: plans ``full``, ``uniform:F`` and
         ``ratio:T`` by uniform ranks still work).
     """
+    if isinstance(model, torch.export.ExportedProgram) or (isinstance(model, torch.fx.GraphModule) and not find_layers(model)[0]):
+        raise LrvizError(
+            "this is an exported program (.pt2): it has no modules to decompose, so it has no spectra; "
+            "evaluate it, or count its cost with torch.utils.flop_counter (lrviz analyze FILE.pt2 does)"
+        )
+    if not isinstance(model, nn.Module):
+        raise LrvizError(f"analyze needs a torch.nn.Module; got {type(model).__name__}")
     layers, skipped = find_layers(model)
     io = record_io(model, tuple(input_size))
     want_spectra = spectra

@@ -114,3 +114,17 @@ def test_real_subprocess_exit_code_and_no_traceback(tmp_path):
 
 def env_path():
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_analyze_refuses_exported_program(tmp_path):
+    import torch
+
+    import lrviz
+    from lrviz.errors import LrvizError
+    from helpers import tiny_net
+
+    ep = torch.export.export(tiny_net().eval(), (torch.zeros(2, 3, 16, 16),))
+    with pytest.raises(LrvizError, match="exported program"):
+        lrviz.analyze(ep, (3, 16, 16))
+    with pytest.raises(LrvizError, match="exported program"):
+        lrviz.analyze(ep.module(), (3, 16, 16))
