@@ -103,7 +103,7 @@ def _plan_for(args, loaded, analysis):
 
     if not loaded.decomposable:
         raise LrvizError(f"{args.model} is an exported program: it has no modules to decompose (evaluate and cost only)")
-    return make_plan(analysis, args.plan, exclude=args.exclude or ())
+    return make_plan(analysis, args.plan, exclude=args.exclude or (), keep_classifier=not getattr(args, "decompose_classifier", False))
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -289,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.add_argument("--plan", required=True, metavar="SPEC", help="full | vbmf | vbmf:K | energy:F | uniform:F | ratio:T | FILE.json")
     c.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense (fnmatch, repeatable)")
+    c.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear (kept dense by default)")
     c.add_argument("--out", required=True, metavar="DIR")
     _add_data_args(c, required=False)
     c.add_argument("--finetune", type=int, default=0, metavar="EPOCHS", help="fine-tune on the training split after decomposing")
@@ -302,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(e)
     e.add_argument("--plan", metavar="SPEC", help="evaluate the model decomposed with this plan")
     e.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
+    e.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
     _add_data_args(e, required=True)
     e.add_argument("--json", metavar="OUT", help="write {top1, top1_ci, top5, loss, n}")
     e.set_defaults(func=cmd_evaluate)

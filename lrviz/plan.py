@@ -36,7 +36,7 @@ from .layers import TUCKER2, LayerInfo
 from .spectra import energy_rank
 from .vbmf import weaken_rank
 
-__all__ = ["LayerPlan", "RankPlan", "make_plan", "effective_ranks", "plan_cost", "PLAN_SCHEMA"]
+__all__ = ["LayerPlan", "RankPlan", "make_plan", "classifier_layer", "effective_ranks", "plan_cost", "PLAN_SCHEMA"]
 
 PLAN_SCHEMA = "lrviz.plan/1"
 RATIO_TOLERANCE = 0.10
@@ -263,9 +263,21 @@ def _parse_fraction(spec: str, arg: str, lo_open: bool = True) -> float:
     return v
 
 
-def _build(analysis: ModelAnalysis, spec: str, rank_fn, exclude) -> RankPlan:
+def classifier_layer(analysis: ModelAnalysis) -> str | None:
+    """Name of the model's output layer: the last decomposable layer run in the forward pass, when it
+    is a Linear (the classifier head)."""
+    order = [n for n in analysis.io if any(l.name == n for l in analysis.layers)]
+    if order and analysis.layer(order[-1]).kind == "svd_linear":
+        return order[-1]
+    return None
+
+
+def _build(analysis: ModelAnalysis, spec: str, rank_fn, exclude, keep: str | None = None) -> RankPlan:
     layers = []
     for l in analysis.layers:
+        if l.name == keep:
+            layers.append(LayerPlan(l.name, l.kind, l.weight_shape, l.full_ranks, "classifier (model output) kept dense"))
+            continue
         if any(fnmatch.fnmatchcase(l.name, pat) for pat in exclude):
             layers.append(LayerPlan(l.name, l.kind, l.weight_shape, l.full_ranks, "excluded: kept dense"))
             continue
@@ -305,7 +317,7 @@ def _uniform_fn(frac: float):
     return fn
 
 
-def _ratio_plan(analysis: ModelAnalysis, spec: str, target: float, exclude) -> RankPlan:
+def _ratio_plan(analysis: ModelAnalysis, spec: str, target: float, exclude, keep=None) -> RankPlan:
     """Bisect a one-parameter family (energy fraction, then uniform fraction) to hit the params ratio."""
     best: tuple[float, RankPlan] | None = None
     for family in ("energy", "uniform") if analysis.has_spectra else ("uniform",):
@@ -313,7 +325,7 @@ def _ratio_plan(analysis: ModelAnalysis, spec: str, target: float, exclude) -> R
         for _ in range(40):
             mid = 0.5 * (lo + hi)
             fn = _energy_fn(analysis, mid) if family == "energy" else _uniform_fn(mid)
-            p = _build(analysis, spec, fn, exclude)
+            p = _build(analysis, spec, fn, exclude, keep)
             ratio = plan_cost(analysis, p).params_ratio
             err = abs(ratio / target - 1.0)
             if best is None or err < best[0]:
@@ -327,7 +339,7 @@ def _ratio_plan(analysis: ModelAnalysis, spec: str, target: float, exclude) -> R
     err, plan = best
     if err > RATIO_TOLERANCE:
         reached = plan_cost(analysis, plan).params_ratio
-        max_ratio = plan_cost(analysis, _build(analysis, spec, _uniform_fn(1e-9), exclude)).params_ratio
+        max_ratio = plan_cost(analysis, _build(analysis, spec, _uniform_fn(1e-9), exclude, keep)).params_ratio
         raise LrvizError(
             f"plan spec {spec!r}: cannot reach a {target:g}x params reduction within ±{RATIO_TOLERANCE:.0%} "
             f"(closest {reached:.2f}x; the most this model allows is about {max_ratio:.2f}x, limited by layers "
@@ -336,7 +348,9 @@ def _ratio_plan(analysis: ModelAnalysis, spec: str, target: float, exclude) -> R
     return plan
 
 
-def make_plan(analysis: ModelAnalysis, spec: str, exclude: tuple[str, ...] | list[str] = ()) -> RankPlan:
+def make_plan(
+    analysis: ModelAnalysis, spec: str, exclude: tuple[str, ...] | list[str] = (), keep_classifier: bool = True
+) -> RankPlan:
     """Resolve a plan spec (see module docstring) into a :class:`RankPlan`.
 
     Parameters
@@ -345,24 +359,30 @@ def make_plan(analysis: ModelAnalysis, spec: str, exclude: tuple[str, ...] | lis
     spec : str
     exclude : sequence of str
         ``fnmatch`` patterns of layer names to keep dense (e.g. ``"conv1"``, ``"layer1.*"``).
+    keep_classifier : bool
+        Keep the output Linear (see :func:`classifier_layer`) dense. Its matrix is small and
+        truncating the logits' basis is disproportionately harmful: EVBMF gives a 10×64 head rank 1,
+        which collapses accuracy. Set False to decompose it too (e.g. VGG's big heads are earlier
+        layers and are decomposed either way).
     """
     spec = str(spec).strip()
     exclude = tuple(exclude)
+    keep = classifier_layer(analysis) if keep_classifier else None
     kind, _, arg = spec.partition(":")
     kind = kind.lower()
     if spec.lower().endswith(".json"):
         return RankPlan.load(spec, analysis.layers)
     if kind == "full" and not arg:
-        return _build(analysis, "full", lambda l: (l.full_ranks, ""), exclude)
+        return _build(analysis, "full", lambda l: (l.full_ranks, ""), exclude, keep)
     if kind in ("vbmf", "energy") and not analysis.has_spectra:
         raise LrvizError(f"plan spec {spec!r} needs spectra; this analysis was made with spectra=False")
     if kind == "vbmf":
         k = 1.0 if not arg else _parse_fraction(spec, arg, lo_open=False)
-        return _build(analysis, spec, _vbmf_fn(analysis, k), exclude)
+        return _build(analysis, spec, _vbmf_fn(analysis, k), exclude, keep)
     if kind == "energy" and arg:
-        return _build(analysis, spec, _energy_fn(analysis, _parse_fraction(spec, arg)), exclude)
+        return _build(analysis, spec, _energy_fn(analysis, _parse_fraction(spec, arg)), exclude, keep)
     if kind == "uniform" and arg:
-        return _build(analysis, spec, _uniform_fn(_parse_fraction(spec, arg)), exclude)
+        return _build(analysis, spec, _uniform_fn(_parse_fraction(spec, arg)), exclude, keep)
     if kind == "ratio" and arg:
         try:
             target = float(arg)
@@ -370,7 +390,7 @@ def make_plan(analysis: ModelAnalysis, spec: str, exclude: tuple[str, ...] | lis
             raise LrvizError(f"plan spec {spec!r}: {arg!r} is not a number") from e
         if not target >= 1.0:
             raise LrvizError(f"plan spec {spec!r}: the params reduction must be ≥ 1 (e.g. ratio:3); got {target}")
-        return _ratio_plan(analysis, spec, target, exclude)
+        return _ratio_plan(analysis, spec, target, exclude, keep)
     raise LrvizError(
         f"unknown plan spec {spec!r}; allowed: full, vbmf, vbmf:K (K in [0,1]), energy:F, uniform:F (F in (0,1]), "
         f"ratio:T (T ≥ 1), or a plan .json file"

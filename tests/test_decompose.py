@@ -140,8 +140,10 @@ def test_compress_never_mutates_and_full_plan_reproduces():
     x = torch.randn(4, 3, 16, 16)
     full = compress(model, make_plan(a, "full"))
     assert (full(x) - model(x)).abs().max().item() <= ATOL
-    small = compress(model, make_plan(a, "uniform:0.4"))
+    small = compress(model, make_plan(a, "uniform:0.4", keep_classifier=False))
     assert isinstance(small.c1, Tucker2Conv2d) and isinstance(small.fc, LowRankLinear)
+    default = make_plan(a, "uniform:0.4")  # the output Linear is kept dense by default
+    assert default["fc"].is_dense and "classifier" in default["fc"].note
     assert small is not model and type(model.c1) is nn.Conv2d
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
