@@ -276,9 +276,9 @@ def main(args: argparse.Namespace) -> None:
         print(f"warning: timings of {', '.join(noisy)} vary more than 2× between rounds — the machine is noisy "
               "(other load, CPU steal); trust the min more than the median, or rerun with more --rounds")
     if a_capped:
-        print(f"note: one run of (a) took {times[key_a][0]:.1f} s > {args.a_max_seconds:.0f} s, so (a) was run only once (its 'median' is that run)")
+        print(f"note: one run of (a) took {times[key_a][0]:.1f} s > {args.a_max_seconds:g} s, so (a) was run only once (its 'median' is that run)")
     elif a_budget:
-        print(f"note: (a) was run {len(times[key_a])} of {args.rounds} times: another run would have gone past --budget-seconds={args.budget_seconds:.0f}")
+        print(f"note: (a) was run {len(times[key_a])} of {args.rounds} times: another run would have gone past --budget-seconds={args.budget_seconds:g}")
     if args.rounds < 3:
         print("note: fewer than 3 rounds — medians are single or paired runs")
     print()

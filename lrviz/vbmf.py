@@ -71,6 +71,17 @@ def _free_energy(log_sigma2: float, s2: np.ndarray, log_s2: np.ndarray, M: int, 
     return total
 
 
+def _free_energy_grid(log_sigma2: np.ndarray, s2, log_s2, M: int, alpha: float, xbar: float) -> np.ndarray:
+    """:func:`_free_energy` at many σ² at once (one numpy expression over a grid × spectrum array)."""
+    log_ms = np.log(M) + log_sigma2[:, None]
+    x = s2[None, :] / np.exp(log_ms)
+    total = np.sum(x - (log_s2[None, :] - log_ms), axis=1)
+    big = x > xbar
+    t = np.where(big, _tau(x, alpha), 0.0)  # τ is only defined (and only used) above x̄
+    extra = np.where(big, np.log1p(t) + alpha * np.log1p(t / alpha) - t, 0.0)
+    return total + extra.sum(axis=1)
+
+
 def evbmf(singular_values, shape: tuple[int, int]) -> VBMFResult:
     """Estimate the rank and noise variance of a matrix from its singular values.
 
@@ -120,7 +131,7 @@ def evbmf(singular_values, shape: tuple[int, int]) -> VBMFResult:
         log_sig = hi
     else:
         grid = np.linspace(lo, hi, 257)
-        vals = np.array([_free_energy(g, *args) for g in grid])
+        vals = _free_energy_grid(grid, *args)
         i = int(np.argmin(vals))
         a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
         res = minimize_scalar(_free_energy, bounds=(a, b), args=args, method="bounded", options={"xatol": 1e-10})
