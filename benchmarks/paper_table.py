@@ -78,8 +78,7 @@ def main():
     test = get_dataset("fashion-mnist", "test")
     table_path = Path(args.runs, "paper_table.json")
     # rows of regimes run earlier are kept (regimes can be run separately), in the order plain, ortho, overparam
-    old = json.loads(table_path.read_text()) if table_path.exists() else []
-    out_rows = [r for r in old if r["regime"] not in args.regimes.split(",")]
+    out_rows = []
     for regime in args.regimes.split(","):
         path = Path(args.runs) / regime / "model.pt"
         if not path.exists():
@@ -96,7 +95,10 @@ def main():
         torch.save(model.state_dict(), Path(args.runs) / regime / "vbmf_finetuned.pt")
         plan.save(Path(args.runs) / regime / "vbmf_plan.json")
         row["common"], _, _ = run_plan(net, a, f"ratio:{args.target:g}", train, test, args.epochs, args.lr, args.seed)
-        out_rows.append(row)
+        (Path(args.runs) / regime / "table_row.json").write_text(json.dumps(row, indent=1))
+        # merge with rows of other regimes written meanwhile (regimes can run in separate processes)
+        old = json.loads(table_path.read_text()) if table_path.exists() else []
+        out_rows = [r for r in old if r["regime"] != regime] + [row]
         out_rows.sort(key=lambda r: ["plain", "ortho", "overparam"].index(r["regime"]) if r["regime"] in ("plain", "ortho", "overparam") else 9)
         table_path.write_text(json.dumps(out_rows, indent=1))
     e = args.epochs
