@@ -438,7 +438,7 @@ def train_model(
             sum_reg += float(reg.detach()) * len(y)
             n += len(y)
             if progress is not None and (i % 20 == 0 or i == steps):
-                progress({"event": "step", "epoch": epoch, "step": i, "steps": steps, "loss": float(loss), "reg": float(reg)})
+                progress({"event": "step", "epoch": epoch, "step": i, "steps": steps, "loss": float(loss.detach()), "reg": float(reg.detach())})
         rec = {"epoch": epoch, "train_loss": sum_loss / n, "reg": sum_reg / n, "lr": opt.param_groups[0]["lr"],
                "seconds": time.perf_counter() - t0, "val_top1": float("nan")}
         if val_set is not None:
