@@ -11,11 +11,11 @@ import torch.nn as nn
 
 from .errors import LrvizError
 from .cost import LayerIO, count_params, layer_macs, layer_params, record_io
-from .layers import TUCKER2, LayerInfo, SkippedLayer, find_layers, get_module
+from .layers import LayerInfo, SkippedLayer, find_layers, get_module
 from .spectra import LayerSpectrum, energy_curve, layer_spectrum
 from .vbmf import VBMFResult, evbmf
 
-__all__ = ["ModelAnalysis", "analyze"]
+__all__ = ["ModelAnalysis", "analyze", "analyze_program"]
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +186,29 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], name: str = "", progr
     )
 
 
+
+
+def analyze_program(program: torch.export.ExportedProgram, input_size: tuple[int, ...], name: str = "") -> ModelAnalysis:
+    """Cost-only analysis of an exported program (``.pt2``): it has no modules to decompose.
+
+    Params are the program's parameters (buffers excluded); MACs come from
+    ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2) on one zeros sample — the same
+    convention as :mod:`lrviz.cost`.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .export import program_params
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        program.module()(torch.zeros((1, *input_size)))
+    return ModelAnalysis(
+        model_name=name,
+        input_size=tuple(int(v) for v in input_size),
+        layers=(),
+        skipped=(SkippedLayer("*", "ExportedProgram", "exported program: no modules to decompose (cost and accuracy only)"),),
+        spectra={},
+        vbmf={},
+        io={},
+        params=program_params(program),
+        macs=int(fc.get_total_flops() // 2),
+    )

@@ -135,21 +135,12 @@ def cmd_analyze(args) -> int:
 
 
 def _analyze_program(args, loaded) -> int:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from .analysis import analyze_program
 
-    from .export import program_params
-
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        loaded.runnable(torch.zeros((1, *loaded.input_size)))
-    macs = fc.get_total_flops() // 2
-    params = program_params(loaded.program)
-    doc = {"model": loaded.name, "input_size": list(loaded.input_size), "units": "MACs", "layers": [],
-           "skipped": [{"name": "*", "type": "ExportedProgram", "reason": "exported program: no modules to decompose (cost only)"}],
-           "totals": {"params": params, "macs": int(macs), "flops": int(2 * macs)}}
-    print(f"model {loaded.name} (exported program, cost only): {params:,} params, {macs:,} MACs ({_fmt_int(2 * macs)} FLOPs)")
+    a = analyze_program(loaded.program, loaded.input_size, loaded.name)
+    print(f"model {loaded.name} (exported program, cost only): {a.params:,} params, {a.macs:,} MACs ({_fmt_int(2 * a.macs)} FLOPs)")
     if args.json:
-        _write_json(args.json, doc)
+        _write_json(args.json, a.to_dict())
     return 0
 
 

@@ -33,7 +33,7 @@ from .analysis import ModelAnalysis
 from .cost import CostReport
 from .errors import LrvizError
 from .layers import TUCKER2, LayerInfo
-from .plan import RankPlan, make_plan, plan_cost
+from .plan import RankPlan, make_plan, plan_cost, plan_for_ratio
 from .spectra import energy_curve
 
 __all__ = [
@@ -354,28 +354,11 @@ def analyze_loaded(loaded, progress=None) -> ModelAnalysis:
     and its MACs from ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2, batch 1), as
     ``lrviz analyze`` does for programs.
     """
-    from .analysis import analyze
-    from .layers import SkippedLayer
+    from .analysis import analyze, analyze_program
 
     if loaded.decomposable:
         return analyze(loaded.module, loaded.input_size, loaded.name, progress=progress)
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .export import program_params
-
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        loaded.runnable(torch.zeros((1, *loaded.input_size)))
-    return ModelAnalysis(
-        model_name=loaded.name,
-        input_size=tuple(loaded.input_size),
-        layers=(),
-        skipped=(SkippedLayer("*", "ExportedProgram", "exported program: no modules to decompose (cost and accuracy only)"),),
-        spectra={},
-        vbmf={},
-        io={},
-        params=program_params(loaded.program),
-        macs=int(fc.get_total_flops() // 2),
-    )
+    return analyze_program(loaded.program, loaded.input_size, loaded.name)
 
 
 def model_summary(analysis: ModelAnalysis, loaded) -> dict[str, Any]:
@@ -487,32 +470,7 @@ def plan_at_ratio(analysis: ModelAnalysis, family: str, target: float, tol: floa
             return None
     if family not in ("uniform", "vbmf"):
         raise LrvizError(f"unknown family {family!r}; use energy, uniform or vbmf")
-
-    def build(x: float) -> RankPlan:
-        return make_plan(analysis, f"uniform:{max(x, 1e-6):.6f}" if family == "uniform" else f"vbmf:{x:.6f}")
-
-    # ratio falls as the uniform fraction grows, and grows with the VBMF weakening K
-    lo, hi = 0.0, 1.0
-    best: tuple[float, RankPlan] | None = None
-    for _ in range(24):
-        mid = 0.5 * (lo + hi)
-        plan = build(mid)
-        ratio = plan_cost(analysis, plan).params_ratio
-        err = abs(ratio / target - 1.0)
-        if best is None or err < best[0]:
-            best = (err, plan)
-        too_compressed = ratio > target
-        if family == "uniform":
-            lo, hi = (mid, hi) if too_compressed else (lo, mid)
-        else:
-            lo, hi = (lo, mid) if too_compressed else (mid, hi)
-    if family == "vbmf":  # the end point K = 1 may be what is needed
-        plan = build(1.0)
-        err = abs(plan_cost(analysis, plan).params_ratio / target - 1.0)
-        if best is None or err < best[0]:
-            best = (err, plan)
-    assert best is not None
-    return best[1] if best[0] <= tol else None
+    return plan_for_ratio(analysis, target, family, iters=24, tolerance=tol)
 
 
 def planned_model(module: torch.nn.Module, plan: RankPlan, cache, progress=None) -> torch.nn.Module:

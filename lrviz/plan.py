@@ -36,7 +36,7 @@ from .layers import TUCKER2, LayerInfo
 from .spectra import energy_rank
 from .vbmf import weaken_rank
 
-__all__ = ["LayerPlan", "RankPlan", "make_plan", "classifier_layer", "effective_ranks", "plan_cost", "PLAN_SCHEMA"]
+__all__ = ["LayerPlan", "RankPlan", "make_plan", "classifier_layer", "plan_for_ratio", "effective_ranks", "plan_cost", "PLAN_SCHEMA"]
 
 PLAN_SCHEMA = "lrviz.plan/1"
 RATIO_TOLERANCE = 0.10
@@ -317,23 +317,68 @@ def _uniform_fn(frac: float):
     return fn
 
 
+def _bisect_ratio(analysis, target, rank_fn_of, spec_of, grows_with_x, exclude, keep, iters=40, endpoints=()):
+    """Bisect ``x`` in [0, 1] of a one-parameter rank family for the params ratio closest to ``target``.
+
+    ``rank_fn_of(x)`` gives the per-layer rank function, ``spec_of(x)`` the plan's spec label;
+    ``grows_with_x`` says whether the ratio rises with ``x`` (VBMF weakening K) or falls (energy,
+    uniform fraction). ``endpoints`` are also tried. Returns ``(relative error, plan)``.
+    """
+    best: tuple[float, RankPlan] | None = None
+
+    def consider(x):
+        nonlocal best
+        p = _build(analysis, spec_of(x), rank_fn_of(x), exclude, keep)
+        ratio = plan_cost(analysis, p).params_ratio
+        err = abs(ratio / target - 1.0)
+        if best is None or err < best[0]:
+            best = (err, p)
+        return ratio
+
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        too_compressed = consider(mid) > target
+        if too_compressed == grows_with_x:
+            hi = mid
+        else:
+            lo = mid
+    for x in endpoints:
+        consider(x)
+    return best
+
+
+def plan_for_ratio(
+    analysis: ModelAnalysis,
+    target: float,
+    family: str,
+    exclude=(),
+    keep_classifier: bool = True,
+    iters: int = 40,
+    tolerance: float = RATIO_TOLERANCE,
+) -> RankPlan | None:
+    """The ``uniform:F`` or weakened ``vbmf:K`` plan whose params ratio is ``target`` (±``tolerance``),
+    by bisection on F or K; ``None`` when the family cannot reach it. (Energy: ``make_plan("ratio:T")``.)"""
+    keep = classifier_layer(analysis) if keep_classifier else None
+    if family == "uniform":
+        err, plan = _bisect_ratio(analysis, target, _uniform_fn, lambda x: f"uniform:{max(x, 1e-6):.6f}", False,
+                                  tuple(exclude), keep, iters)
+    elif family == "vbmf":
+        err, plan = _bisect_ratio(analysis, target, lambda x: _vbmf_fn(analysis, x), lambda x: f"vbmf:{x:.6f}", True,
+                                  tuple(exclude), keep, iters, endpoints=(1.0,))  # K = 1 may be what is needed
+    else:
+        raise LrvizError(f"unknown family {family!r}; use uniform or vbmf (energy: make_plan('ratio:T'))")
+    return plan if err <= tolerance else None
+
+
 def _ratio_plan(analysis: ModelAnalysis, spec: str, target: float, exclude, keep=None) -> RankPlan:
     """Bisect a one-parameter family (energy fraction, then uniform fraction) to hit the params ratio."""
     best: tuple[float, RankPlan] | None = None
     for family in ("energy", "uniform") if analysis.has_spectra else ("uniform",):
-        lo, hi = 0.0, 1.0
-        for _ in range(40):
-            mid = 0.5 * (lo + hi)
-            fn = _energy_fn(analysis, mid) if family == "energy" else _uniform_fn(mid)
-            p = _build(analysis, spec, fn, exclude, keep)
-            ratio = plan_cost(analysis, p).params_ratio
-            err = abs(ratio / target - 1.0)
-            if best is None or err < best[0]:
-                best = (err, p)
-            if ratio > target:  # too compressed: keep more
-                lo = mid
-            else:
-                hi = mid
+        fn_of = (lambda x: _energy_fn(analysis, x)) if family == "energy" else _uniform_fn
+        cand = _bisect_ratio(analysis, target, fn_of, lambda x: spec, False, exclude, keep)
+        if best is None or cand[0] < best[0]:
+            best = cand
         if best[0] <= RATIO_TOLERANCE:
             break
     err, plan = best
