@@ -253,6 +253,130 @@ def cmd_train(args) -> int:
     return 0
 
 
+# --- sensitivity, projection, solver, sweep ----------------------------------------------------
+
+def _sensitivities(args, loaded):
+    from .sensitivity import measure_sensitivity
+
+    if not loaded.decomposable:
+        raise LrvizError(f"{args.model} is an exported program: sensitivities need a decomposable model")
+    ds = _dataset(args, loaded, split=args.split)
+    limit = args.limit if args.limit is not None else 1000
+    t0 = time.monotonic()
+    sens = measure_sensitivity(loaded.module, ds, limit=limit, batch_size=args.batch_size, cache=not args.no_cache,
+                               data_name=f"{args.data} {args.split}, {min(limit, len(ds))} images",
+                               progress=_progress("sensitivity"))
+    src = "from the cache" if sens.cached_layers == len(sens.layers) else f"measured in {time.monotonic() - t0:.1f}s"
+    print(f"sensitivities of {len(sens.layers)} layers on {sens.n} images ({src}; key {sens.key})", file=sys.stderr)
+    return sens
+
+
+def _projector(sens):
+    from .project import SensitivityProjector
+
+    return SensitivityProjector.from_sensitivities(sens)
+
+
+def cmd_sensitivity(args) -> int:
+    loaded = _load(args)
+    sens = _sensitivities(args, loaded)
+    tab = sens.table()
+    print(f"{loaded.name} on {sens.data}: original top-1 {sens.base_top1:.2%}, loss {sens.base_loss:.4f}")
+    print(f"{'layer':34s} {'mode':5s} {'full':>5s}  top-1 at rank (drop in points)")
+    for (layer, mode), g in tab.groupby(["layer", "mode"], sort=False):
+        pts = "  ".join(f"{int(r.rank)}:{r.top1:.1%}({100 * r.drop:+.1f})" for r in g.itertuples() if r.rank < r.full)
+        print(f"{layer[:34]:34s} {mode:5s} {int(g.full.iloc[0]):5d}  {pts}")
+    for a in sens.anchors:
+        print(f"anchor: uniform rank fraction {a['fraction']:g} on all layers but the output one -> top-1 {a['top1']:.2%}")
+    if args.json:
+        _write_json(args.json, sens.to_dict())
+    return 0
+
+
+def cmd_project(args) -> int:
+    from .analysis import analyze
+    from .plan import plan_cost
+
+    loaded = _load(args)
+    a = analyze(loaded.module, loaded.input_size, loaded.name) if loaded.decomposable else None
+    plan = _plan_for(args, loaded, a)
+    cost = plan_cost(a, plan)
+    if args.basis == "proxy":
+        from .evaluate import evaluate
+        from .project import DESCRIPTION, project_accuracy
+
+        base = evaluate(loaded.module, _dataset(args, loaded, split=args.split), limit=args.limit, batch_size=args.batch_size)
+        pr = project_accuracy(a, plan, base.top1, loaded.num_classes)
+        lo, hi = pr.top1 - 0.5 * pr.drop, min(pr.top1 + pr.drop, base.top1)
+        doc = {"projected_top1": pr.top1, "interval": [max(lo, 0.0), hi], "basis": "proxy", "detail": DESCRIPTION,
+               "base_top1": base.top1, "n": base.n}
+    else:
+        sens = _sensitivities(args, loaded)
+        pr = _projector(sens).project(plan)
+        doc = {**pr.to_dict(), "basis": "sensitivities", "n": sens.n, "calibration_key": sens.key}
+    doc.update(params=cost.params_planned, macs=cost.macs_planned, params_ratio=cost.params_ratio, macs_ratio=cost.macs_ratio,
+               plan=args.plan)
+    lo, hi = doc["interval"]
+    print(f"{loaded.name} + {args.plan}: {cost.params_ratio:.2f}x fewer params ({cost.params_planned:,}), "
+          f"{cost.macs_ratio:.2f}x fewer MACs ({cost.macs_planned:,})")
+    print(f"projected top-1 {doc['projected_top1']:.2%} [{lo:.2%}, {hi:.2%}] (original {doc['base_top1']:.2%}; basis: {doc['basis']}; "
+          "not evaluated, before fine-tuning)")
+    if args.json:
+        _write_json(args.json, doc)
+    return 0
+
+
+def cmd_solve(args) -> int:
+    from .analysis import analyze
+    from .budget import parse_target, solve, strategy_plan
+
+    metric, ratio = parse_target(args.target)
+    loaded = _load(args)
+    if not loaded.decomposable:
+        raise LrvizError(f"{args.model} is an exported program: nothing to decompose")
+    a = analyze(loaded.module, loaded.input_size, loaded.name)
+    proj = _projector(_sensitivities(args, loaded))
+    res = solve(a, proj, (metric, ratio), snap=args.snap, exclude=args.exclude or ())
+    pr = proj.project(res.plan)
+    print(f"solved {metric}:{ratio:g}: {res.params_ratio:.2f}x fewer params, {res.macs_ratio:.2f}x fewer MACs; "
+          f"projected top-1 {pr.top1:.2%} [{pr.interval[0]:.2%}, {pr.interval[1]:.2%}] (original {pr.base_top1:.2%})")
+    for lp in res.plan.layers:
+        print(f"  {lp.name[:34]:34s} {','.join(map(str, lp.ranks)):>9s} / {','.join(map(str, lp.full_ranks))}")
+    for family in ("uniform", "vbmf"):
+        other = strategy_plan(a, family, metric, ratio)
+        if other is not None:
+            po = proj.project(other)
+            print(f"  same budget, {family}: projected top-1 {po.top1:.2%} ({other.spec})")
+    if args.out:
+        res.plan.save(args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .analysis import analyze
+    from .budget import sweep
+
+    targets = _floats(args.targets)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    loaded = _load(args)
+    if not loaded.decomposable:
+        raise LrvizError(f"{args.model} is an exported program: nothing to decompose")
+    a = analyze(loaded.module, loaded.input_size, loaded.name)
+    proj = _projector(_sensitivities(args, loaded)) if "solver" in strategies or not args.no_projection else None
+    ds = _dataset(args, loaded, split=args.split)
+    train = _dataset(args, loaded, split="train", augment=True) if args.finetune_epochs else None
+    df = sweep(a, loaded.module, ds, targets, metric=args.metric, strategies=strategies, projector=proj,
+               limit=args.limit if args.limit is not None else 1000, snap=args.snap, finetune_epochs=args.finetune_epochs,
+               train_set=train, finetune_limit=args.train_limit, progress=_progress("sweep"))
+    cols = ["strategy", "target", "params_ratio", "macs_ratio", "projected", "top1"] + (["finetuned"] if args.finetune_epochs else [])
+    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.json:
+        _write_json(args.json, {"schema": "lrviz.sweep/1", "model": loaded.name, "data": args.data, "metric": args.metric,
+                                "rows": json.loads(df.to_json(orient="records"))})
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import available_models, builtin_models
 
@@ -317,6 +441,49 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-limit", type=int, default=None, metavar="N")
     t.add_argument("--train-limit", type=int, metavar="N")
     t.set_defaults(func=cmd_train, batch_size=128)
+
+    def sens_args(q, plan=False):
+        _add_model_args(q)
+        _add_data_args(q, required=True)
+        q.add_argument("--split", default="test", choices=["test", "train"], help="split of the calibration / evaluation images")
+        q.add_argument("--no-cache", action="store_true", help="measure again instead of reading ~/.cache/lrviz/sensitivity")
+        q.set_defaults(batch_size=500)
+        if plan:
+            q.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
+            q.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
+
+    se = sub.add_parser("sensitivity", help="accuracy vs rank per layer and mode (one layer truncated at a time), cached")
+    sens_args(se)
+    se.add_argument("--json", metavar="OUT", help="write the curves as JSON")
+    se.set_defaults(func=cmd_sensitivity)
+
+    pj = sub.add_parser("project", help="projected top-1 of a plan with an interval (the plan is never evaluated)")
+    sens_args(pj, plan=True)
+    pj.add_argument("--plan", required=True, metavar="SPEC", help="full | vbmf | vbmf:K | energy:F | uniform:F | ratio:T | FILE.json")
+    pj.add_argument("--basis", choices=["sensitivities", "proxy"], default="sensitivities",
+                    help="sensitivities (measured once, cached) or the data-free energy proxy")
+    pj.add_argument("--json", metavar="OUT", help="write {projected_top1, interval, params, macs, basis, ...}")
+    pj.set_defaults(func=cmd_project)
+
+    so = sub.add_parser("solve", help="ranks for a params or MACs target with the least projected loss")
+    sens_args(so)
+    so.add_argument("--target", required=True, metavar="params:T|macs:T", help="e.g. params:4 or macs:3")
+    so.add_argument("--snap", type=int, metavar="K", help="ranks in multiples of K (e.g. 8)")
+    so.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
+    so.add_argument("--out", metavar="PLAN.json", help="write the plan")
+    so.set_defaults(func=cmd_solve)
+
+    sw = sub.add_parser("sweep", help="targets x strategies at matched cost: ranks, params, MACs, projected and measured top-1")
+    sens_args(sw)
+    sw.add_argument("--targets", default="1.5,2,3,4,6,8", metavar="T,T,...")
+    sw.add_argument("--metric", choices=["params", "macs"], default="params")
+    sw.add_argument("--strategies", default="solver,uniform,vbmf", metavar="S,S", help="solver, uniform, vbmf, energy")
+    sw.add_argument("--snap", type=int, metavar="K", help="solver ranks in multiples of K")
+    sw.add_argument("--finetune-epochs", type=int, default=0, metavar="E", help="also fine-tune each plan E epochs and measure again")
+    sw.add_argument("--train-limit", type=int, default=5000, metavar="N", help="training images per fine-tune")
+    sw.add_argument("--no-projection", action="store_true", help="skip sensitivities when the solver is not in the sweep")
+    sw.add_argument("--json", metavar="OUT", help="write the rows as JSON")
+    sw.set_defaults(func=cmd_sweep)
 
     m = sub.add_parser("models", help="list available models")
     m.set_defaults(func=cmd_models)

@@ -317,19 +317,25 @@ def _uniform_fn(frac: float):
     return fn
 
 
-def _bisect_ratio(analysis, target, rank_fn_of, spec_of, grows_with_x, exclude, keep, iters=40, endpoints=()):
+def _ratio_of(analysis, plan, metric: str) -> float:
+    cost = plan_cost(analysis, plan)
+    return cost.macs_ratio if metric == "macs" else cost.params_ratio
+
+
+def _bisect_ratio(analysis, target, rank_fn_of, spec_of, grows_with_x, exclude, keep, iters=40, endpoints=(), metric="params"):
     """Bisect ``x`` in [0, 1] of a one-parameter rank family for the params ratio closest to ``target``.
 
     ``rank_fn_of(x)`` gives the per-layer rank function, ``spec_of(x)`` the plan's spec label;
     ``grows_with_x`` says whether the ratio rises with ``x`` (VBMF weakening K) or falls (energy,
-    uniform fraction). ``endpoints`` are also tried. Returns ``(relative error, plan)``.
+    uniform fraction). ``endpoints`` are also tried. ``metric``: the ratio of ``"params"`` or ``"macs"``.
+    Returns ``(relative error, plan)``.
     """
     best: tuple[float, RankPlan] | None = None
 
     def consider(x):
         nonlocal best
         p = _build(analysis, spec_of(x), rank_fn_of(x), exclude, keep)
-        ratio = plan_cost(analysis, p).params_ratio
+        ratio = _ratio_of(analysis, p, metric)
         err = abs(ratio / target - 1.0)
         if best is None or err < best[0]:
             best = (err, p)
@@ -356,18 +362,25 @@ def plan_for_ratio(
     keep_classifier: bool = True,
     iters: int = 40,
     tolerance: float = RATIO_TOLERANCE,
+    metric: str = "params",
 ) -> RankPlan | None:
-    """The ``uniform:F`` or weakened ``vbmf:K`` plan whose params ratio is ``target`` (±``tolerance``),
-    by bisection on F or K; ``None`` when the family cannot reach it. (Energy: ``make_plan("ratio:T")``.)"""
+    """The ``uniform:F``, weakened ``vbmf:K`` or ``energy:F`` plan whose ``metric`` (``"params"`` or
+    ``"macs"``) ratio is ``target`` (±``tolerance``), by bisection on F or K; ``None`` when the family
+    cannot reach it."""
+    if metric not in ("params", "macs"):
+        raise LrvizError(f"metric must be 'params' or 'macs'; got {metric!r}")
     keep = classifier_layer(analysis) if keep_classifier else None
     if family == "uniform":
         err, plan = _bisect_ratio(analysis, target, _uniform_fn, lambda x: f"uniform:{max(x, 1e-6):.6f}", False,
-                                  tuple(exclude), keep, iters)
+                                  tuple(exclude), keep, iters, metric=metric)
     elif family == "vbmf":
         err, plan = _bisect_ratio(analysis, target, lambda x: _vbmf_fn(analysis, x), lambda x: f"vbmf:{x:.6f}", True,
-                                  tuple(exclude), keep, iters, endpoints=(1.0,))  # K = 1 may be what is needed
+                                  tuple(exclude), keep, iters, endpoints=(1.0,), metric=metric)  # K = 1 may be what is needed
+    elif family == "energy":
+        err, plan = _bisect_ratio(analysis, target, lambda x: _energy_fn(analysis, x), lambda x: f"energy:{x:.6f}", False,
+                                  tuple(exclude), keep, iters, metric=metric)
     else:
-        raise LrvizError(f"unknown family {family!r}; use uniform or vbmf (energy: make_plan('ratio:T'))")
+        raise LrvizError(f"unknown family {family!r}; use uniform, vbmf or energy")
     return plan if err <= tolerance else None
 
 

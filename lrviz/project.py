@@ -231,3 +231,256 @@ def curve_top1(curve, base_top1: float, num_classes: int, exponent: float = DEFA
     out = curve.copy()
     out["top1"] = chance + (float(base_top1) - chance) * out["retained"].astype(float) ** float(exponent)
     return out
+
+
+# ==================================================================================================
+# Projection from measured layer sensitivities
+# ==================================================================================================
+
+SENS_BASIS = "sensitivities"
+
+#: Relative model error assumed before any measured point has been seen: the band is
+#: ±(this × projected drop), combined with the sampling error of the calibration set.
+DEFAULT_REL_ERROR = 0.3
+
+Z95 = 1.959963984540054
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A projected accuracy with its uncertainty band.
+
+    Attributes
+    ----------
+    top1 : float
+        Projected top-1 (fraction) on the evaluation data (see ``base_top1``).
+    interval : (float, float)
+        ~95 % band: sampling error of the calibration set plus the model error (fitted to measured
+        points when there are at least two, else :data:`DEFAULT_REL_ERROR` × drop).
+    loss : float or None
+        Projected mean cross-entropy on the calibration set (sensitivity basis only).
+    base_top1 : float
+        Accuracy of the uncompressed model the projection is anchored to.
+    basis : str
+        ``"sensitivities"`` or ``"energy proxy"``.
+    detail : str
+        One line saying what the number is based on.
+    """
+
+    top1: float
+    interval: tuple[float, float]
+    base_top1: float
+    basis: str
+    detail: str = ""
+    loss: float | None = None
+    calib_top1: float | None = None
+
+    @property
+    def drop(self) -> float:
+        return self.base_top1 - self.top1
+
+    def to_dict(self) -> dict:
+        return {"projected_top1": self.top1, "interval": [self.interval[0], self.interval[1]], "base_top1": self.base_top1,
+                "basis": self.basis, "detail": self.detail, "projected_loss": self.loss}
+
+
+class SensitivityProjector:
+    """Project any rank plan from per-mode sensitivity curves (:class:`lrviz.sensitivity.Sensitivities`).
+
+    Model: every sample's logits are the original's plus the *sum* over truncated modes of the logit
+    change that mode caused on its own (linearly interpolated between measured ranks), scaled by a
+    gain ``γ``::
+
+        z_i(plan) = z_i⁰ + γ · Σ_{layer l, mode m} Δz_i[l, m, r_{l,m}]
+
+    — first-order additivity of small perturbations, in logit space, per sample, so interactions
+    between layers that hurt *different* samples are kept. Accuracy is the fraction of samples whose
+    projected logits still rank the true class first; the loss is their cross-entropy. ``γ = 1``
+    until measured points exist; :meth:`calibrate` fits ``γ`` (perturbations of many layers compound,
+    so γ > 1 is typical at high compression) and the model error of the band.
+
+    When the projection is asked for another evaluation set than the calibration set (a different
+    ``base_top1``), the change is carried over in log-odds: ``logit(p) = logit(base) +
+    logit(p_cal) − logit(base_cal)``.
+    """
+
+    def __init__(self, sens, gain: float = 1.0, rel_error: float | None = None, abs_error: float = 0.0, n_fit: int = 0):
+        self.sens = sens
+        self.gain = float(gain)
+        self.rel_error = rel_error
+        self.abs_error = float(abs_error)
+        self.n_fit = int(n_fit)
+        self._memo: dict[tuple[str, int, int], np.ndarray] = {}
+
+    # --- core ------------------------------------------------------------------------------------
+    def _delta(self, name: str, mode: int, rank: int) -> np.ndarray | None:
+        c = self.sens.curve(name, mode)
+        if c is None or rank >= c.full:
+            return None
+        key = (name, mode, int(rank))
+        d = self._memo.get(key)
+        if d is None:
+            d = c.delta_at(rank)
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            self._memo[key] = d
+        return d
+
+    def total_delta(self, plan: RankPlan) -> np.ndarray:
+        """``Σ Δz`` over the plan's truncated modes (N × M)."""
+        total = np.zeros_like(self.sens.base_logits)
+        for lp in plan.layers:
+            for m, (r, full) in enumerate(zip(lp.ranks, lp.full_ranks)):
+                if r < full:
+                    d = self._delta(lp.name, m, int(r))
+                    if d is not None:
+                        total += d
+        return total
+
+    def missing(self, plan: RankPlan) -> list[str]:
+        """Planned (truncated) layers the sensitivities do not cover."""
+        out = []
+        for lp in plan.layers:
+            for m, (r, full) in enumerate(zip(lp.ranks, lp.full_ranks)):
+                if r < full and self.sens.curve(lp.name, m) is None and full > 1:
+                    out.append(lp.name)
+                    break
+        return out
+
+    def logits(self, plan: RankPlan, gain: float | None = None) -> np.ndarray:
+        g = self.gain if gain is None else float(gain)
+        return self.sens.base_logits + g * self.total_delta(plan)
+
+    def calib_top1(self, plan: RankPlan, gain: float | None = None) -> float:
+        """Projected accuracy on the calibration set itself."""
+        return self.sens.top1_of(self.logits(plan, gain))
+
+    def calib_loss(self, plan: RankPlan, gain: float | None = None) -> float:
+        return self.sens.loss_of(self.logits(plan, gain))
+
+    def _transfer(self, p_cal: float, base_top1: float | None) -> float:
+        b_cal = self.sens.base_top1
+        if base_top1 is None or abs(float(base_top1) - b_cal) < 1e-12:
+            return p_cal
+        if p_cal >= b_cal:
+            return float(base_top1) + (p_cal - b_cal)  # no drop: keep it additive (tiny)
+        return _sigmoid(_logit(base_top1) + _logit(p_cal) - _logit(b_cal))
+
+    def project(self, plan: RankPlan, base_top1: float | None = None) -> Projection:
+        """Projected top-1 of ``plan`` (anchored to ``base_top1`` when given, else to the calibration set)."""
+        missing = self.missing(plan)
+        if missing:
+            raise LrvizError(f"no sensitivity measured for planned layer(s) {missing[:5]}; measure them first")
+        z = self.logits(plan)
+        p_cal = self.sens.top1_of(z)
+        loss = self.sens.loss_of(z)
+        base = self.sens.base_top1 if base_top1 is None else float(base_top1)
+        top1 = min(max(self._transfer(p_cal, base_top1), 0.0), 1.0)
+        drop = max(base - top1, 0.0)
+        n = self.sens.n
+        sampling = math.sqrt(max(top1 * (1 - top1), 1.0 / n) / n)
+        rel = DEFAULT_REL_ERROR if self.rel_error is None else self.rel_error
+        model_err = math.hypot(rel * drop, self.abs_error)
+        half = Z95 * math.hypot(sampling, model_err)
+        lo, hi = max(top1 - half, 0.0), min(top1 + half, 1.0)
+        fit = f"γ = {self.gain:.2f} fitted to {self.n_fit} measured plan(s)" if self.n_fit else "γ = 1 (not yet calibrated by a measurement)"
+        detail = (f"additive per-sample logit changes of single-layer truncations, measured on {n} calibration images; {fit}")
+        return Projection(top1, (lo, hi), base, SENS_BASIS, detail, loss, p_cal)
+
+    # --- calibration ---------------------------------------------------------------------------
+    @classmethod
+    def from_sensitivities(cls, sens) -> "SensitivityProjector":
+        """A projector whose gain is fitted to the anchor plans measured with the sensitivities (if any)."""
+        p = cls(sens)
+        pts = p.anchor_points()
+        return p.calibrate(pts) if pts else p
+
+    def anchor_points(self) -> list[tuple[RankPlan, float, None]]:
+        """The sensitivities' joint anchor truncations as ``(plan, top1, None)`` (calibration-set points)."""
+        out = []
+        for a in getattr(self.sens, "anchors", None) or []:
+            out.append((_ranks_plan(a["ranks"], a["full"]), float(a["top1"]), None))
+        return out
+
+    def calibrate(self, measured: Iterable[tuple], base_top1: float | None = None,
+                  bounds: tuple[float, float] = (0.05, 4.0)) -> "SensitivityProjector":
+        """A new projector with ``γ`` fitted to measured points.
+
+        ``measured``: ``(plan, top1)`` pairs measured on data whose original accuracy is ``base_top1``
+        (None = the calibration set itself), or ``(plan, top1, base)`` triples giving it per point.
+        ``γ`` minimises the squared error of the projected accuracy (a bounded 1-D search); the band's
+        model error becomes the RMS residual (absolute, and as a fraction of the drop) once there are
+        at least two points. Plans at full rank carry no information and are ignored. Returns ``self``
+        unchanged when nothing is usable.
+        """
+        pts = []
+        for item in measured:
+            plan, top1 = item[0], item[1]
+            b = item[2] if len(item) > 2 else base_top1
+            if self.missing(plan):
+                continue
+            d = self.total_delta(plan)
+            if not np.any(d):
+                continue
+            pts.append((d, float(top1), b))
+        if not pts:
+            return self
+        base = self.sens.base_logits
+
+        def err(g):
+            return sum((self._transfer(self.sens.top1_of(base + g * d), b) - t) ** 2 for d, t, b in pts)
+
+        grid = np.exp(np.linspace(math.log(bounds[0]), math.log(bounds[1]), 41))
+        errs = [err(g) for g in grid]
+        j = int(np.argmin(errs))
+        lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
+        for _ in range(12):  # golden-section refinement in the bracket
+            a = hi - (hi - lo) / 1.618033988749895
+            b = lo + (hi - lo) / 1.618033988749895
+            if err(a) < err(b):
+                hi = b
+            else:
+                lo = a
+        g = float(0.5 * (lo + hi))
+        if err(g) > errs[j]:
+            g = float(grid[j])
+        new = SensitivityProjector(self.sens, g, self.rel_error, self.abs_error, len(pts))
+        if len(pts) >= 2:
+            rel, ab = [], []
+            for d, t, b in pts:
+                p = new._transfer(self.sens.top1_of(base + g * d), b)
+                b_eval = self.sens.base_top1 if b is None else float(b)
+                drop = max(b_eval - p, 1e-3)
+                rel.append(((p - t) / drop) ** 2)
+                ab.append((p - t) ** 2)
+            new.rel_error = float(math.sqrt(np.mean(rel)))
+            new.abs_error = float(min(math.sqrt(np.mean(ab)), 0.05))
+        return new
+
+
+def _ranks_plan(ranks: Mapping[str, Sequence[int]], full: Mapping[str, Sequence[int]]) -> RankPlan:
+    """A minimal plan from ranks and full ranks (anchors; the projector reads only names and ranks)."""
+    layers = tuple(_FreeLayer(n, tuple(int(v) for v in r), tuple(int(v) for v in full[n])) for n, r in ranks.items())
+    return RankPlan(layers, spec="anchor")
+
+
+@dataclass(frozen=True)
+class _FreeLayer:
+    """Duck-typed :class:`lrviz.plan.LayerPlan` with explicit full ranks."""
+
+    name: str
+    ranks: tuple
+    full_ranks: tuple
+
+    @property
+    def is_dense(self) -> bool:
+        return self.ranks == self.full_ranks

@@ -1,0 +1,404 @@
+"""Budget solver and ratio sweep.
+
+:func:`solve` chooses per-layer ranks for a params or MACs target that minimise the *projected* loss
+(:class:`lrviz.project.SensitivityProjector`): a greedy marginal-utility descent from full rank — at
+every step the single mode step (to its next lower candidate rank) with the smallest projected-loss
+increase per unit of cost saved — followed by a fill phase that spends what is left of the budget on
+the rank increases that lower the loss most. The projection of every candidate is the real
+whole-plan projection (all layers together), not a sum of per-layer numbers.
+
+Costs are exact closed forms (:mod:`lrviz.cost`); a factor is used only where it makes the layer
+cheaper in the chosen metric, so solved plans are always valid and always meet the budget (or the
+solver says it cannot).
+
+:func:`sweep` runs a list of targets × allocation strategies (solver, uniform rank fraction, weakened
+VBMF, energy threshold) at matched cost and returns ranks, params, MACs, projected and measured
+accuracy, optionally after a short fine-tune.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .analysis import ModelAnalysis
+from .cost import layer_macs, layer_params
+from .errors import LrvizError
+from .layers import LayerInfo
+from .plan import LayerPlan, RankPlan, classifier_layer, make_plan, plan_cost, plan_for_ratio
+from .sensitivity import cross_entropy
+
+__all__ = ["parse_target", "candidate_ranks", "SolveResult", "solve", "solve_many", "strategy_plan", "sweep", "STRATEGIES"]
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("solver", "uniform", "vbmf", "energy")
+STRATEGY_LABELS = {"solver": "budget solver (sensitivities)", "uniform": "uniform rank fraction", "vbmf": "weakened VBMF",
+                   "energy": "energy threshold"}
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """``"params:4"`` / ``"macs:3"`` → ``("params", 4.0)``; a bare number means params."""
+    t = str(text).strip().lower()
+    metric, sep, val = t.partition(":")
+    if not sep:
+        metric, val = "params", metric
+    if metric in ("flops", "mac"):
+        metric = "macs"
+    if metric not in ("params", "macs"):
+        raise LrvizError(f"target {text!r}: use params:T or macs:T (T = reduction factor, e.g. macs:3)")
+    try:
+        ratio = float(val)
+    except ValueError as e:
+        raise LrvizError(f"target {text!r}: {val!r} is not a number") from e
+    if not (ratio >= 1.0 and math.isfinite(ratio)):
+        raise LrvizError(f"target {text!r}: the reduction factor must be ≥ 1")
+    return metric, ratio
+
+
+def candidate_ranks(full: int, snap: int | None = None, max_points: int = 32) -> list[int]:
+    """Ranks the solver may give a mode, ascending, ending with ``full`` (= not factored).
+
+    ``snap``: only multiples of ``snap`` (hardware-friendly widths) plus the full rank. Otherwise every
+    rank when ``full ≤ max_points``, else ``max_points`` evenly spaced ranks from 1.
+    """
+    full = int(full)
+    if snap is not None:
+        snap = int(snap)
+        if snap < 1:
+            raise LrvizError(f"snap must be a positive integer; got {snap}")
+        return [r for r in range(snap, full, snap)] + [full]
+    if full <= max_points:
+        return list(range(1, full + 1))
+    return sorted(set(int(round(v)) for v in np.linspace(1, full, max_points + 1)))
+
+
+def _layer_cost(l: LayerInfo, io, ranks, metric: str) -> int:
+    return layer_macs(l, io, ranks) if metric == "macs" else layer_params(l, ranks)
+
+
+def _effective(l: LayerInfo, io, ranks: tuple[int, ...], metric: str) -> tuple[tuple[int, ...], int]:
+    """The cheapest structure (in ``metric``) allowed by ``ranks``: a factor is dropped where it does not pay."""
+    full = l.full_ranks
+    if len(full) == 1:
+        opts = {tuple(ranks), full}
+    else:
+        opts = {tuple(ranks), (full[0], ranks[1]), (ranks[0], full[1]), full}
+    best = min(opts, key=lambda r: (_layer_cost(l, io, r, metric), -sum(a == b for a, b in zip(r, full))))
+    return best, _layer_cost(l, io, best, metric)
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """A solved plan and what the solver knows about it."""
+
+    plan: RankPlan
+    metric: str
+    target: float
+    ratio: float
+    params_ratio: float
+    macs_ratio: float
+    projected_loss: float
+    projected_top1: float
+    steps: int
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "target": self.target, "ratio": self.ratio, "params_ratio": self.params_ratio,
+                "macs_ratio": self.macs_ratio, "projected_loss": self.projected_loss,
+                "projected_top1_calibration_set": self.projected_top1, "steps": self.steps}
+
+
+class _Greedy:
+    """State of one greedy descent (shared by all targets of :func:`solve_many`)."""
+
+    def __init__(self, analysis: ModelAnalysis, projector, metric: str, snap, exclude, keep_classifier: bool):
+        import fnmatch
+
+        self.a, self.p, self.metric = analysis, projector, metric
+        sens = projector.sens
+        self.base = sens.base_logits
+        self.gain = projector.gain
+        keep = classifier_layer(analysis) if keep_classifier else None
+        self.layers: list[LayerInfo] = []
+        self.cands: dict[tuple[str, int], list[int]] = {}
+        for l in analysis.layers:
+            if l.name == keep or any(fnmatch.fnmatchcase(l.name, pat) for pat in exclude):
+                continue
+            ok = False
+            for m, f in enumerate(l.full_ranks):
+                if f > 1 and sens.curve(l.name, m) is not None:
+                    c = candidate_ranks(f, snap)
+                    if len(c) > 1:
+                        self.cands[(l.name, m)] = c
+                        ok = True
+            if ok:
+                self.layers.append(l)
+        if not self.layers:
+            raise LrvizError("no layer can be compressed with the measured sensitivities (all excluded or unmeasured)")
+        self.io = analysis.io
+        self.pos = {k: len(v) - 1 for k, v in self.cands.items()}  # index into candidates (start: full)
+        self.total_cost = analysis.macs if metric == "macs" else analysis.params
+        self.layer_cost = {l.name: _layer_cost(l, self.io[l.name], l.full_ranks, metric) for l in self.layers}
+        self.layer_delta = {l.name: np.zeros_like(self.base) for l in self.layers}
+        self.sum_delta = np.zeros_like(self.base)
+        self.cost = self.total_cost
+        self.steps = 0
+
+    def _ranks_of(self, l: LayerInfo, pos: dict) -> tuple[int, ...]:
+        return tuple(self.cands[(l.name, m)][pos[(l.name, m)]] if (l.name, m) in self.cands else f
+                     for m, f in enumerate(l.full_ranks))
+
+    def _layer_state(self, l: LayerInfo, ranks) -> tuple[tuple[int, ...], int, np.ndarray]:
+        eff, cost = _effective(l, self.io[l.name], ranks, self.metric)
+        d = np.zeros_like(self.base)
+        for m, (r, f) in enumerate(zip(eff, l.full_ranks)):
+            if r < f:
+                dd = self.p._delta(l.name, m, r)
+                if dd is not None:
+                    d = d + dd
+        return eff, cost, d
+
+    def _loss(self, deltas: np.ndarray) -> np.ndarray:
+        z = self.base + self.gain * deltas
+        return cross_entropy(z, self.p.sens.label_pos, self.p.sens.rest_lse).mean(axis=-1)
+
+    def _moves(self, direction: int):
+        """Candidate moves: (key, new index, new layer cost, new layer delta). direction −1 = cut, +1 = grow."""
+        by_layer = {l.name: l for l in self.layers}
+        out = []
+        for (name, m), cands in self.cands.items():
+            l = by_layer[name]
+            i = self.pos[(name, m)] + direction
+            while 0 <= i < len(cands):
+                pos = dict(self.pos)
+                pos[(name, m)] = i
+                _, cost, d = self._layer_state(l, self._ranks_of(l, pos))
+                dc = cost - self.layer_cost[name]
+                if (direction < 0 and dc < 0) or (direction > 0 and dc >= 0):
+                    out.append(((name, m), i, cost, d))
+                    break
+                i += direction  # no cost change yet (factor not paying off): look further
+        return out
+
+    def _apply(self, move) -> None:
+        (name, m), i, cost, d = move
+        self.pos[(name, m)] = i
+        self.cost += cost - self.layer_cost[name]
+        self.layer_cost[name] = cost
+        self.sum_delta = self.sum_delta - self.layer_delta[name] + d
+        self.layer_delta[name] = d
+        self.steps += 1
+
+    def cut_until(self, budget: float) -> bool:
+        cur = float(self._loss(self.sum_delta[None])[0])
+        while self.cost > budget:
+            moves = self._moves(-1)
+            if not moves:
+                return False
+            stack = np.stack([self.sum_delta - self.layer_delta[mv[0][0]] + mv[3] for mv in moves])
+            losses = self._loss(stack)
+            savings = np.array([self.layer_cost[mv[0][0]] - mv[2] for mv in moves], dtype=np.float64)
+            score = (losses - cur) / savings
+            j = int(np.argmin(score))
+            self._apply(moves[j])
+            cur = float(losses[j])
+        return True
+
+    def fill(self, budget: float) -> None:
+        while True:
+            moves = [mv for mv in self._moves(+1) if self.cost + (mv[2] - self.layer_cost[mv[0][0]]) <= budget]
+            if not moves:
+                return
+            cur = float(self._loss(self.sum_delta[None])[0])
+            stack = np.stack([self.sum_delta - self.layer_delta[mv[0][0]] + mv[3] for mv in moves])
+            losses = self._loss(stack)
+            extra = np.array([max(mv[2] - self.layer_cost[mv[0][0]], 1) for mv in moves], dtype=np.float64)
+            gain = (cur - losses) / extra
+            j = int(np.argmax(gain))
+            if gain[j] <= 0:
+                return
+            self._apply(moves[j])
+
+    def snapshot(self) -> dict:
+        return dict(self.pos)
+
+    def restore(self, snap: dict) -> None:
+        self.pos = dict(snap)
+        self.sum_delta = np.zeros_like(self.base)
+        self.cost = self.total_cost
+        for l in self.layers:
+            _, cost, d = self._layer_state(l, self._ranks_of(l, self.pos))
+            self.cost += cost - _layer_cost(l, self.io[l.name], l.full_ranks, self.metric)
+            self.layer_cost[l.name] = cost
+            self.layer_delta[l.name] = d
+            self.sum_delta = self.sum_delta + d
+
+    def plan(self, spec: str) -> RankPlan:
+        chosen = {l.name: l for l in self.layers}
+        out = []
+        for l in self.a.layers:
+            if l.name in chosen:
+                eff, _ = _effective(l, self.io[l.name], self._ranks_of(l, self.pos), self.metric)
+                out.append(LayerPlan(l.name, l.kind, l.weight_shape, tuple(int(r) for r in eff), "solver"))
+            else:
+                out.append(LayerPlan(l.name, l.kind, l.weight_shape, l.full_ranks, "kept dense (excluded, classifier or unmeasured)"))
+        return RankPlan(tuple(out), spec=spec, model=self.a.model_name)
+
+
+def solve_many(
+    analysis: ModelAnalysis,
+    projector,
+    targets: Sequence[float],
+    metric: str = "params",
+    snap: int | None = None,
+    exclude: Sequence[str] = (),
+    keep_classifier: bool = True,
+) -> list[SolveResult | None]:
+    """:func:`solve` for several ratios of one metric along one greedy descent (``None`` = out of reach)."""
+    if metric not in ("params", "macs"):
+        raise LrvizError(f"metric must be 'params' or 'macs'; got {metric!r}")
+    for t in targets:
+        if not (float(t) >= 1.0 and math.isfinite(float(t))):
+            raise LrvizError(f"target ratio must be ≥ 1; got {t}")
+    g = _Greedy(analysis, projector, metric, snap, tuple(exclude), keep_classifier)
+    results: dict[float, SolveResult | None] = {}
+    for t in sorted(set(float(x) for x in targets)):
+        budget = g.total_cost / t
+        if not g.cut_until(budget):
+            results[t] = None
+            continue
+        saved = g.snapshot()
+        g.fill(budget)
+        spec = f"solve:{metric}:{t:g}" + (f":snap{snap}" if snap else "")
+        plan = g.plan(spec)
+        cost = plan_cost(analysis, plan)
+        z = projector.logits(plan)
+        results[t] = SolveResult(plan, metric, t, cost.macs_ratio if metric == "macs" else cost.params_ratio,
+                                 cost.params_ratio, cost.macs_ratio, projector.sens.loss_of(z), projector.sens.top1_of(z), g.steps)
+        g.restore(saved)  # continue the descent from the state before filling
+    return [results[float(t)] for t in targets]
+
+
+def solve(analysis: ModelAnalysis, projector, target: str | tuple[str, float], snap: int | None = None,
+          exclude: Sequence[str] = (), keep_classifier: bool = True) -> SolveResult:
+    """Ranks for ``target`` (``"params:4"``, ``"macs:3"``) with the least projected loss.
+
+    The plan's cost ratio is ≥ the target (the budget is met exactly or under it). Raises
+    :class:`LrvizError` when the target cannot be reached with the measured layers.
+    """
+    metric, ratio = parse_target(target) if isinstance(target, str) else target
+    res = solve_many(analysis, projector, [ratio], metric, snap, exclude, keep_classifier)[0]
+    if res is None:
+        raise LrvizError(f"cannot reach a {ratio:g}x {metric} reduction: even the smallest candidate ranks of every "
+                         f"measured layer are not enough (layers that cannot be decomposed limit it)")
+    return res
+
+
+def strategy_plan(analysis: ModelAnalysis, strategy: str, metric: str, target: float, projector=None,
+                  snap: int | None = None, solved: SolveResult | None = None) -> RankPlan | None:
+    """The plan of one allocation strategy at ``target`` (``None`` when out of its reach)."""
+    if strategy == "solver":
+        if solved is not None:
+            return solved.plan
+        if projector is None:
+            raise LrvizError("the solver strategy needs sensitivities")
+        try:
+            return solve(analysis, projector, (metric, target), snap=snap).plan
+        except LrvizError:
+            return None
+    if strategy in ("uniform", "vbmf", "energy"):
+        if strategy in ("vbmf", "energy") and not analysis.has_spectra:
+            return None
+        return plan_for_ratio(analysis, float(target), strategy, iters=30, metric=metric)
+    raise LrvizError(f"unknown strategy {strategy!r}; use {', '.join(STRATEGIES)}")
+
+
+def sweep(
+    analysis: ModelAnalysis,
+    model,
+    dataset=None,
+    targets: Sequence[float] = (1.5, 2, 3, 4, 6, 8),
+    *,
+    metric: str = "params",
+    strategies: Sequence[str] = ("solver", "uniform", "vbmf"),
+    projector=None,
+    base_top1: float | None = None,
+    factors=None,
+    limit: int | None = None,
+    measure: bool = True,
+    snap: int | None = None,
+    finetune_epochs: float = 0,
+    train_set=None,
+    finetune_limit: int | None = 5000,
+    progress: Callable[[int, int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> pd.DataFrame:
+    """Targets × strategies at matched cost: one row each with ``strategy, target, metric, params,
+    macs, params_ratio, macs_ratio, projected, proj_lo, proj_hi, top1, lo, hi, n, finetuned, spec, ranks``.
+
+    ``projected`` needs a projector (sensitivities); ``top1`` (measured on ``limit`` images of
+    ``dataset``) needs ``measure=True``; ``finetuned`` (top-1 after ``finetune_epochs`` of
+    :func:`lrviz.train.finetune` on ``train_set``) needs ``finetune_epochs > 0``. Unreachable
+    combinations get NaN and ``spec="unreachable"``.
+    """
+    from .decompose import FactorCache, compress
+
+    if metric not in ("params", "macs"):
+        raise LrvizError(f"metric must be 'params' or 'macs'; got {metric!r}")
+    for s in strategies:
+        if s not in STRATEGIES:
+            raise LrvizError(f"unknown strategy {s!r}; use {', '.join(STRATEGIES)}")
+    if "solver" in strategies and projector is None:
+        raise LrvizError("the solver strategy needs sensitivities (a projector)")
+    if measure and dataset is None:
+        raise LrvizError("measuring needs a dataset")
+    if finetune_epochs and train_set is None:
+        raise LrvizError("fine-tuning needs a training set")
+    targets = [float(t) for t in targets]
+    solved = dict(zip(targets, solve_many(analysis, projector, targets, metric, snap))) if "solver" in strategies else {}
+    factors = factors or FactorCache(model)
+    jobs = [(s, t) for t in targets for s in strategies]
+    rows = []
+    for i, (strategy, target) in enumerate(jobs):
+        if should_stop is not None and should_stop():
+            break
+        row: dict = {"strategy": strategy, "label": STRATEGY_LABELS[strategy], "target": target, "metric": metric}
+        plan = strategy_plan(analysis, strategy, metric, target, projector, snap, solved.get(target))
+        if plan is None:
+            row.update(params=math.nan, macs=math.nan, params_ratio=math.nan, macs_ratio=math.nan, projected=math.nan,
+                       proj_lo=math.nan, proj_hi=math.nan, top1=math.nan, lo=math.nan, hi=math.nan, n=0,
+                       finetuned=math.nan, spec="unreachable", ranks="")
+        else:
+            cost = plan_cost(analysis, plan)
+            row.update(params=cost.params_planned, macs=cost.macs_planned, params_ratio=cost.params_ratio,
+                       macs_ratio=cost.macs_ratio, spec=plan.spec,
+                       ranks=json.dumps({lp.name: list(lp.ranks) for lp in plan.layers if not lp.is_dense}))
+            if projector is not None:
+                pr = projector.project(plan, base_top1)
+                row.update(projected=pr.top1, proj_lo=pr.interval[0], proj_hi=pr.interval[1])
+            else:
+                row.update(projected=math.nan, proj_lo=math.nan, proj_hi=math.nan)
+            row.update(top1=math.nan, lo=math.nan, hi=math.nan, n=0, finetuned=math.nan)
+            if measure or finetune_epochs:
+                from .evaluate import evaluate
+
+                net = compress(model, plan, factors)
+                if measure:
+                    res = evaluate(net, dataset, limit=limit)
+                    row.update(top1=res.top1, lo=res.top1_ci[0], hi=res.top1_ci[1], n=res.n)
+                if finetune_epochs:
+                    from .train import finetune
+
+                    ft = finetune(net, train_set, epochs=max(1, math.ceil(finetune_epochs)), train_limit=finetune_limit,
+                                  val_set=None, keep="last", should_stop=should_stop)
+                    row["finetuned"] = evaluate(ft.model, dataset, limit=limit).top1
+        rows.append(row)
+        if progress is not None:
+            progress(i + 1, len(jobs), f"{strategy} {target:g}×")
+    return pd.DataFrame(rows)

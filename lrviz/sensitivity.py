@@ -1,0 +1,560 @@
+"""Layer sensitivity: what truncating one layer (one mode) at a time does to the model's output.
+
+For every decomposable layer and every channel mode (Tucker-2: ``out`` and ``in``; SVD: the one
+rank) the model is run on a fixed calibration set with *only that mode* of *only that layer*
+truncated, at a grid of ranks (:func:`rank_grid`). What is kept is not just accuracy: the change of
+every sample's logits, ``Δz[l, m, r] = z(l, m, r) − z₀`` (for models with many classes only the true
+class and the original's top classes, see :data:`MAX_CLASSES`). That is what the projection
+(:mod:`lrviz.project`) adds up to predict any plan without evaluating it, and what the budget
+solver (:mod:`lrviz.budget`) optimises.
+
+A truncated mode is exactly what :func:`lrviz.compress` builds (the same cached bases and
+:func:`lrviz.build_layer`), so at full rank the curve equals the original and at any grid rank a
+single-layer plan's projection equals its measurement.
+
+Results are cached on disk (``~/.cache/lrviz/sensitivity/<key>``, one file per layer, so a cancelled
+run resumes where it stopped). The key hashes the model's weights and architecture, the exact
+calibration tensors (so the dataset, split, transform and subset are all covered), the grid and
+:data:`FORMAT_VERSION`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from .decompose import FactorCache, build_layer
+from .errors import LrvizError
+from .layers import TUCKER2, LayerInfo, find_layers, get_module, set_module
+
+__all__ = [
+    "MAX_CLASSES",
+    "DEFAULT_FRACTIONS",
+    "ModeCurve",
+    "Sensitivities",
+    "rank_grid",
+    "model_fingerprint",
+    "sensitivity_dir",
+    "measure_sensitivity",
+    "load_sensitivity",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+#: Logits kept per sample: the true class and the original model's top classes (all when fewer).
+MAX_CLASSES = 16
+
+#: Fractions of the full rank measured per mode (rank 1 is always added; the full rank is the base).
+DEFAULT_FRACTIONS = (0.0625, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+
+#: Uniform rank fractions of the joint "anchor" truncations measured after the layers.
+DEFAULT_ANCHORS = (0.75, 0.55, 0.4)
+
+MODE_NAMES = {TUCKER2: ("out", "in")}
+
+
+def mode_names(kind: str) -> tuple[str, ...]:
+    return MODE_NAMES.get(kind, ("rank",))
+
+
+def rank_grid(full: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> list[int]:
+    """Ranks measured for a mode of full rank ``full``: 1 and ``round(f·full)``, ascending, below ``full``."""
+    full = int(full)
+    if full <= 1:
+        return []
+    ranks = {1}
+    for f in fractions:
+        if not 0 < f < 1:
+            raise LrvizError(f"grid fractions must lie in (0, 1); got {f}")
+        ranks.add(max(1, int(round(f * full))))
+    return sorted(r for r in ranks if r < full)
+
+
+def sensitivity_dir() -> Path:
+    """Root of the on-disk cache (``$LRVIZ_CACHE_DIR/sensitivity`` or ``~/.cache/lrviz/sensitivity``)."""
+    root = os.environ.get("LRVIZ_CACHE_DIR")
+    return (Path(root) if root else Path("~/.cache/lrviz").expanduser()) / "sensitivity"
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's architecture (module tree) and every parameter and buffer."""
+    h = hashlib.sha256()
+    h.update(repr(model).encode())
+    for name, t in list(model.state_dict().items()):
+        h.update(name.encode())
+        t = t.detach().to("cpu").contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    h.update(str(tuple(x.shape)).encode())
+    h.update(x.detach().to(torch.float32).contiguous().numpy().tobytes())
+    h.update(y.detach().to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(eq=False)
+class ModeCurve:
+    """One mode of one layer: ranks (ascending, ending with the full rank) and what each did.
+
+    Attributes
+    ----------
+    layer, mode : str
+    full : int
+    ranks : ndarray of int, shape (G + 1,)
+        The measured grid plus the full rank (last).
+    delta : ndarray of float32, shape (G + 1, N, M)
+        Change of the kept logits vs the original; zero at the full rank.
+    top1, loss : ndarray, shape (G + 1,)
+        Measured accuracy and mean cross-entropy with only this mode truncated.
+    """
+
+    layer: str
+    mode: str
+    index: int
+    full: int
+    ranks: np.ndarray
+    delta: np.ndarray
+    top1: np.ndarray
+    loss: np.ndarray
+
+    def delta_at(self, rank: int) -> np.ndarray:
+        """Logit change at any rank: linear interpolation between the measured ranks."""
+        r = int(rank)
+        rs = self.ranks
+        if r >= rs[-1]:
+            return self.delta[-1]
+        if r <= rs[0]:
+            return self.delta[0]
+        j = int(np.searchsorted(rs, r))
+        if rs[j] == r:
+            return self.delta[j]
+        t = (r - rs[j - 1]) / (rs[j] - rs[j - 1])
+        return (1.0 - t) * self.delta[j - 1] + t * self.delta[j]
+
+
+@dataclass(eq=False)
+class Sensitivities:
+    """Per-layer, per-mode sensitivity curves on one calibration set (see module docstring).
+
+    Attributes
+    ----------
+    key : str
+        Cache key (model + data + grid).
+    base_logits : ndarray (N, M)
+        The original model's kept logits.
+    label_pos : ndarray (N,)
+        Column of the true class in ``base_logits``.
+    rest_lse : ndarray (N,)
+        log-sum-exp of the logits not kept (−inf when all are kept); held fixed in the loss.
+    num_classes : int
+    curves : dict[(layer, mode index), ModeCurve]
+    layers : tuple of str
+        Layers measured (all decomposable layers of the model, in order), complete or not.
+    complete : bool
+        False when the run was cancelled before every layer was measured.
+    data : str
+        Description of the calibration data.
+    seconds : float
+        Time spent measuring in this call (0 when everything came from the cache).
+    """
+
+    key: str
+    base_logits: np.ndarray
+    label_pos: np.ndarray
+    rest_lse: np.ndarray
+    num_classes: int
+    curves: dict[tuple[str, int], ModeCurve]
+    layers: tuple[str, ...]
+    complete: bool = True
+    data: str = ""
+    seconds: float = 0.0
+    cached_layers: int = 0
+    anchors: list = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.base_logits.shape[0])
+
+    def top1_of(self, logits: np.ndarray) -> float:
+        return float((logits.argmax(axis=-1) == self.label_pos).mean())
+
+    def loss_of(self, logits: np.ndarray) -> float:
+        return float(cross_entropy(logits, self.label_pos, self.rest_lse).mean())
+
+    @property
+    def base_top1(self) -> float:
+        return self.top1_of(self.base_logits)
+
+    @property
+    def base_loss(self) -> float:
+        return self.loss_of(self.base_logits)
+
+    def curve(self, layer: str, mode: int) -> ModeCurve | None:
+        return self.curves.get((layer, int(mode)))
+
+    def table(self) -> pd.DataFrame:
+        """One row per measured point: ``layer, mode, rank, full, top1, loss, drop`` (top-1 points lost)."""
+        rows = []
+        base = self.base_top1
+        for (name, _), c in self.curves.items():
+            for r, a, l in zip(c.ranks, c.top1, c.loss):
+                rows.append({"layer": name, "mode": c.mode, "rank": int(r), "full": c.full, "top1": float(a), "loss": float(l),
+                             "drop": base - float(a)})
+        return pd.DataFrame(rows, columns=["layer", "mode", "rank", "full", "top1", "loss", "drop"])
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (curves as accuracy/loss per rank; the logit changes stay on disk)."""
+        layers: dict[str, dict] = {}
+        for (name, _), c in self.curves.items():
+            layers.setdefault(name, {})[c.mode] = {
+                "full": c.full, "ranks": [int(r) for r in c.ranks],
+                "top1": [round(float(a), 6) for a in c.top1], "loss": [round(float(v), 6) for v in c.loss],
+            }
+        return {
+            "schema": "lrviz.sensitivity/1", "key": self.key, "data": self.data, "n": self.n,
+            "num_classes": self.num_classes, "base_top1": self.base_top1, "base_loss": self.base_loss,
+            "complete": self.complete, "seconds": round(self.seconds, 3), "layers": layers,
+        }
+
+
+def cross_entropy(logits: np.ndarray, label_pos: np.ndarray, rest_lse: np.ndarray) -> np.ndarray:
+    """Per-sample CE from kept logits (``...×N×M``) with the other classes' log-sum-exp held fixed."""
+    m = logits.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(logits - m).sum(axis=-1)) + m[..., 0]
+    lse = np.logaddexp(lse, rest_lse)
+    true = np.take_along_axis(logits, np.broadcast_to(label_pos[:, None], logits.shape[:-1] + (1,)), axis=-1)[..., 0]
+    return lse - true
+
+
+# ----------------------------------------------------------------------------------------------
+# measuring
+# ----------------------------------------------------------------------------------------------
+
+
+def _collect(dataset, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from .data import make_loader, subset
+
+    data = subset(dataset, limit, seed=seed)
+    if len(data) == 0:
+        raise LrvizError("The calibration set is empty; there is nothing to measure.")
+    xs, ys = [], []
+    for x, y in make_loader(data, batch_size=512):
+        xs.append(torch.as_tensor(x))
+        ys.append(torch.as_tensor(y).long())
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _forward(model: nn.Module, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    outs = []
+    for i in range(0, x.shape[0], batch_size):
+        out = model(x[i : i + batch_size].to(device))
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            raise LrvizError("The model must return logits of shape N x num_classes.")
+        outs.append(out.float().cpu())
+    return torch.cat(outs)
+
+
+def _layer_file(folder: Path, name: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+    return folder / f"layer-{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}.npz"
+
+
+def measure_sensitivity(
+    model: nn.Module,
+    dataset,
+    *,
+    limit: int | None = 1000,
+    seed: int = 0,
+    layers: Sequence[str] | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    batch_size: int = 500,
+    device: str | torch.device | None = None,
+    factors: FactorCache | None = None,
+    cache: bool = True,
+    cache_root: str | os.PathLike | None = None,
+    data_name: str = "",
+    progress: Callable[[int, int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    cache_only: bool = False,
+    anchors: Sequence[float] = DEFAULT_ANCHORS,
+) -> Sensitivities:
+    """Measure (or load from the disk cache) every layer's per-mode sensitivity curve.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Never modified (a private copy is truncated).
+    dataset : Dataset
+        Calibration data; the first ``limit`` items of a fixed permutation (:func:`lrviz.data.subset`).
+    limit : int or None
+        Calibration images (None = all).
+    layers : sequence of str, optional
+        Measure only these decomposable layers (default: all).
+    fractions : sequence of float
+        Rank grid (:func:`rank_grid`).
+    batch_size : int
+    device : optional
+        Default: CUDA when available, else CPU.
+    factors : FactorCache, optional
+        Shared bases of ``model`` (computed when absent).
+    cache : bool
+        Read and write the disk cache.
+    cache_root : path, optional
+        Default :func:`sensitivity_dir`.
+    data_name : str
+        Description of the data, stored with the result.
+    progress : callable, optional
+        ``progress(done, total, layer)`` after each layer (cached layers count as done).
+    should_stop : callable, optional
+        Polled between forward passes; when it returns True the run stops and the result has
+        ``complete=False`` (layers finished so far are cached and reused next time).
+    anchors : sequence of float
+        Uniform rank fractions of *joint* truncations (every measured layer but the last one run,
+        usually the classifier) also measured once, so the projection's gain is calibrated out of the
+        box (:meth:`lrviz.project.SensitivityProjector.from_sensitivities`).
+    cache_only : bool
+        Measure nothing: return what the cache holds (``complete=False`` when layers are missing).
+
+    Returns
+    -------
+    Sensitivities
+    """
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LrvizError(f"batch_size must be a positive integer, got {batch_size!r}")
+    infos, _ = find_layers(model)
+    if not infos:
+        raise LrvizError("the model has no decomposable layers (Conv2d with groups=1, Linear)")
+    by_name = {l.name: l for l in infos}
+    if layers is not None:
+        unknown = [n for n in layers if n not in by_name]
+        if unknown:
+            raise LrvizError(f"not decomposable layers of this model: {unknown}")
+        infos = [by_name[n] for n in layers]
+    grid = tuple(float(f) for f in fractions)
+    for f in grid:
+        rank_grid(8, (f,))  # validates
+
+    x, y = _collect(dataset, limit, seed)
+    work = __import__("copy").deepcopy(model).to(dev).eval()
+    factors = factors or FactorCache(model)
+    with torch.inference_mode():
+        z0 = _forward(work, x, batch_size, dev)
+    k = z0.shape[1]
+    if int(y.min()) < 0 or int(y.max()) >= k:
+        raise LrvizError(f"labels range {int(y.min())}..{int(y.max())} but the model has {k} outputs; use a model trained for this data")
+    # kept classes: all when few, else the true class + the original's top ones
+    if k <= MAX_CLASSES:
+        idx = torch.arange(k).expand(len(y), k)
+        label_pos = y.clone()
+        rest = torch.full((len(y),), -math.inf)
+    else:
+        masked = z0.clone()
+        masked[torch.arange(len(y)), y] = -math.inf
+        top = masked.topk(MAX_CLASSES - 1, dim=1).indices
+        idx = torch.cat([y[:, None], top], dim=1)
+        label_pos = torch.zeros(len(y), dtype=torch.long)
+        keep = torch.zeros_like(z0, dtype=torch.bool).scatter_(1, idx, True)
+        rest = torch.where(keep, torch.full_like(z0, -math.inf), z0).logsumexp(dim=1)
+    base = z0.gather(1, idx).numpy().astype(np.float32)
+    label_pos_np = label_pos.numpy().astype(np.int64)
+    rest_np = rest.numpy().astype(np.float64)
+
+    key_src = json.dumps({
+        "v": FORMAT_VERSION, "model": model_fingerprint(model), "data": _data_fingerprint(x, y),
+        "grid": grid, "max_classes": MAX_CLASSES,
+    }, sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+    folder = Path(cache_root) / key if cache_root is not None else sensitivity_dir() / key
+
+    result = Sensitivities(key, base, label_pos_np, rest_np, int(k), {}, tuple(l.name for l in infos), True,
+                           data_name or f"{len(y)} images")
+    total = len(infos)
+    t0 = time.perf_counter()
+    spent = 0.0
+    for i, info in enumerate(infos):
+        path = _layer_file(folder, info.name)
+        curves = _load_layer(path, info) if cache else None
+        if curves is not None:
+            result.cached_layers += 1
+        elif cache_only:
+            result.complete = False
+            continue
+        else:
+            if should_stop is not None and should_stop():
+                result.complete = False
+                break
+            t1 = time.perf_counter()
+            curves = _measure_layer(work, info, factors, x, base, idx, label_pos_np, rest_np, batch_size, dev, should_stop)
+            spent += time.perf_counter() - t1
+            if curves is None:
+                result.complete = False
+                break
+            if cache:
+                _save_layer(path, info, curves, key_src)
+        for c in curves:
+            result.curves[(info.name, c.index)] = c
+        if progress is not None:
+            progress(i + 1, total, info.name)
+    if result.complete and anchors:
+        apath = folder / "anchors.json"
+        got = _load_anchors(apath) if cache else None
+        if got is None:
+            if should_stop is not None and should_stop():
+                result.complete = False
+            else:
+                t1 = time.perf_counter()
+                got = _measure_anchors(work, infos, factors, x, base, idx, label_pos_np, rest_np, batch_size, dev, anchors)
+                spent += time.perf_counter() - t1
+                if cache:
+                    apath.parent.mkdir(parents=True, exist_ok=True)
+                    apath.write_text(json.dumps(got))
+        if got is not None:
+            result.anchors = got
+    if cache_only:
+        got = _load_anchors(folder / "anchors.json")
+        if got is not None:
+            result.anchors = got
+    result.seconds = spent
+    log.info("sensitivity %s: %d layers (%d cached) in %.1fs", key, len(infos), result.cached_layers, time.perf_counter() - t0)
+    return result
+
+
+def _measure_layer(work, info: LayerInfo, factors, x, base, idx, label_pos, rest, batch_size, dev, should_stop):
+    original = get_module(work, info.name)
+    fac = factors.get(info.name)
+    out: list[ModeCurve] = []
+    full = info.full_ranks
+    try:
+        for m, mname in enumerate(mode_names(info.kind)):
+            grid = rank_grid(full[m])
+            if not grid:
+                continue
+            deltas, top1s, losses = [], [], []
+            for r in grid:
+                if should_stop is not None and should_stop():
+                    return None
+                ranks = list(full)
+                ranks[m] = r
+                set_module(work, info.name, build_layer(fac, tuple(ranks)).to(dev).eval())
+                with torch.inference_mode():
+                    z = _forward(work, x, batch_size, dev).gather(1, idx).numpy().astype(np.float32)
+                deltas.append(z - base)
+                top1s.append(float((z.argmax(1) == label_pos).mean()))
+                losses.append(float(cross_entropy(z, label_pos, rest).mean()))
+            b_top1 = float((base.argmax(1) == label_pos).mean())
+            b_loss = float(cross_entropy(base, label_pos, rest).mean())
+            deltas.append(np.zeros_like(base))
+            out.append(ModeCurve(info.name, mname, m, int(full[m]), np.asarray(grid + [int(full[m])], dtype=np.int64),
+                                 np.stack(deltas).astype(np.float32), np.asarray(top1s + [b_top1]), np.asarray(losses + [b_loss])))
+    finally:
+        set_module(work, info.name, original)
+    return out
+
+
+def anchor_ranks(infos: Sequence[LayerInfo], order: Sequence[str], fraction: float) -> dict[str, list[int]]:
+    """Ranks of an anchor: ``ceil(fraction·R)`` on every mode of every layer except the last one run."""
+    last = order[-1] if order else None
+    out = {}
+    for l in infos:
+        if l.name == last:
+            continue
+        out[l.name] = [max(1, math.ceil(fraction * f - 1e-9)) for f in l.full_ranks]
+    return out
+
+
+def _forward_order(work: nn.Module, infos, x: torch.Tensor, dev) -> list[str]:
+    order: list[str] = []
+    hooks = [get_module(work, l.name).register_forward_hook(lambda m, a, o, n=l.name: order.append(n)) for l in infos]
+    try:
+        with torch.inference_mode():
+            work(x[:1].to(dev))
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def _measure_anchors(work, infos, factors, x, base, idx, label_pos, rest, batch_size, dev, fractions) -> list[dict]:
+    order = _forward_order(work, infos, x, dev)
+    by_name = {l.name: l for l in infos}
+    out = []
+    for f in fractions:
+        ranks = anchor_ranks(infos, order, float(f))
+        originals = {n: get_module(work, n) for n in ranks}
+        try:
+            for n, r in ranks.items():
+                set_module(work, n, build_layer(factors.get(n), tuple(r)).to(dev).eval())
+            with torch.inference_mode():
+                z = _forward(work, x, batch_size, dev).gather(1, idx).numpy().astype(np.float32)
+        finally:
+            for n, mod in originals.items():
+                set_module(work, n, mod)
+        out.append({"fraction": float(f), "ranks": ranks, "full": {n: list(by_name[n].full_ranks) for n in ranks}, "top1": float((z.argmax(1) == label_pos).mean()),
+                    "loss": float(cross_entropy(z, label_pos, rest).mean())})
+    return out
+
+
+def _load_anchors(path: Path) -> list | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _save_layer(path: Path, info: LayerInfo, curves: list[ModeCurve], key_src: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"meta": np.frombuffer(json.dumps({"layer": info.name, "shape": list(info.weight_shape), "kind": info.kind,
+                                                 "key": key_src, "modes": [c.mode for c in curves],
+                                                 "index": [c.index for c in curves]}).encode(), dtype=np.uint8)}
+    for j, c in enumerate(curves):
+        arrays[f"ranks{j}"] = c.ranks
+        arrays[f"delta{j}"] = c.delta.astype(np.float16) if np.abs(c.delta).max(initial=0) < 6e4 else c.delta
+        arrays[f"top1{j}"] = c.top1
+        arrays[f"loss{j}"] = c.loss
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_layer(path: Path, info: LayerInfo) -> list[ModeCurve] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            if meta["layer"] != info.name or tuple(meta["shape"]) != tuple(info.weight_shape):
+                return None
+            out = []
+            for j, (mode, index) in enumerate(zip(meta["modes"], meta["index"])):
+                out.append(ModeCurve(info.name, mode, int(index), int(info.full_ranks[int(index)]), z[f"ranks{j}"].astype(np.int64),
+                                     z[f"delta{j}"].astype(np.float32), z[f"top1{j}"], z[f"loss{j}"]))
+            return out
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        log.warning("ignoring unreadable sensitivity cache file %s", path)
+        return None
+
+
+def load_sensitivity(*args, **kwargs) -> Sensitivities:
+    """:func:`measure_sensitivity` with ``cache_only=True``: layers not cached are left out and the result
+    has ``complete=False``. (Still runs the original model once on the calibration set.)"""
+    kwargs["cache_only"] = True
+    return measure_sensitivity(*args, **kwargs)
