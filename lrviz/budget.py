@@ -345,7 +345,8 @@ def sweep(
     ``projected`` needs a projector (sensitivities); ``top1`` (measured on ``limit`` images of
     ``dataset``) needs ``measure=True``; ``finetuned`` (top-1 after ``finetune_epochs`` of
     :func:`lrviz.train.finetune` on ``train_set``) needs ``finetune_epochs > 0``. Unreachable
-    combinations get NaN and ``spec="unreachable"``.
+    combinations get NaN and ``spec="unreachable"``; ``projected`` is NaN for plans that truncate
+    layers the sensitivities do not cover.
     """
     from .decompose import FactorCache, compress
 
@@ -379,7 +380,7 @@ def sweep(
             row.update(params=cost.params_planned, macs=cost.macs_planned, params_ratio=cost.params_ratio,
                        macs_ratio=cost.macs_ratio, spec=plan.spec,
                        ranks=json.dumps({lp.name: list(lp.ranks) for lp in plan.layers if not lp.is_dense}))
-            if projector is not None:
+            if projector is not None and not projector.missing(plan):
                 pr = projector.project(plan, base_top1)
                 row.update(projected=pr.top1, proj_lo=pr.interval[0], proj_hi=pr.interval[1])
             else:

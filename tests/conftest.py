@@ -14,3 +14,15 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Sensitivity caches of the test run go to a temporary folder, never to ~/.cache."""
+    old = os.environ.get("LRVIZ_CACHE_DIR")
+    os.environ["LRVIZ_CACHE_DIR"] = str(tmp_path_factory.mktemp("lrviz-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LRVIZ_CACHE_DIR", None)
+    else:
+        os.environ["LRVIZ_CACHE_DIR"] = old

@@ -128,3 +128,34 @@ def test_analyze_refuses_exported_program(tmp_path):
         lrviz.analyze(ep, (3, 16, 16))
     with pytest.raises(LrvizError, match="exported program"):
         lrviz.analyze(ep.module(), (3, 16, 16))
+
+
+def test_sensitivity_project_solve_sweep(tmp_path, capsys):
+    data = ["--data", "synthetic:3,16,16,10,64", "--limit", "64"]
+    sj = tmp_path / "s.json"
+    rc, out, err = run(capsys, "sensitivity", *MODEL, *data, "--json", str(sj))
+    assert rc == 0 and "original top-1" in out and "[sensitivity] 5/5" in err
+    doc = json.loads(sj.read_text())
+    assert doc["schema"] == "lrviz.sensitivity/1" and doc["n"] == 64 and set(doc["layers"]["3"]) == {"out", "in"}
+    rc, out, err = run(capsys, "sensitivity", *MODEL, *data)
+    assert rc == 0 and "from the cache" in err
+    pj = tmp_path / "p.json"
+    rc, out, _ = run(capsys, "project", *MODEL, *data, "--plan", "uniform:0.5", "--json", str(pj))
+    assert rc == 0 and "projected top-1" in out
+    proj = json.loads(pj.read_text())
+    assert set(proj) >= {"projected_top1", "interval", "params", "macs", "basis"} and proj["basis"] == "sensitivities"
+    assert proj["interval"][0] <= proj["projected_top1"] <= proj["interval"][1]
+    rc, out, _ = run(capsys, "project", *MODEL, *data, "--plan", "uniform:0.5", "--basis", "proxy", "--json", str(pj))
+    assert rc == 0 and json.loads(pj.read_text())["basis"] == "proxy"
+    plan_json = tmp_path / "plan.json"
+    rc, out, _ = run(capsys, "solve", *MODEL, *data, "--target", "params:2", "--out", str(plan_json))
+    assert rc == 0 and "solved params:2" in out and json.loads(plan_json.read_text())["schema"] == "lrviz.plan/1"
+    rc, out, _ = run(capsys, "evaluate", *MODEL, *data, "--plan", str(plan_json))
+    assert rc == 0
+    sw = tmp_path / "sw.json"
+    rc, out, _ = run(capsys, "sweep", *MODEL, *data, "--targets", "1.5,2", "--metric", "macs", "--json", str(sw))
+    assert rc == 0
+    rows = json.loads(sw.read_text())["rows"]
+    assert len(rows) == 6 and {r["strategy"] for r in rows} == {"solver", "uniform", "vbmf"}
+    rc, _, err = run(capsys, "solve", *MODEL, *data, "--target", "flops:lots")
+    assert rc == 2 and "target" in err

@@ -1,0 +1,217 @@
+"""Layer sensitivities, the sensitivity projection, the budget solver and the sweep (demo model, bundled sample)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lrviz import FactorCache, LrvizError, RankPlan, analyze, compress, make_plan, plan_cost
+from lrviz.budget import candidate_ranks, parse_target, solve, solve_many, strategy_plan, sweep
+from lrviz.data import get_dataset
+from lrviz.evaluate import evaluate
+from lrviz.models import load_model
+from lrviz.project import SensitivityProjector
+from lrviz.sensitivity import Sensitivities, measure_sensitivity, rank_grid
+
+N = 200
+LAYERS = ["layer1.0.conv1", "layer2.0.conv2", "layer2.0.shortcut.0", "layer3.1.conv1", "layer3.2.conv2"]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    lm = load_model("demo")
+    a = analyze(lm.module, lm.input_size, "demo")
+    ds = get_dataset("fashion-mnist-sample")
+    return lm, a, ds, FactorCache(lm.module)
+
+
+@pytest.fixture(scope="module")
+def sens(demo, tmp_path_factory):
+    lm, a, ds, fc = demo
+    return measure_sensitivity(lm.module, ds, limit=N, layers=LAYERS, factors=fc, cache_root=tmp_path_factory.mktemp("sens"))
+
+
+def test_rank_grid():
+    assert rank_grid(1) == []
+    assert rank_grid(2) == [1]
+    g = rank_grid(64)
+    assert g[0] == 1 and g[-1] < 64 and g == sorted(set(g)) and {8, 16, 32, 48, 56} <= set(g)
+    assert rank_grid(16) == [1, 2, 4, 6, 8, 10, 12, 14]
+    with pytest.raises(LrvizError):
+        rank_grid(8, (1.5,))
+
+
+def test_curves_start_at_base_and_match_an_independent_evaluation(demo, sens):
+    lm, a, ds, fc = demo
+    base = evaluate(lm.module, ds, limit=N)
+    assert sens.n == N and sens.base_top1 == pytest.approx(base.top1) and sens.base_loss == pytest.approx(base.loss, rel=1e-4)
+    assert set(n for n, _ in sens.curves) == set(LAYERS)
+    for c in sens.curves.values():
+        assert c.ranks[-1] == c.full and c.top1[-1] == pytest.approx(base.top1) and not np.any(c.delta[-1])
+        assert list(c.ranks[:-1]) == rank_grid(c.full)
+    # one grid point against decompose + evaluate of the single-layer plan
+    c = sens.curve("layer3.1.conv1", 1)
+    r = int(c.ranks[2])
+    plan = make_plan(a, "full").with_ranks({"layer3.1.conv1": (64, r)})
+    ref = evaluate(compress(lm.module, plan, fc), ds, limit=N)
+    assert c.top1[2] == pytest.approx(ref.top1) and c.loss[2] == pytest.approx(ref.loss, rel=1e-4)
+
+
+def test_curves_are_monotone_ish(sens):
+    for c in sens.curves.values():
+        worst = max((c.top1[i] - c.top1[j] for i in range(len(c.top1)) for j in range(i + 1, len(c.top1))), default=0)
+        assert worst <= 0.03, (c.layer, c.mode, c.top1)  # a lower rank never beats a higher one by > 3 points
+        assert c.top1[0] < c.top1[-1]  # rank 1 hurts
+
+
+def test_cache_hit_and_invalidation(demo, tmp_path):
+    lm, a, ds, fc = demo
+    kw = dict(layers=["layer1.0.conv1"], factors=fc, cache_root=tmp_path, anchors=())
+    s1 = measure_sensitivity(lm.module, ds, limit=60, **kw)
+    s2 = measure_sensitivity(lm.module, ds, limit=60, **kw)
+    assert s2.key == s1.key and s2.cached_layers == 1 and s2.seconds == 0
+    np.testing.assert_array_equal(s2.curve("layer1.0.conv1", 0).top1, s1.curve("layer1.0.conv1", 0).top1)
+    assert measure_sensitivity(lm.module, ds, limit=61, **kw).key != s1.key  # subset size
+    other_ds = get_dataset("fashion-mnist-sample", mean=[0.3], std=[0.3])
+    assert measure_sensitivity(lm.module, other_ds, limit=60, **kw).key != s1.key  # data / transform
+    assert measure_sensitivity(lm.module, ds, limit=60, seed=1, **kw).key != s1.key  # which images
+    changed = load_model("demo").module
+    with torch.no_grad():
+        changed.conv1.weight[0, 0, 0, 0] += 1e-3
+    s3 = measure_sensitivity(changed, ds, limit=60, layers=["layer1.0.conv1"], cache_root=tmp_path, anchors=())
+    assert s3.key != s1.key and s3.cached_layers == 0  # model weights
+
+
+def test_cancel_then_resume(demo, tmp_path):
+    lm, a, ds, fc = demo
+    seen = []
+    kw = dict(limit=40, layers=["layer1.0.conv1", "layer1.0.conv2"], factors=fc, cache_root=tmp_path, anchors=())
+    s = measure_sensitivity(lm.module, ds, progress=lambda d, t, n: seen.append(n), should_stop=lambda: bool(seen), **kw)
+    assert not s.complete and seen == ["layer1.0.conv1"] and set(n for n, _ in s.curves) == {"layer1.0.conv1"}
+    s2 = measure_sensitivity(lm.module, ds, **kw)
+    assert s2.complete and s2.cached_layers == 1 and set(n for n, _ in s2.curves) == {"layer1.0.conv1", "layer1.0.conv2"}
+
+
+def test_bad_input(demo):
+    lm, a, ds, fc = demo
+    with pytest.raises(LrvizError, match="not decomposable"):
+        measure_sensitivity(lm.module, ds, limit=10, layers=["nope"])
+    with pytest.raises(LrvizError, match="labels"):
+        measure_sensitivity(lm.module, get_dataset("synthetic:1,28,28,20,30"), limit=30, layers=["fc"])
+
+
+def test_projection_is_exact_at_full_rank_and_on_single_layer_grid_points(demo, sens):
+    lm, a, ds, fc = demo
+    p = SensitivityProjector(sens)
+    full = make_plan(a, "full")
+    pr = p.project(full)
+    assert pr.top1 == pytest.approx(sens.base_top1) and pr.basis == "sensitivities"
+    assert pr.interval[0] <= pr.top1 <= pr.interval[1]
+    c = sens.curve("layer2.0.conv2", 0)
+    for j in range(len(c.ranks) - 1):
+        plan = full.with_ranks({"layer2.0.conv2": (int(c.ranks[j]), 32)})
+        assert p.project(plan).top1 == pytest.approx(c.top1[j])  # one truncation = exactly what was measured
+    # anchored to another base: the change is carried over in log-odds, the full plan gives that base
+    assert p.project(full, base_top1=0.9).top1 == pytest.approx(0.9)
+
+
+def test_projection_degrades_with_rank(demo, sens):
+    lm, a, ds, fc = demo
+    p = SensitivityProjector.from_sensitivities(sens)
+    assert sens.anchors and len(sens.anchors) == 3 and p.n_fit == 3
+    full = make_plan(a, "full")
+    vals = []
+    for f in (1.0, 0.8, 0.6, 0.4, 0.2):
+        ranks = {n: tuple(max(1, math.ceil(f * r)) for r in a.layer(n).full_ranks) for n in LAYERS}
+        vals.append(p.project(full.with_ranks(ranks)).top1)
+    assert vals[0] == pytest.approx(sens.base_top1)
+    assert all(b <= a_ + 0.02 for a_, b in zip(vals, vals[1:])) and vals[-1] < vals[0] - 0.05
+    with pytest.raises(LrvizError, match="no sensitivity"):
+        p.project(full.with_ranks({"layer1.1.conv1": (4, 4)}))
+
+
+def test_calibration_fits_the_gain(demo, sens):
+    lm, a, ds, fc = demo
+    p = SensitivityProjector(sens)
+    full = make_plan(a, "full")
+    plans = [full.with_ranks({n: tuple(max(1, math.ceil(f * r)) for r in a.layer(n).full_ranks) for n in LAYERS}) for f in (0.5, 0.3, 0.15)]
+    truth = [p.calib_top1(pl, gain=0.6) for pl in plans]
+    fitted = p.calibrate(list(zip(plans, truth)))
+    assert fitted.n_fit == 3 and fitted.rel_error is not None
+    assert [fitted.project(pl).top1 for pl in plans] == pytest.approx(truth, abs=0.011)
+    assert p.calibrate([(full, 0.5)]) is p  # full-rank points carry no information
+
+
+def test_solver_meets_budgets_with_valid_ranks(demo, sens):
+    lm, a, ds, fc = demo
+    p = SensitivityProjector.from_sensitivities(sens)
+    for metric in ("params", "macs"):
+        targets = [1.05, 1.15, 1.25]  # the five measured layers allow at most 1.46x params, 1.31x MACs
+        results = solve_many(a, p, targets, metric)
+        for t, res in zip(targets, results):
+            assert res is not None
+            cost = plan_cost(a, res.plan)
+            ratio = cost.macs_ratio if metric == "macs" else cost.params_ratio
+            assert ratio >= t and res.ratio == pytest.approx(ratio)
+            assert ratio < t * 1.05  # the fill phase spends the budget
+            for lp in res.plan.layers:
+                assert all(1 <= r <= f for r, f in zip(lp.ranks, lp.full_ranks))
+                if lp.name not in LAYERS:
+                    assert lp.is_dense
+            again = RankPlan.from_json(res.plan.to_json(), a.layers)
+            assert again.ranks() == res.plan.ranks()
+    snapped = solve(a, p, "params:1.2", snap=8)
+    for lp in snapped.plan.layers:
+        assert all(r == f or r % 8 == 0 for r, f in zip(lp.ranks, lp.full_ranks))
+    with pytest.raises(LrvizError, match="cannot reach"):
+        solve(a, p, "params:50")
+
+
+def test_solver_beats_uniform_on_its_objective(demo, sens):
+    lm, a, ds, fc = demo
+    p = SensitivityProjector.from_sensitivities(sens)
+    res = solve(a, p, "params:1.3")
+    full = make_plan(a, "full")
+    # uniform fraction on the same measured layers, matched or cheaper cost
+    for f in np.linspace(0.95, 0.05, 91):
+        uni = full.with_ranks({n: tuple(max(1, math.ceil(f * r)) for r in a.layer(n).full_ranks) for n in LAYERS})
+        if plan_cost(a, uni).params_ratio >= res.params_ratio:
+            break
+    assert p.calib_loss(res.plan) <= p.calib_loss(uni) + 1e-9
+
+
+def test_parse_target_and_candidates():
+    assert parse_target("params:4") == ("params", 4.0) and parse_target("macs:3") == ("macs", 3.0) and parse_target("2") == ("params", 2.0)
+    for bad in ("foo:3", "macs:x", "params:0.5"):
+        with pytest.raises(LrvizError):
+            parse_target(bad)
+    assert candidate_ranks(16) == list(range(1, 17))
+    assert candidate_ranks(64, snap=8) == [8, 16, 24, 32, 40, 48, 56, 64]
+    c = candidate_ranks(512)
+    assert c[0] == 1 and c[-1] == 512 and len(c) <= 33
+
+
+def test_sweep_rows_are_measured_plans(demo, sens):
+    lm, a, ds, fc = demo
+    p = SensitivityProjector.from_sensitivities(sens)
+    df = sweep(a, lm.module, ds, [1.2, 50], metric="params", strategies=("solver", "uniform"), projector=p, factors=fc, limit=100)
+    assert list(df.strategy) == ["solver", "uniform", "solver", "uniform"]
+    ok = df[df.target == 1.2]
+    assert ok.params_ratio.ge(1.2 * 0.9).all() and ok.top1.notna().all()
+    assert ok.projected.notna().tolist() == [True, False]  # uniform truncates layers that were not measured
+    row = ok[ok.strategy == "solver"].iloc[0]
+    plan = make_plan(a, "full").with_ranks({k: tuple(v) for k, v in json.loads(row.ranks).items()})
+    assert evaluate(compress(lm.module, plan, fc), ds, limit=100).top1 == pytest.approx(row.top1)
+    far = df[df.target == 50]
+    assert (far.spec == "unreachable").all() and far.top1.isna().all()
+    with pytest.raises(LrvizError, match="strategy"):
+        sweep(a, lm.module, ds, [2], strategies=("magic",), projector=p)
+
+
+def test_plan_for_ratio_macs(demo):
+    lm, a, ds, fc = demo
+    for fam in ("uniform", "vbmf", "energy"):
+        plan = strategy_plan(a, fam, "macs", 2.0)
+        assert plan is not None and plan_cost(a, plan).macs_ratio == pytest.approx(2.0, rel=0.1)
