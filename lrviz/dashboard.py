@@ -6,8 +6,9 @@ an optional dependency: ``pip install lrviz[app]``).
 
 Contents: model and dataset sources with explicit cache keys (uploads are stored content-addressed and
 never unpickled), layer grouping and slider keys, number formatting, rank-plan helpers (presets,
-plans at a matched params ratio, ratio sweeps), a thread-safe result store, a background job for
-fine-tuning, sample predictions, and the plotly figures.
+plans at a matched params ratio), helpers around layer sensitivities (forward-pass count, projection
+curves, projected-vs-measured points), a thread-safe result store, a background job (fine-tuning,
+sensitivity measurement), sample predictions, and the plotly figures.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pandas as pd
 import torch
 
 from .analysis import ModelAnalysis
+from .budget import STRATEGIES, STRATEGY_LABELS
 from .cost import CostReport
 from .errors import LrvizError
 from .layers import TUCKER2, LayerInfo
@@ -60,23 +62,27 @@ __all__ = [
     "plan_key",
     "preset_spec",
     "plan_at_ratio",
-    "ratio_sweep",
     "evaluate_plan",
     "headline",
+    "sensitivity_passes",
+    "energy_plans",
+    "projection_curve",
+    "calibration_points",
+    "projection_figure",
+    "calibration_figure",
+    "sensitivity_figure",
+    "sweep_figure",
 ]
 
 #: Largest upload accepted (bytes).
 MAX_UPLOAD_BYTES = 1 << 30
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 PROGRAM_SUFFIXES = (".pt2",)
-#: Ratios of the Compare page's sweep (params reduction, ×).
+#: Ratios of the Compare page's sweep (params or MACs reduction, ×).
 SWEEP_RATIOS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-SWEEP_FAMILIES = ("energy", "uniform", "vbmf")
-FAMILY_LABELS = {
-    "energy": "energy threshold (ratio:T)",
-    "uniform": "uniform rank fraction",
-    "vbmf": "weakened VBMF (vbmf:K)",
-}
+#: Allocation strategies of the sweep (:func:`lrviz.budget.sweep`); "solver" needs sensitivities.
+SWEEP_STRATEGIES = STRATEGIES
+STRATEGY_COLORS = {"solver": "#d62728", "uniform": "#ff7f0e", "vbmf": "#2ca02c", "energy": "#1f77b4"}
 
 
 # ==================================================================================================
@@ -488,49 +494,93 @@ def evaluate_plan(module, plan: RankPlan, cache, dataset, limit: int | None, pro
     return evaluate(model, dataset, limit=limit, progress=progress)
 
 
-def ratio_sweep(
-    analysis: ModelAnalysis,
-    module,
-    cache,
-    dataset,
-    ratios: Sequence[float] = SWEEP_RATIOS,
-    families: Sequence[str] = SWEEP_FAMILIES,
-    limit: int | None = 300,
-    progress: Callable[[int, int, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> pd.DataFrame:
-    """Accuracy vs params ratio for plan families at matched cost.
+# ==================================================================================================
+# Layer sensitivities and the sensitivity projection (pure helpers; the projector is lrviz.project's)
+# ==================================================================================================
 
-    Returns one row per (family, target ratio): ``family, target, params_ratio, macs_ratio, top1,
-    lo, hi, n, spec`` — ``top1`` is NaN when the family cannot reach the target.
+#: Energy fractions of the plans along which the Ranks page draws the projection curve.
+CURVE_FRACTIONS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0)
+
+
+def sensitivity_passes(analysis: ModelAnalysis) -> int:
+    """Forward passes over the calibration set that :func:`lrviz.sensitivity.measure_sensitivity`
+    runs for this model: the original, one per grid rank of every mode, and the joint anchors."""
+    from .sensitivity import DEFAULT_ANCHORS, rank_grid
+
+    return 1 + sum(len(rank_grid(f)) for l in analysis.layers for f in l.full_ranks) + len(DEFAULT_ANCHORS)
+
+
+def sensitivity_summary(sens, total_layers: int | None = None) -> dict[str, Any]:
+    """What the dashboard says about a :class:`lrviz.sensitivity.Sensitivities`: ``complete``, ``layers``
+    (measured), ``total``, ``modes``, ``n``, ``base_top1``, ``anchors``, ``seconds``."""
+    measured = {name for name, _ in sens.curves}
+    total = len(sens.layers) if total_layers is None else int(total_layers)
+    return {
+        "complete": bool(sens.complete), "layers": len(measured), "total": total, "modes": len(sens.curves), "n": sens.n,
+        "base_top1": sens.base_top1, "anchors": len(getattr(sens, "anchors", None) or []), "seconds": float(getattr(sens, "seconds", 0.0)),
+    }
+
+
+def energy_plans(analysis: ModelAnalysis, fractions: Sequence[float] = CURVE_FRACTIONS) -> list[tuple[float, RankPlan]]:
+    """``(params ratio, plan)`` of the ``energy:F`` plans (data-free; cache it per model), by ratio."""
+    if not analysis.has_spectra or not analysis.layers:
+        return []
+    out = []
+    for f in fractions:
+        plan = make_plan(analysis, f"energy:{f:g}")
+        out.append((plan_cost(analysis, plan).params_ratio, plan))
+    return sorted(out, key=lambda t: t[0])
+
+
+def projection_curve(plans: Sequence[tuple[float, RankPlan]], projector, base_top1: float | None = None) -> pd.DataFrame:
+    """The sensitivity projection along ``plans`` (from :func:`energy_plans`): ``params_ratio, top1, lo, hi``.
+
+    Plans that truncate layers the projector does not cover are left out.
     """
-    from .evaluate import evaluate
-
-    jobs = [(f, r) for f in families for r in ratios]
     rows = []
-    for i, (family, target) in enumerate(jobs):
-        if should_stop is not None and should_stop():
-            break
-        plan = plan_at_ratio(analysis, family, float(target))
-        row: dict[str, Any] = {"family": family, "label": FAMILY_LABELS.get(family, family), "target": float(target)}
-        if plan is None:
-            row.update(params_ratio=math.nan, macs_ratio=math.nan, top1=math.nan, lo=math.nan, hi=math.nan, n=0, spec="unreachable")
-        else:
-            cost = plan_cost(analysis, plan)
-            res = evaluate(planned_model(module, plan, cache), dataset, limit=limit)
-            row.update(
-                params_ratio=cost.params_ratio,
-                macs_ratio=cost.macs_ratio,
-                top1=res.top1,
-                lo=res.top1_ci[0],
-                hi=res.top1_ci[1],
-                n=res.n,
-                spec=plan.spec,
-            )
-        rows.append(row)
-        if progress is not None:
-            progress(i + 1, len(jobs), f"{family} {target:g}×")
-    return pd.DataFrame(rows)
+    for ratio, plan in plans:
+        if projector.missing(plan):
+            continue
+        p = projector.project(plan, base_top1)
+        rows.append({"params_ratio": float(ratio), "top1": p.top1, "lo": p.interval[0], "hi": p.interval[1]})
+    return pd.DataFrame(rows, columns=["params_ratio", "top1", "lo", "hi"])
+
+
+CALIBRATION_COLUMNS = ["kind", "label", "plan_key", "top1", "lo", "hi", "n", "projected", "proj_lo", "proj_hi", "projected_then"]
+
+
+def calibration_points(measured: Sequence[Mapping], plans: Mapping[str, RankPlan], projector, anchors: bool = True) -> pd.DataFrame:
+    """Measured accuracies next to what the (current) projector says, on the calibration images.
+
+    ``measured``: quick-evaluation rows (``plan_key``, ``label``, ``top1``, ``lo``, ``hi``, ``n`` and
+    optionally ``projected_calib``, the sensitivity projection when it was measured); ``plans``:
+    ``plan_key → RankPlan``. Only rows measured on as many images as the calibration set (the same
+    deterministic subset) and covered by the sensitivities are kept. With ``anchors`` the joint
+    anchor truncations measured with the sensitivities are added (``kind="anchor"``). The projection
+    is re-computed with ``projector`` (``projected``, ``proj_lo``, ``proj_hi``, calibration-set basis);
+    ``projected_then`` is the one stored at measurement time (NaN when there was none).
+    """
+    from .evaluate import wilson_interval
+
+    sens = projector.sens
+    rows = []
+    for m in measured:
+        plan = plans.get(m.get("plan_key"))
+        if plan is None or int(m.get("n") or 0) != sens.n or projector.missing(plan):
+            continue
+        p = projector.project(plan)
+        then = m.get("projected_calib")
+        rows.append({"kind": "quick evaluation", "label": m.get("label", ""), "plan_key": m.get("plan_key"), "top1": float(m["top1"]),
+                     "lo": float(m["lo"]), "hi": float(m["hi"]), "n": int(m["n"]), "projected": p.top1, "proj_lo": p.interval[0],
+                     "proj_hi": p.interval[1], "projected_then": math.nan if then is None else float(then)})
+    if anchors:
+        for a, (plan, top1, _) in zip(getattr(sens, "anchors", None) or [], projector.anchor_points()):
+            p = projector.project(plan)
+            lo, hi = wilson_interval(int(round(top1 * sens.n)), sens.n)
+            rows.append({"kind": "anchor", "label": f"anchor: every layer at {a.get('fraction', 0):.0%} of its ranks", "plan_key": None,
+                         "top1": top1, "lo": lo, "hi": hi, "n": sens.n, "projected": p.top1, "proj_lo": p.interval[0],
+                         "proj_hi": p.interval[1], "projected_then": math.nan})
+    return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
 
 
 # ==================================================================================================
@@ -853,14 +903,20 @@ def layer_cost_figure(cost: CostReport, metric: str = "params"):
     return _layout(fig, f"Per-layer {unit}: original vs planned", height=380)
 
 
-def projection_figure(curve: pd.DataFrame | None, current: Mapping | None, measured: Sequence[Mapping], base_top1: float | None, chance: float | None):
-    """Projected accuracy vs params ratio (curve of the energy family, the current plan) and measured
-    quick evaluations with their 95 % intervals."""
+def projection_figure(curve: pd.DataFrame | None, current: Mapping | None, measured: Sequence[Mapping], base_top1: float | None,
+                      chance: float | None, curve_name: str = "projection (energy plans)"):
+    """Projected accuracy vs params ratio (a curve along the energy family, with its band when ``curve``
+    has ``lo``/``hi`` columns; the current plan, with error bars when ``current`` has ``lo``/``hi``) and
+    measured quick evaluations with their 95 % intervals."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     if curve is not None and len(curve):
-        fig.add_trace(go.Scatter(x=curve["params_ratio"], y=curve["top1"], mode="lines", name="projection (energy plans)", line=dict(color=COLORS["projection"], dash="dot")))
+        if "lo" in curve and "hi" in curve and curve["lo"].notna().any():
+            fig.add_trace(go.Scatter(x=list(curve["params_ratio"]) + list(curve["params_ratio"])[::-1],
+                                     y=list(curve["hi"]) + list(curve["lo"])[::-1], fill="toself", mode="lines", line=dict(width=0),
+                                     fillcolor="rgba(148,103,189,0.15)", name="projection band (~95 %)", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=curve["params_ratio"], y=curve["top1"], mode="lines", name=curve_name, line=dict(color=COLORS["projection"], dash="dot")))
     if measured:
         m = pd.DataFrame(list(measured))
         fig.add_trace(
@@ -873,12 +929,15 @@ def projection_figure(curve: pd.DataFrame | None, current: Mapping | None, measu
         )
         if "projected" in m:
             fig.add_trace(
-                go.Scatter(x=m["params_ratio"], y=m["projected"], mode="markers", name="projected at measured plans",
+                go.Scatter(x=m["params_ratio"], y=m["projected"], mode="markers", name="projected when measured",
                            marker=dict(color=COLORS["projection"], symbol="x", size=8))
             )
     if current is not None:
+        err = None
+        if current.get("lo") is not None and current.get("hi") is not None:
+            err = dict(type="data", symmetric=False, array=[current["hi"] - current["top1"]], arrayminus=[current["top1"] - current["lo"]])
         fig.add_trace(
-            go.Scatter(x=[current["params_ratio"]], y=[current["top1"]], mode="markers", name="current plan (projected)",
+            go.Scatter(x=[current["params_ratio"]], y=[current["top1"]], mode="markers", name="current plan (projected)", error_y=err,
                        marker=dict(color=COLORS["projection"], symbol="star", size=16, line=dict(color="black", width=1)))
         )
     lines = []
@@ -890,6 +949,62 @@ def projection_figure(curve: pd.DataFrame | None, current: Mapping | None, measu
     fig.update_xaxes(title_text="params reduction (×)", type="log")
     fig.update_yaxes(title_text="top-1 accuracy", tickformat=".0%", rangemode="tozero")
     return _layout(fig, "Accuracy: projected vs measured", height=380)
+
+
+def calibration_figure(points: pd.DataFrame, title: str = "Projected vs measured top-1"):
+    """Measured top-1 (y, 95 % CI) against the projected top-1 (x, projection band) of each point of
+    :func:`calibration_points`, one trace per ``kind``; hollow markers at the projection made when a
+    point was measured (``projected_then``); the diagonal ``y = x`` (a perfect projection)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    d = points.dropna(subset=["projected", "top1"]) if len(points) else points
+    vals = [v for c in ("projected", "top1", "lo", "hi", "projected_then", "proj_lo", "proj_hi") if c in d for v in d[c].dropna().tolist()]
+    lo, hi = (max(min(vals) - 0.02, 0.0), min(max(vals) + 0.02, 1.0)) if vals else (0.0, 1.0)
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x (perfect projection)", line=dict(color="gray", dash="dash", width=1),
+                             hoverinfo="skip"))
+    colors = {"quick evaluation": COLORS["measured"], "anchor": COLORS["original"]}
+    names = {"quick evaluation": "quick evaluations (now projected)", "anchor": "anchors (measured with the sensitivities)"}
+    for kind, g in d.groupby("kind", sort=False) if len(d) else ():
+        fig.add_trace(
+            go.Scatter(
+                x=g["projected"], y=g["top1"], mode="markers", name=names.get(kind, str(kind)), text=g["label"],
+                marker=dict(color=colors.get(kind, COLORS["planned"]), size=10, symbol="circle" if kind != "anchor" else "diamond"),
+                error_y=dict(type="data", symmetric=False, array=g["hi"] - g["top1"], arrayminus=g["top1"] - g["lo"]),
+                error_x=dict(type="data", symmetric=False, array=g["proj_hi"] - g["projected"], arrayminus=g["projected"] - g["proj_lo"],
+                             thickness=1, color="rgba(148,103,189,0.6)"),
+                hovertemplate="%{text}<br>projected %{x:.1%}<br>measured %{y:.1%}<extra></extra>",
+            )
+        )
+    then = d.dropna(subset=["projected_then"]) if "projected_then" in d and len(d) else d.iloc[0:0]
+    if len(then):
+        fig.add_trace(
+            go.Scatter(x=then["projected_then"], y=then["top1"], mode="markers", name="projected when measured", text=then["label"],
+                       marker=dict(color=COLORS["projection"], size=10, symbol="circle-open", line=dict(width=2)),
+                       hovertemplate="%{text}<br>projected then %{x:.1%}<br>measured %{y:.1%}<extra></extra>")
+        )
+    fig.update_xaxes(title_text="projected top-1", tickformat=".0%", range=[lo, hi])
+    fig.update_yaxes(title_text="measured top-1", tickformat=".0%", range=[lo, hi])
+    return _layout(fig, title, height=380)
+
+
+def sensitivity_figure(table: pd.DataFrame, max_traces: int = 80):
+    """Top-1 with one mode of one layer truncated vs the kept rank fraction (``Sensitivities.table()``)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    if len(table):
+        t = table.assign(frac=table["rank"] / table["full"])
+        for i, ((layer, mode), g) in enumerate(t.groupby(["layer", "mode"], sort=False)):
+            if i >= max_traces:
+                break
+            g = g.sort_values("frac")
+            fig.add_trace(go.Scatter(x=g["frac"], y=g["top1"], mode="lines+markers", name=f"{layer} · {mode}", marker=dict(size=4),
+                                     customdata=g["rank"], hovertemplate=f"{layer} · {mode}<br>rank %{{customdata}} (%{{x:.0%}})<br>top-1 %{{y:.1%}}<extra></extra>"))
+    fig.update_xaxes(title_text="kept rank / full rank", tickformat=".0%")
+    fig.update_yaxes(title_text="top-1 (only this mode truncated)", tickformat=".0%")
+    fig.update_layout(showlegend=len(fig.data) <= 12)
+    return _layout(fig, "Layer sensitivities", height=420)
 
 
 def pareto_front(df: pd.DataFrame, x: str, y: str = "top1") -> pd.DataFrame:
@@ -930,26 +1045,47 @@ def pareto_figure(configs: pd.DataFrame, x: str = "params", title: str | None = 
     return _layout(fig, title or f"Accuracy vs {unit}", height=380)
 
 
-def sweep_figure(sweep: pd.DataFrame, base_top1: float | None = None):
-    """Accuracy vs params ratio of each plan family (the Compare page's ratio sweep)."""
+def sweep_figure(sweep: pd.DataFrame, base_top1: float | None = None, metric: str | None = None):
+    """Accuracy vs compression ratio per allocation strategy (:func:`lrviz.budget.sweep`'s rows).
+
+    Measured top-1 (solid, 95 % CI) and projected top-1 (dotted, hollow markers) where available;
+    x is ``{metric}_ratio`` (``metric`` defaults to the frame's ``metric`` column, else params).
+    """
     import plotly.graph_objects as go
 
+    if metric is None:
+        metric = str(sweep["metric"].iloc[0]) if "metric" in sweep and len(sweep) else "params"
+    x = f"{metric}_ratio"
+    unit = "params" if metric == "params" else "MACs"
+    col = "strategy" if "strategy" in sweep else "family"
     fig = go.Figure()
-    palette = {"energy": "#1f77b4", "uniform": "#ff7f0e", "vbmf": "#2ca02c"}
-    for fam, d in sweep.dropna(subset=["top1"]).groupby("family", sort=False):
-        d = d.sort_values("params_ratio")
-        fig.add_trace(
-            go.Scatter(
-                x=d["params_ratio"], y=d["top1"], mode="lines+markers", name=FAMILY_LABELS.get(fam, fam),
-                line=dict(color=palette.get(fam)),
-                error_y=dict(type="data", symmetric=False, array=d["hi"] - d["top1"], arrayminus=d["top1"] - d["lo"]),
+    for strat, d in sweep.dropna(subset=[x]).groupby(col, sort=False) if len(sweep) else ():
+        d = d.sort_values(x)
+        label = str(d["label"].iloc[0]) if "label" in d else STRATEGY_LABELS.get(strat, strat)
+        color = STRATEGY_COLORS.get(strat)
+        m = d.dropna(subset=["top1"]) if "top1" in d else d.iloc[0:0]
+        if len(m):
+            fig.add_trace(
+                go.Scatter(
+                    x=m[x], y=m["top1"], mode="lines+markers", name=label, legendgroup=str(strat), line=dict(color=color),
+                    error_y=dict(type="data", symmetric=False, array=m["hi"] - m["top1"], arrayminus=m["top1"] - m["lo"]),
+                    hovertemplate=label + "<br>%{x:.2f}× " + unit + "<br>measured %{y:.1%}<extra></extra>",
+                )
             )
-        )
+        p = d.dropna(subset=["projected"]) if "projected" in d else d.iloc[0:0]
+        if len(p):
+            fig.add_trace(
+                go.Scatter(
+                    x=p[x], y=p["projected"], mode="lines+markers", name=f"{label} (projected)", legendgroup=str(strat),
+                    line=dict(color=color, dash="dot", width=1.5), marker=dict(symbol="circle-open", size=9, color=color),
+                    hovertemplate=label + "<br>%{x:.2f}× " + unit + "<br>projected %{y:.1%}<extra></extra>",
+                )
+            )
     if base_top1 is not None:
         _hlines(fig, [(base_top1, "original", "gray", "dash", "bottom")])
-    fig.update_xaxes(title_text="params reduction (×)", type="log")
+    fig.update_xaxes(title_text=f"{unit} reduction (×)", type="log")
     fig.update_yaxes(title_text="top-1 accuracy", tickformat=".0%")
-    return _layout(fig, "Accuracy vs compression ratio (matched params)", height=400)
+    return _layout(fig, f"Accuracy vs compression ratio (matched {unit})", height=400)
 
 
 def finetune_figure(steps: pd.DataFrame, epochs: pd.DataFrame):

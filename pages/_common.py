@@ -10,8 +10,12 @@ Caching
   sessions and never mutated (compressed models are new objects; evaluation restores flags).
 * A shared :class:`lrviz.dashboard.ResultStore` for evaluation results, keyed by
   ``(model key, data key, plan key, images)`` — computed with a progress bar the first time.
+* Layer sensitivities (:mod:`lrviz.sensitivity`) per ``(model key, data key, images)`` in the same
+  store (loading them still costs one forward pass, measuring them is a background job whose partial
+  results are cached on disk). The sensitivity projector calibrated to them plus this session's quick
+  evaluations is kept per session and refitted only when those change (never on a slider move).
 * Per session (``st.session_state``): the current ranks of each model, measured quick evaluations,
-  saved configurations, sweeps, fine-tuning jobs.
+  saved configurations, sweeps, fine-tuning and sensitivity jobs.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from typing import Any  # noqa: E402
 
 import streamlit as st  # noqa: E402
 
-from lrviz import FactorCache, plan_cost  # noqa: E402
+from lrviz import FactorCache, RankPlan, plan_cost  # noqa: E402
 from lrviz import dashboard as dsh  # noqa: E402
 from lrviz import project  # noqa: E402
 from lrviz.errors import LrvizError  # noqa: E402
+from lrviz.project import SensitivityProjector  # noqa: E402
 
 QUICK_SIZES = [100, 200, 300, 500, 1000, 2000]
 DEFAULT_QUICK = 500
@@ -83,6 +88,12 @@ def cached_dataset(key: str, split: str, _src: dsh.DataSource):
 @st.cache_resource(max_entries=6)
 def cached_retention_curve(key: str, _analysis):
     return project.retention_curve(_analysis)
+
+
+@st.cache_resource(max_entries=6)
+def cached_energy_plans(key: str, _analysis):
+    """``(params ratio, plan)`` of the energy plans the projection curve is drawn along (data-free)."""
+    return dsh.energy_plans(_analysis)
 
 
 @st.cache_resource
@@ -410,15 +421,28 @@ def measured(ctx: Context) -> list[dict]:
     return allm.setdefault((ctx.model_id, ctx.data_key, ctx.quick_n), [])
 
 
-def record_measurement(ctx: Context, plan, res, label: str, proj=None) -> None:
+def record_measurement(ctx: Context, plan, res, label: str, proj=None) -> bool:
+    """Add a quick evaluation of this session (once per plan); True when it was new.
+
+    ``proj`` is the projection shown when it was measured (energy proxy or sensitivities): kept as
+    ``projected`` (and, for the sensitivity basis, ``projected_calib`` — the same projection on the
+    calibration images, comparable to the measurement). The plan's JSON is kept so that the
+    sensitivity projector can be calibrated to the point.
+    """
     rows = measured(ctx)
     pid = dsh.plan_key(plan)
     if any(r["plan_key"] == pid for r in rows):
-        return
+        return False
     cost = plan_cost(ctx.analysis, plan)
+    q = project.layer_retention(ctx.analysis, plan)
+    retained = 1.0
+    for v in q.values():
+        retained *= v
+    sens_basis = proj is not None and getattr(proj, "basis", None) == project.SENS_BASIS
     rows.append(
         {
             "plan_key": pid,
+            "plan_json": plan.to_json(),
             "label": label,
             "params_ratio": cost.params_ratio,
             "macs_ratio": cost.macs_ratio,
@@ -427,9 +451,12 @@ def record_measurement(ctx: Context, plan, res, label: str, proj=None) -> None:
             "hi": res.top1_ci[1],
             "n": res.n,
             "projected": None if proj is None else proj.top1,
-            "retained": None if proj is None else proj.retained,
+            "basis": None if proj is None else proj.basis,
+            "projected_calib": proj.calib_top1 if sens_basis else None,
+            "retained": retained,
         }
     )
+    return True
 
 
 def projection_base(ctx: Context, measured_base):
@@ -462,3 +489,157 @@ def finetuned_for(ctx: Context, plan):
 
 def fmt_ci(res) -> str:
     return f"{res.top1:.1%} (95 % CI {res.top1_ci[0]:.1%}–{res.top1_ci[1]:.1%}, n={res.n})"
+
+
+# ------------------------------------------------------------------------------------------------
+# Layer sensitivities and the sensitivity projection
+# ------------------------------------------------------------------------------------------------
+
+SENS_JOB = "_sens_job"
+SENS_ERROR = "_sens_error"
+
+
+def sens_key(ctx: Context, n: int | None = None) -> tuple:
+    return ("sensitivity", ctx.source.key, ctx.data_key, ctx.quick_n if n is None else int(n))
+
+
+def sens_job():
+    """This session's sensitivity job info (``job``, ``key``, ``n``, ``label``, ``final``) or None."""
+    return st.session_state.get(SENS_JOB)
+
+
+def sens_running() -> bool:
+    info = sens_job()
+    return info is not None and not info["job"].done
+
+
+def finish_sensitivity_job() -> None:
+    """Store the result of a sensitivity job that ended since the last run (complete or partial)."""
+    info = sens_job()
+    if info is None or not info["job"].done or info.get("final"):
+        return
+    info["final"] = True
+    job = info["job"]
+    if job.error:
+        st.session_state[SENS_ERROR] = job.error
+    elif job.result is not None:
+        st.session_state.pop(SENS_ERROR, None)
+        result_store().put(info["key"], job.result)
+
+
+def _disk_state(sens) -> tuple[int, bool]:
+    """Layer files and whether the anchors file exist in ``sens``'s disk cache folder."""
+    from lrviz.sensitivity import sensitivity_dir
+
+    folder = sensitivity_dir() / sens.key
+    try:
+        return sum(1 for p in folder.glob("layer-*.npz")), (folder / "anchors.json").is_file()
+    except OSError:
+        return 0, False
+
+
+def sensitivity_check_is_cheap(ctx: Context) -> bool:
+    """Whether loading cached sensitivities (one forward pass over the quick subset) runs without asking."""
+    return ctx.eval_problem is None and ctx.analysis.macs * ctx.quick_n <= AUTO_BASELINE_BUDGET
+
+
+def sensitivities(ctx: Context, auto: bool = True):
+    """Layer sensitivities for (model, data, quick_n): the stored result, or the disk cache's content
+    loaded now (``auto`` and cheap, see :func:`sensitivity_check_is_cheap`). None when not looked up.
+
+    An incomplete stored result is re-loaded when the disk cache gained layers since (another
+    session or the CLI measured them).
+    """
+    finish_sensitivity_job()
+    if ctx.eval_problem is not None or not ctx.loaded.decomposable:
+        return None
+    key = sens_key(ctx)
+    store = result_store()
+    hit = store.get(key)
+    if hit is not None and not hit.complete and not sens_running():
+        files, _ = _disk_state(hit)
+        if files > len({name for name, _ in hit.curves}):
+            hit = None
+    if hit is None and auto and sensitivity_check_is_cheap(ctx):
+        from lrviz.sensitivity import load_sensitivity
+
+        try:
+            with st.spinner("Looking for cached layer sensitivities…"):
+                hit = load_sensitivity(ctx.original, ctx.dataset, limit=ctx.quick_n, factors=ctx.factors, data_name=_data_label(ctx))
+        except LrvizError as exc:
+            st.session_state[SENS_ERROR] = str(exc)
+            return None
+        store.put(key, hit)
+    return hit
+
+
+def _data_label(ctx: Context) -> str:
+    label = ctx.data_src.label if ctx.data_src is not None else "data"
+    return f"{label}, {ctx.quick_n} images"
+
+
+def start_sensitivity_job(ctx: Context) -> None:
+    """Measure (resume) the sensitivities of (model, data, quick_n) in a background thread."""
+    from lrviz.sensitivity import measure_sensitivity
+
+    model, dataset, factors, n, name = ctx.original, ctx.dataset, ctx.factors, ctx.quick_n, _data_label(ctx)
+
+    def _target(progress, should_stop):
+        return measure_sensitivity(
+            model, dataset, limit=n, factors=factors, data_name=name, should_stop=should_stop,
+            progress=lambda done, total, layer: progress({"event": "layer", "done": done, "total": total, "layer": layer}),
+        )
+
+    job = dsh.BackgroundJob(_target, name="sensitivity").start()
+    st.session_state[SENS_JOB] = {"job": job, "key": sens_key(ctx), "n": n, "model_id": ctx.model_id, "label": name,
+                                  "total": len(ctx.analysis.layers), "final": False}
+    st.session_state.pop(SENS_ERROR, None)
+
+
+def measured_plans(ctx: Context) -> dict:
+    """``plan_key → RankPlan`` of this session's quick evaluations (parsed once, kept per session)."""
+    cache = st.session_state.setdefault("_measured_plans", {})
+    out = {}
+    for r in measured(ctx):
+        pk, text = r["plan_key"], r.get("plan_json")
+        if text is None:
+            continue
+        if pk not in cache:
+            try:
+                cache[pk] = RankPlan.from_json(text, ctx.analysis.layers)
+            except LrvizError:
+                cache[pk] = None
+        if cache[pk] is not None:
+            out[pk] = cache[pk]
+    return out
+
+
+def projector(ctx: Context, sens):
+    """The sensitivity projector for complete ``sens``, with γ fitted to the anchors plus every quick
+    evaluation of this session on the same images (same data and subset size).
+
+    Kept per session and (model, data, images): refitted (a few ms) only when the sensitivities or the
+    measured points change, so slider moves reuse it — and its memo of interpolated logit changes.
+    Only the latest one is kept (each holds memoised arrays of calibration-set size).
+    """
+    plans = measured_plans(ctx)
+    rows = [r for r in measured(ctx) if r["plan_key"] in plans and int(r.get("n") or 0) == sens.n]
+    sig = (sens.key, id(sens), tuple((r["plan_key"], r["top1"]) for r in rows))
+    held = st.session_state.setdefault("_projectors", {})
+    slot = (ctx.source.key, ctx.data_key, ctx.quick_n)
+    hit = held.get(slot)
+    if hit is None or hit[0] != sig:
+        p0 = SensitivityProjector(sens)
+        hit = (sig, p0.calibrate(p0.anchor_points() + [(plans[r["plan_key"]], float(r["top1"]), None) for r in rows]))
+        held[slot] = hit
+    return hit[1]
+
+
+def sensitivity_projection(ctx: Context, proj_obj, plan):
+    """The sensitivity projection of ``plan`` (anchored to the user's override of the original's
+    accuracy when there is one, else to the calibration images), or None when the plan truncates a
+    layer the sensitivities do not cover."""
+    if proj_obj is None or proj_obj.missing(plan):
+        return None
+    override = st.session_state.get("_base_override", {}).get(ctx.model_id)
+    return proj_obj.project(plan, None if override is None else float(override))

@@ -1,4 +1,6 @@
-"""Compare page: saved configurations, Pareto plots (click a point to load it), ratio sweep."""
+"""Compare page: saved configurations, Pareto plots (click a point to load it), ratio sweep of
+allocation strategies at matched params or MACs (:func:`lrviz.budget.sweep`: budget solver, uniform,
+weakened VBMF, energy threshold), measured and projected."""
 
 import math
 
@@ -7,6 +9,8 @@ import streamlit as st
 
 from lrviz import RankPlan, plan_cost
 from lrviz import dashboard as dsh
+from lrviz.budget import STRATEGY_LABELS
+from lrviz.budget import sweep as run_sweep
 from lrviz.errors import LrvizError
 from pages import _common as common
 
@@ -118,24 +122,39 @@ else:
 
 # ---- ratio sweep ---------------------------------------------------------------------------------
 st.subheader("Ratio sweep")
+sens = common.sensitivities(ctx)
+sens_ready = sens is not None and sens.complete
+projector = common.projector(ctx, sens) if sens_ready else None
 st.caption(
-    "For each target params reduction T, build a plan of each family at matched cost and evaluate it: "
-    "energy threshold (ratio:T), a uniform rank fraction, and a weakened VBMF (vbmf:K with K bisected). "
-    "A family that cannot reach T is left out."
+    "For each target reduction T of the chosen metric, build the plan of each allocation strategy at matched cost and "
+    "evaluate it: the budget solver (least projected loss; needs layer sensitivities), a uniform rank fraction, a "
+    "weakened VBMF (vbmf:K, K bisected) and an energy threshold. A strategy that cannot reach T is left out. "
+    + (f"Projected accuracies (dotted) come from the sensitivities measured on {sens.n} images, calibrated to "
+       f"{projector.n_fit} measured plan(s)." if projector is not None else
+       "Measure layer sensitivities on the Ranks page to add the solver and the projected accuracies.")
 )
-c = st.columns([2, 2, 1, 1])
+strategies_offered = [s_ for s_ in dsh.SWEEP_STRATEGIES if s_ != "solver" or sens_ready]
+c = st.columns([2, 1.2, 2.2, 1, 1])
 ratios = c[0].multiselect("Ratios (×)", list(dsh.SWEEP_RATIOS), default=list(dsh.SWEEP_RATIOS), key="sweep_ratios")
-families = c[1].multiselect("Families", list(dsh.SWEEP_FAMILIES), default=list(dsh.SWEEP_FAMILIES), key="sweep_families",
-                            format_func=dsh.FAMILY_LABELS.get)
-sweep_n = c[2].number_input("Images", 50, 10000, min(n, 300), 50, key="sweep_n")
-go = c[3].button("Run sweep", type="primary", key="run_sweep", disabled=ctx.eval_problem is not None or not ratios or not families)
+sweep_metric = c[1].radio("Matched", ["params", "macs"], key="sweep_metric", horizontal=True, format_func={"params": "params", "macs": "MACs"}.get)
+strategies = c[2].multiselect("Strategies", strategies_offered, default=strategies_offered, key="sweep_strategies",
+                              format_func=STRATEGY_LABELS.get)
+sweep_n = c[3].number_input("Images", 50, 10000, n, 50, key="sweep_n",
+                            help="the default (the quick-evaluation size) measures on the calibration images of the projection")
+go = c[4].button("Run sweep", type="primary", key="run_sweep", disabled=ctx.eval_problem is not None or not ratios or not strategies)
 sweeps = st.session_state.setdefault("_sweeps", {})
-skey = (mid, ctx.data_key, int(sweep_n))
+skey = (mid, ctx.data_key, (int(sweep_n), sweep_metric))
 if go:
+    strategies = [s_ for s_ in strategies if s_ in strategies_offered]
+    sweep_base = None  # projections are anchored to the calibration images unless the sweep uses others
+    if projector is not None and int(sweep_n) != sens.n:
+        b = common.run_eval(ctx, None, int(sweep_n), "original model")
+        sweep_base = None if b is None else b.top1
     bar = st.progress(0.0, text="Sweeping…")
     try:
-        sweeps[skey] = dsh.ratio_sweep(
-            a, ctx.module, ctx.factors, ctx.dataset, sorted(ratios), families, limit=int(sweep_n),
+        sweeps[skey] = run_sweep(
+            a, ctx.module, ctx.dataset, sorted(ratios), metric=sweep_metric, strategies=strategies, projector=projector,
+            base_top1=sweep_base, factors=ctx.factors, limit=int(sweep_n), measure=True,
             progress=lambda d, t, what: bar.progress(d / t, text=f"Sweep {d}/{t}: {what}"),
         )
     except LrvizError as exc:
@@ -144,12 +163,21 @@ if go:
 if ctx.eval_problem:
     st.info(f"Accuracy cannot be measured: {ctx.eval_problem}.")
 sweep = sweeps.get(skey)
-if sweep is not None:
-    if sweep["top1"].notna().any():
-        st.plotly_chart(dsh.sweep_figure(sweep, None if base is None else base.top1), key="sweep_chart")
-    unreachable = sweep[sweep["top1"].isna()]
+if sweep is not None and len(sweep):
+    if sweep["top1"].notna().any() or sweep["projected"].notna().any():
+        st.plotly_chart(dsh.sweep_figure(sweep, None if base is None else base.top1, sweep_metric), key="sweep_chart")
+    unreachable = sweep[sweep["spec"] == "unreachable"]
     if len(unreachable):
-        st.caption("Out of reach: " + ", ".join(f"{r.family} {r.target:g}×" for r in unreachable.itertuples()))
-    st.dataframe(sweep.drop(columns=["label"]), hide_index=True, width="stretch",
-                 column_config={"top1": st.column_config.NumberColumn("top-1", format="percent"),
-                                "lo": st.column_config.NumberColumn(format="percent"), "hi": st.column_config.NumberColumn(format="percent")})
+        st.caption("Out of reach: " + ", ".join(f"{STRATEGY_LABELS.get(r.strategy, r.strategy)} {r.target:g}×" for r in unreachable.itertuples()))
+    cols = [c_ for c_ in ["strategy", "target", "params_ratio", "macs_ratio", "projected", "proj_lo", "proj_hi", "top1", "lo", "hi", "n",
+                          "spec", "ranks"] if c_ in sweep]
+    st.dataframe(sweep[cols], hide_index=True, width="stretch",
+                 column_config={"params_ratio": st.column_config.NumberColumn("params ×", format="%.2f"),
+                                "macs_ratio": st.column_config.NumberColumn("MACs ×", format="%.2f"),
+                                "projected": st.column_config.NumberColumn("projected", format="percent"),
+                                "proj_lo": st.column_config.NumberColumn("proj. low", format="percent"),
+                                "proj_hi": st.column_config.NumberColumn("proj. high", format="percent"),
+                                "top1": st.column_config.NumberColumn("top-1", format="percent"),
+                                "lo": st.column_config.NumberColumn("CI low", format="percent"),
+                                "hi": st.column_config.NumberColumn("CI high", format="percent")})
+    st.caption(f"Measured on {int(sweep['n'].max())} images (95 % Wilson intervals); `ranks` lists the factored layers' ranks.")

@@ -1,12 +1,18 @@
 """The Streamlit dashboard, driven headlessly with ``streamlit.testing.v1.AppTest`` on the demo model.
 
 Small subsets everywhere (quick evaluations on 200 images, tiny fine-tuning) so the file runs in a
-couple of minutes on 2 cores.
+couple of minutes on 2 cores. Layer sensitivities are measured once, by a fixture, on the smallest
+quick-evaluation size (100 images) into the test session's private cache (``LRVIZ_CACHE_DIR``, see
+conftest.py) with exactly the arguments the Ranks page uses, so the pages find them there; no other
+test uses that size, so those without the fixture see no sensitivities.
 """
 
 import argparse
 import io
+import json
+import math
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -23,10 +29,15 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import lrviz  # noqa: E402
 from lrviz import dashboard as dsh  # noqa: E402
+from lrviz.budget import STRATEGY_LABELS  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 PAGES = ["pages/model.py", "pages/spectra.py", "pages/ranks.py", "pages/compare.py", "pages/finetune.py", "pages/present.py"]
 QUICK_N = 200
+#: Quick-evaluation size of the tests with layer sensitivities (the smallest the sidebar offers).
+SENS_N = 100
+#: Quick-evaluation size of the measure/stop test (its partial sensitivities must not reach the others).
+STOP_N = 300
 
 
 def ok(at):
@@ -57,10 +68,42 @@ def ctx_of(at: AppTest):
     return at.session_state["_lrviz_ctx"]
 
 
+def caption_with(at: AppTest, text: str) -> str:
+    found = [c.value for c in at.caption if text in c.value]
+    assert found, (text, [c.value for c in at.caption])
+    return found[0]
+
+
+def metric_delta(at: AppTest, label: str) -> str:
+    for m in at.metric:
+        if m.label == label:
+            return m.delta
+    raise AssertionError(f"no metric {label!r}")
+
+
+def ratio_shown(at: AppTest, label: str) -> float:
+    """The ``N.NN× fewer`` of a metric's delta."""
+    return float(re.match(r"([\d.]+)× fewer", metric_delta(at, label)).group(1))
+
+
 @pytest.fixture(scope="module")
 def analysis():
     loaded, _ = dsh.load_source(dsh.builtin_source("demo"))
     return lrviz.analyze(loaded.module, loaded.input_size, loaded.name)
+
+
+@pytest.fixture(scope="module")
+def demo_sensitivities():
+    """All layers of the demo on SENS_N sample images, as the Ranks page measures them (disk cache)."""
+    from lrviz.sensitivity import measure_sensitivity
+
+    loaded, _ = dsh.load_source(dsh.builtin_source("demo"))
+    ds = dsh.load_dataset(dsh.dataset_source("fashion-mnist-sample", loaded.input_size), "test")
+    t = time.perf_counter()
+    sens = measure_sensitivity(dsh.inference_copy(loaded.module), ds, limit=SENS_N)
+    print(f"\ndemo sensitivities on {SENS_N} images: {time.perf_counter() - t:.1f} s ({sens.cached_layers} layers from the cache)")
+    assert sens.complete and sens.anchors
+    return sens
 
 
 def test_every_page_runs_on_the_demo():
@@ -175,14 +218,18 @@ def test_compare_save_load_and_sweep():
     at.button(key="load_config").click()
     ok(at.run())
     assert at.session_state["_plans"][ctx_of(at).model_id]["ranks"] == ratio_ranks
-    # a small sweep: two ratios, two families, 100 images
+    # no sensitivities for these images: the solver is not offered
+    assert STRATEGY_LABELS["solver"] not in at.multiselect(key="sweep_strategies").options  # options are shown by label
+    assert STRATEGY_LABELS["uniform"] in at.multiselect(key="sweep_strategies").options
+    # a small sweep: two ratios, two strategies, 100 images
     at.multiselect(key="sweep_ratios").set_value([2.0, 4.0])
-    at.multiselect(key="sweep_families").set_value(["energy", "uniform"])
+    at.multiselect(key="sweep_strategies").set_value(["energy", "uniform"])
     at.number_input(key="sweep_n").set_value(100)
     at.button(key="run_sweep").click()
     ok(at.run())
     sweep = next(iter(at.session_state["_sweeps"].values()))
-    assert len(sweep) == 4 and sweep["top1"].notna().all()
+    assert len(sweep) == 4 and sweep["top1"].notna().all() and sweep["projected"].isna().all()
+    assert set(sweep["strategy"]) == {"energy", "uniform"} and (sweep["metric"] == "params").all()
     assert at.get("plotly_chart")
 
 
@@ -324,3 +371,122 @@ def test_program_upload_is_analysed_but_not_decomposed(tmp_path):
     assert "%" in metric(at, "Top-1 on Fashion-MNIST sample (2,000)")
     goto(at, "pages/ranks.py")
     assert any("cannot be decomposed" in i.value or "not decomposed" in i.value for i in at.info), [i.value for i in at.info]
+
+
+# ---- layer sensitivities, sensitivity projection, budget solver, strategy sweep -------------------------
+
+
+def test_ranks_without_sensitivities_uses_the_energy_proxy():
+    at = goto(new_app(), "pages/ranks.py")
+    at.number_input(key="proj_base_pct").set_value(90.0)
+    ok(at.run())
+    cap = caption_with(at, "Projection basis: **energy proxy (data-free)**")
+    assert "measure sensitivities for a calibrated projection" in cap
+    assert metric(at, "Projected top-1") == "90.0%"  # no interval on the proxy basis
+    assert at.button(key="sens_measure").label == f"Measure sensitivities ({QUICK_N} images)" and not at.button(key="sens_measure").disabled
+    assert at.button(key="preset_solve").disabled
+    caption_with(at, "Needs complete layer sensitivities")
+    assert any("Not measured yet" in m.value for m in at.markdown), [m.value for m in at.markdown]
+
+
+def test_measure_sensitivities_in_the_background_and_stop():
+    at = goto(new_app(STOP_N), "pages/ranks.py")
+    at.button(key="sens_measure").click()
+    ok(at.run())
+    job = at.session_state["_sens_job"]["job"]
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(e.get("done", 0) >= 1 for e in job.snapshot()):
+        time.sleep(0.5)
+    ok(at.run())  # the live fragment: a per-layer progress bar and the Stop button
+    bars = at.get("progress")
+    assert bars and "layers done" in bars[0].text, [b.text for b in bars]
+    at.button(key="sens_stop").click()
+    ok(at.run())
+    assert job.stop_requested and job.wait(60)
+    ok(at.run())
+    res = job.result
+    assert res is not None and not res.complete and 1 <= len({name for name, _ in res.curves}) < len(res.layers)
+    assert any("Partly measured" in m.value for m in at.markdown), [m.value for m in at.markdown]
+    caption_with(at, "energy proxy (data-free)")  # incomplete: still the proxy
+    assert at.button(key="preset_solve").disabled and not at.button(key="sens_measure").disabled  # a new run resumes
+
+
+def test_ranks_with_sensitivities_projects_with_an_interval_and_calibrates(demo_sensitivities):
+    at = goto(new_app(SENS_N), "pages/ranks.py")
+    assert any("Measured on" in m.value for m in at.markdown), [m.value for m in at.markdown]
+    assert at.button(key="sens_measure").disabled and not at.button(key="preset_solve").disabled
+    at.slider(key="preset_uniform_f").set_value(0.5)
+    at.button(key="preset_uniform").click()
+    ok(at.run())
+    shown = metric(at, "Projected top-1")
+    m = re.fullmatch(r"([\d.]+)% \(([\d.]+)–([\d.]+)%\)", shown)
+    assert m, shown
+    top1, lo, hi = (float(v) for v in m.groups())
+    assert lo <= top1 <= hi and lo < hi
+    cap = caption_with(at, "Projection basis: **sensitivities**")
+    assert f"measured on {SENS_N} calibration images" in cap and "fitted to 3 measured plan(s)" in cap  # the 3 anchors
+    # a quick evaluation on the same images: stored with its projection, and γ is refitted with it
+    at.button(key="quick_eval").click()
+    ok(at.run())
+    rows = at.session_state["_measured"][(ctx_of(at).model_id, ctx_of(at).data_key, SENS_N)]
+    assert rows[-1]["basis"] == "sensitivities" and rows[-1]["projected_calib"] == pytest.approx(top1 / 100, abs=5e-4)
+    assert json.loads(rows[-1]["plan_json"])["layers"]
+    caption_with(at, "fitted to 4 measured plan(s)")
+    assert any("Projected vs measured" in m.value and "1 quick evaluation" in m.value for m in at.markdown)
+    assert len(at.get("plotly_chart")) >= 3  # bars, projection, projected-vs-measured
+    # slider moves keep using the cached projector (no refit, no reload)
+    store = at.session_state["_lrviz_ctx"]
+    mid = store.model_id
+    at.slider(key=dsh.slider_key(mid, "layer3.0.conv2", 0)).set_value(8)
+    ok(at.run())
+    assert re.fullmatch(r"[\d.]+% \([\d.]+–[\d.]+%\)", metric(at, "Projected top-1"))
+    assert at.session_state["_ranks_render_ms"] < 3000
+
+
+@pytest.mark.parametrize("target_metric, ratio, snap", [("params", 4.0, False), ("macs", 3.0, True)])
+def test_solver_preset_meets_the_budget(demo_sensitivities, target_metric, ratio, snap):
+    at = goto(new_app(SENS_N), "pages/ranks.py")
+    at.selectbox(key="solve_metric").set_value(target_metric)
+    at.number_input(key="solve_ratio").set_value(ratio)
+    if snap:
+        at.checkbox(key="solve_snap").check()
+    ok(at.run())
+    at.button(key="preset_solve").click()
+    ok(at.run())
+    assert not at.error, [e.value for e in at.error]
+    label = "Params" if target_metric == "params" else "MACs / image"
+    assert ratio_shown(at, label) >= ratio
+    state = at.session_state["_plans"][ctx_of(at).model_id]
+    assert state["label"].startswith(f"solve:{target_metric}:{ratio:g}")
+    a = ctx_of(at).analysis
+    cost = lrviz.plan_cost(a, dsh.plan_from_ranks(a, state["ranks"]))
+    assert (cost.params_ratio if target_metric == "params" else cost.macs_ratio) >= ratio - 1e-9
+    mid = ctx_of(at).model_id
+    for name, ranks in state["ranks"].items():
+        full = a.layer(name).full_ranks
+        for i, (r, f) in enumerate(zip(ranks, full)):
+            if f > 1:
+                assert at.slider(key=dsh.slider_key(mid, name, i)).value == r
+            if snap:
+                assert r == f or r % 8 == 0, (name, ranks)
+
+
+def test_compare_sweep_with_the_solver(demo_sensitivities):
+    at = goto(new_app(SENS_N), "pages/compare.py")
+    assert STRATEGY_LABELS["solver"] in at.multiselect(key="sweep_strategies").options
+    at.multiselect(key="sweep_ratios").set_value([3.0])
+    at.multiselect(key="sweep_strategies").set_value(["solver", "uniform"])
+    at.radio(key="sweep_metric").set_value("macs")
+    ok(at.run())
+    assert at.number_input(key="sweep_n").value == SENS_N  # the calibration images by default
+    at.button(key="run_sweep").click()
+    ok(at.run())
+    assert not at.error, [e.value for e in at.error]
+    sweep = at.session_state["_sweeps"][(ctx_of(at).model_id, ctx_of(at).data_key, (SENS_N, "macs"))]
+    assert list(sweep["strategy"]) == ["solver", "uniform"]
+    assert sweep["top1"].between(0, 1).all() and sweep["projected"].between(0, 1).all() and (sweep["n"] == SENS_N).all()
+    solver = sweep.iloc[0]
+    assert solver["macs_ratio"] >= 3.0 and solver["spec"].startswith("solve:macs:3") and json.loads(solver["ranks"])
+    assert abs(sweep.iloc[1]["macs_ratio"] / 3.0 - 1) <= 0.1
+    assert at.get("plotly_chart") and at.dataframe
+    assert not math.isnan(solver["proj_lo"]) and solver["proj_lo"] <= solver["projected"] <= solver["proj_hi"]

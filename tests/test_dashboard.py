@@ -173,19 +173,6 @@ def test_plan_at_ratio_vbmf_reachable_or_none(demo):
         assert plan is not None and abs(lrviz.plan_cost(a, plan).params_ratio / target - 1) <= 0.1
 
 
-def test_ratio_sweep_small(demo):
-    loaded, a = demo
-    ds = dsh.load_dataset(dsh.dataset_source("fashion-mnist-sample", loaded.input_size))
-    cache = lrviz.FactorCache(loaded.module)
-    before = dsh.state_fingerprint(loaded.module)
-    seen = []
-    df = dsh.ratio_sweep(a, loaded.module, cache, ds, ratios=[2.0], families=["energy", "uniform"], limit=64,
-                         progress=lambda d, t, w: seen.append((d, t)))
-    assert list(df["family"]) == ["energy", "uniform"] and df["top1"].between(0, 1).all() and (df["n"] == 64).all()
-    assert seen[-1] == (2, 2)
-    assert dsh.state_fingerprint(loaded.module) == before
-
-
 def test_result_store_is_bounded():
     s = dsh.ResultStore(max_items=2)
     for i in range(3):
@@ -287,7 +274,8 @@ def test_figures_build(demo):
                             {"name": "b", "params": 20, "flops": 9, "top1": 0.4, "lo": 0.3, "hi": 0.5}])
     assert list(dsh.pareto_front(configs, "params")["name"]) == ["a"]
     assert dsh.pareto_figure(configs, "flops").data[0].customdata.tolist() == ["a", "b"]
-    sweep = pd.DataFrame([{"family": "energy", "params_ratio": 2.0, "top1": 0.5, "lo": 0.4, "hi": 0.6}])
+    sweep = pd.DataFrame([{"strategy": "energy", "metric": "params", "params_ratio": 2.0, "macs_ratio": 1.8, "top1": 0.5, "lo": 0.4, "hi": 0.6,
+                           "projected": math.nan}])
     assert dsh.sweep_figure(sweep, 0.9).data
     assert dsh.finetune_figure(*dsh.finetune_history([])) is not None
     assert dsh.before_after_figure([{"metric": "size", "before": 2, "after": 1}]).data[1].y[0] == 50.0
@@ -309,3 +297,128 @@ def test_report_is_self_contained(demo):
     assert "data:image/png;base64," in html
     # plotly.js is embedded exactly once (the first figure), the second figure reuses it
     assert len(html) > 3_000_000 and html.count("Plotly.newPlot") >= 2
+
+
+# ---- sensitivities: helpers and figures --------------------------------------------------------------------
+
+SENS_LAYERS = ["layer2.0.conv2", "layer3.0.conv1"]
+
+
+@pytest.fixture(scope="module")
+def small_sens(demo, tmp_path_factory):
+    """Real sensitivities of two demo layers on 60 images (a couple of seconds) and their projector."""
+    from lrviz.project import SensitivityProjector
+    from lrviz.sensitivity import measure_sensitivity
+
+    loaded, a = demo
+    ds = dsh.load_dataset(dsh.dataset_source("fashion-mnist-sample", loaded.input_size))
+    sens = measure_sensitivity(loaded.module, ds, limit=60, layers=SENS_LAYERS, anchors=(0.5,), cache_root=tmp_path_factory.mktemp("sens"))
+    return sens, SensitivityProjector.from_sensitivities(sens)
+
+
+def test_sensitivity_passes_and_summary(demo, small_sens):
+    from lrviz.sensitivity import rank_grid
+
+    _, a = demo
+    sens, _ = small_sens
+    expected = 1 + sum(len(rank_grid(f)) for l in a.layers for f in l.full_ranks) + 3
+    assert dsh.sensitivity_passes(a) == expected
+    info = dsh.sensitivity_summary(sens, len(a.layers))
+    assert info["complete"] and info["layers"] == 2 and info["total"] == len(a.layers) and info["n"] == 60 and info["anchors"] == 1
+
+
+def test_projection_curve_skips_uncovered_plans(demo, small_sens):
+    _, a = demo
+    sens, proj = small_sens
+    plans = dsh.energy_plans(a, [0.8, 0.95, 1.0])
+    assert [r for r, _ in plans] == sorted(r for r, _ in plans) and len(plans) == 3
+    curve = dsh.projection_curve(plans, proj)
+    assert list(curve.columns) == ["params_ratio", "top1", "lo", "hi"]
+    assert len(curve) == 1 and curve["params_ratio"].iloc[0] == pytest.approx(1.0)  # energy plans truncate unmeasured layers
+    covered = [(2.0, dsh.plan_from_ranks(a, {"layer2.0.conv2": (8, 8)})), (3.0, dsh.plan_from_ranks(a, {"layer2.0.conv2": (2, 2)}))]
+    curve = dsh.projection_curve(covered, proj, base_top1=0.9)
+    assert len(curve) == 2 and (curve["lo"] <= curve["top1"]).all() and (curve["top1"] <= curve["hi"]).all()
+
+
+def test_calibration_points_reproject_measured_plans(demo, small_sens):
+    _, a = demo
+    sens, proj = small_sens
+    p1 = dsh.plan_from_ranks(a, {"layer2.0.conv2": (4, 4), "layer3.0.conv1": (8, 8)})
+    p2 = dsh.plan_from_ranks(a, {"layer1.0.conv1": (2, 2)})  # not covered: left out
+    rows = [
+        {"plan_key": dsh.plan_key(p1), "label": "p1", "top1": 0.7, "lo": 0.6, "hi": 0.8, "n": 60, "projected_calib": 0.75},
+        {"plan_key": dsh.plan_key(p2), "label": "p2", "top1": 0.5, "lo": 0.4, "hi": 0.6, "n": 60},
+        {"plan_key": dsh.plan_key(p1), "label": "other n", "top1": 0.7, "lo": 0.6, "hi": 0.8, "n": 200},  # other images: left out
+    ]
+    pts = dsh.calibration_points(rows, {dsh.plan_key(p1): p1, dsh.plan_key(p2): p2}, proj)
+    assert list(pts.columns) == dsh.CALIBRATION_COLUMNS
+    quick = pts[pts["kind"] == "quick evaluation"]
+    assert list(quick["label"]) == ["p1"] and quick["projected_then"].iloc[0] == 0.75
+    assert quick["projected"].iloc[0] == pytest.approx(proj.project(p1).top1)
+    anchors = pts[pts["kind"] == "anchor"]
+    assert len(anchors) == 1 and anchors["lo"].iloc[0] <= anchors["top1"].iloc[0] <= anchors["hi"].iloc[0]
+    assert len(dsh.calibration_points(rows, {}, proj, anchors=False)) == 0
+
+
+def test_calibration_figure_traces():
+    pts = pd.DataFrame([
+        {"kind": "quick evaluation", "label": "a", "plan_key": "k", "top1": 0.8, "lo": 0.7, "hi": 0.88, "n": 100, "projected": 0.82,
+         "proj_lo": 0.75, "proj_hi": 0.9, "projected_then": 0.86},
+        {"kind": "quick evaluation", "label": "b", "plan_key": "k2", "top1": 0.6, "lo": 0.5, "hi": 0.7, "n": 100, "projected": 0.55,
+         "proj_lo": 0.45, "proj_hi": 0.65, "projected_then": math.nan},
+        {"kind": "anchor", "label": "anchor", "plan_key": None, "top1": 0.9, "lo": 0.85, "hi": 0.95, "n": 100, "projected": 0.9,
+         "proj_lo": 0.86, "proj_hi": 0.94, "projected_then": math.nan},
+    ])
+    fig = dsh.calibration_figure(pts)
+    names = [t.name for t in fig.data]
+    assert names[0].startswith("y = x") and fig.data[0].x[0] == fig.data[0].y[0] and fig.data[0].x[1] == fig.data[0].y[1]
+    quick = next(t for t in fig.data if t.name.startswith("quick evaluations"))
+    assert list(quick.x) == [0.82, 0.55] and list(quick.y) == [0.8, 0.6] and quick.error_y.array is not None and quick.error_x.array is not None
+    assert any(t.name.startswith("anchors") for t in fig.data)
+    then = next(t for t in fig.data if t.name == "projected when measured")
+    assert list(then.x) == [0.86] and then.marker.symbol == "circle-open"
+    assert fig.layout.xaxis.range[0] <= 0.45 and fig.layout.xaxis.range[1] >= 0.95
+    empty = dsh.calibration_figure(pd.DataFrame(columns=dsh.CALIBRATION_COLUMNS))
+    assert len(empty.data) == 1  # just the diagonal
+
+
+def test_sweep_figure_measured_and_projected_per_strategy():
+    rows = []
+    for strat in ("solver", "uniform"):
+        for t, top1 in ((2.0, 0.9), (4.0, 0.7)):
+            rows.append({"strategy": strat, "label": f"L {strat}", "target": t, "metric": "macs", "params_ratio": t * 1.1, "macs_ratio": t,
+                         "top1": top1, "lo": top1 - 0.05, "hi": top1 + 0.05, "projected": top1 + 0.01, "proj_lo": top1 - 0.1,
+                         "proj_hi": top1 + 0.1})
+    rows.append({"strategy": "vbmf", "label": "L vbmf", "target": 8.0, "metric": "macs", "params_ratio": math.nan, "macs_ratio": math.nan,
+                 "top1": math.nan, "lo": math.nan, "hi": math.nan, "projected": math.nan, "proj_lo": math.nan, "proj_hi": math.nan})
+    df = pd.DataFrame(rows)
+    fig = dsh.sweep_figure(df, 0.95)
+    assert [t.name for t in fig.data] == ["L solver", "L solver (projected)", "L uniform", "L uniform (projected)"]
+    assert list(fig.data[0].x) == [2.0, 4.0]  # x = the frame's metric (MACs ratio)
+    assert fig.data[1].line.dash == "dot" and fig.data[1].marker.symbol == "circle-open" and list(fig.data[1].y) == [0.91, 0.71]
+    assert fig.data[0].line.color == fig.data[1].line.color
+    assert "MACs" in fig.layout.xaxis.title.text
+    by_params = dsh.sweep_figure(df, None, "params")
+    assert list(by_params.data[0].x) == pytest.approx([2.2, 4.4]) and "params" in by_params.layout.xaxis.title.text
+    # measured only (no projector): no projected traces
+    only = dsh.sweep_figure(df.assign(projected=math.nan))
+    assert [t.name for t in only.data] == ["L solver", "L uniform"]
+
+
+def test_projection_figure_band_and_interval():
+    curve = pd.DataFrame({"params_ratio": [1.0, 2.0, 4.0], "top1": [0.9, 0.85, 0.6], "lo": [0.88, 0.8, 0.5], "hi": [0.92, 0.9, 0.7]})
+    fig = dsh.projection_figure(curve, {"params_ratio": 2.0, "top1": 0.85, "lo": 0.8, "hi": 0.9}, [], 0.9, 0.1, curve_name="sens")
+    assert fig.data[0].fill == "toself" and len(fig.data[0].x) == 6
+    assert fig.data[1].name == "sens"
+    star = fig.data[-1]
+    assert star.marker.symbol == "star" and list(star.error_y.array) == pytest.approx([0.05])
+    plain = dsh.projection_figure(curve[["params_ratio", "top1"]], {"params_ratio": 2.0, "top1": 0.85}, [], None, None)
+    assert plain.data[0].fill is None and plain.data[-1].error_y.array is None
+
+
+def test_sensitivity_figure_one_trace_per_mode(small_sens):
+    sens, _ = small_sens
+    t = sens.table()
+    fig = dsh.sensitivity_figure(t)
+    assert len(fig.data) == len(sens.curves) and all(0 < x <= 1 for tr in fig.data for x in tr.x)
+    assert len(dsh.sensitivity_figure(t.iloc[0:0]).data) == 0
