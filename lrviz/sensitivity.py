@@ -415,7 +415,7 @@ def measure_sensitivity(
             result.curves[(info.name, c.index)] = c
         if progress is not None:
             progress(i + 1, total, info.name)
-    if result.complete and anchors:
+    if result.complete and anchors and not cache_only:
         apath = folder / "anchors.json"
         got = _load_anchors(apath) if cache else None
         if got is None:
