@@ -221,3 +221,13 @@ def test_plan_for_ratio_macs(demo):
     for fam in ("uniform", "vbmf", "energy"):
         plan = strategy_plan(a, fam, "macs", 2.0)
         assert plan is not None and plan_cost(a, plan).macs_ratio == pytest.approx(2.0, rel=0.1)
+
+
+def test_sweep_with_short_finetune(demo):
+    lm, a, ds, fc = demo
+    df = sweep(a, lm.module, ds, [1.5], strategies=("uniform",), factors=fc, limit=100, finetune_epochs=1, train_set=ds,
+               finetune_limit=128)
+    row = df.iloc[0]
+    assert row.spec.startswith("uniform:") and 0 <= row.top1 <= 1 and 0 <= row.finetuned <= 1 and math.isnan(row.projected)
+    with pytest.raises(LrvizError, match="training set"):
+        sweep(a, lm.module, ds, [1.5], strategies=("uniform",), finetune_epochs=1)
