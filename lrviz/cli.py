@@ -265,7 +265,7 @@ def _sensitivities(args, loaded):
     t0 = time.monotonic()
     sens = measure_sensitivity(loaded.module, ds, limit=limit, batch_size=args.batch_size, cache=not args.no_cache,
                                data_name=f"{args.data} {args.split}, {min(limit, len(ds))} images",
-                               progress=_progress("sensitivity"))
+                               progress=_progress("sensitivity", every=4))
     src = "from the cache" if sens.cached_layers == len(sens.layers) else f"measured in {time.monotonic() - t0:.1f}s"
     print(f"sensitivities of {len(sens.layers)} layers on {sens.n} images ({src}; key {sens.key})", file=sys.stderr)
     return sens
