@@ -2,7 +2,9 @@
 allocation strategies at matched params or MACs (:func:`lrviz.budget.sweep`: budget solver, uniform,
 weakened VBMF, energy threshold), measured and projected."""
 
+import json
 import math
+from types import SimpleNamespace
 
 import pandas as pd
 import streamlit as st
@@ -160,6 +162,17 @@ if go:
     except LrvizError as exc:
         st.error(f"Sweep failed: {exc}")
     bar.empty()
+    if projector is not None and int(sweep_n) == sens.n and skey in sweeps:
+        # measured on the calibration images: every point also calibrates the projection (Ranks page)
+        full = dsh.full_plan(a)
+        for r in sweeps[skey].dropna(subset=["top1"]).itertuples():
+            try:
+                p_ = full.with_ranks({k_: tuple(v_) for k_, v_ in json.loads(r.ranks or "{}").items()}, spec=r.spec)
+            except (LrvizError, ValueError):
+                continue
+            res_ = SimpleNamespace(top1=float(r.top1), top1_ci=(float(r.lo), float(r.hi)), n=int(r.n))
+            common.record_measurement(ctx, p_, res_, f"sweep {r.strategy} {r.target:g}×",
+                                      common.sensitivity_projection(ctx, projector, p_))
 if ctx.eval_problem:
     st.info(f"Accuracy cannot be measured: {ctx.eval_problem}.")
 sweep = sweeps.get(skey)
@@ -180,4 +193,6 @@ if sweep is not None and len(sweep):
                                 "top1": st.column_config.NumberColumn("top-1", format="percent"),
                                 "lo": st.column_config.NumberColumn("CI low", format="percent"),
                                 "hi": st.column_config.NumberColumn("CI high", format="percent")})
-    st.caption(f"Measured on {int(sweep['n'].max())} images (95 % Wilson intervals); `ranks` lists the factored layers' ranks.")
+    st.caption(f"Measured on {int(sweep['n'].max())} images (95 % Wilson intervals); `ranks` lists the factored layers' ranks."
+               + (" Measured on the calibration images, so every point also recalibrates the projection (Ranks page)."
+                  if projector is not None and int(sweep["n"].max()) == sens.n else ""))

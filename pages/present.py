@@ -80,8 +80,13 @@ if meas and meas["r0"] is not None and meas["r1"] is not None:
     bars.append({"metric": "latency", "before": l0.median_ms, "after": l1.median_ms})
 else:
     base_acc, _ = common.projection_base(ctx, common.baseline(ctx, auto=False))
+    sens = common.sensitivities(ctx, auto=False)
+    sp = common.sensitivity_projection(ctx, common.projector(ctx, sens), plan) if sens is not None and sens.complete else None
     proj = common.projection(ctx, plan, base_acc)
-    if proj is not None:
+    if sp is not None:
+        cards.append({"label": "Top-1 accuracy (projected)", "value": f"{sp.base_top1:.1%} → {sp.top1:.1%}",
+                      "delta": f"layer sensitivities, 95 % band {sp.interval[0]:.1%}–{sp.interval[1]:.1%}; press Measure"})
+    elif proj is not None:
         cards.append({"label": "Top-1 accuracy (projected)", "value": f"{base_acc:.1%} → {proj.top1:.1%}", "delta": f"{proj.basis}; press Measure"})
     cards.append({"label": "Accuracy & latency", "value": "not measured", "delta": "press Measure"})
 
@@ -119,10 +124,12 @@ if can_eval:
 
 # ---- more plots ----------------------------------------------------------------------------------
 figures = [("Compressed relative to original", fig_bars), ("Per-layer parameters", fig_layers)]
-sweep = next((v for (m, d, _), v in st.session_state.get("_sweeps", {}).items() if m == mid and d == ctx.data_key), None)
+sweep_key, sweep = next(((k, v) for k, v in st.session_state.get("_sweeps", {}).items() if k[0] == mid and k[1] == ctx.data_key),
+                        (None, None))
 base = common.baseline(ctx, auto=False)
 if sweep is not None and sweep["top1"].notna().any():
-    fig_sweep = dsh.sweep_figure(sweep, None if base is None else base.top1)
+    sweep_metric = sweep_key[2][1] if isinstance(sweep_key[2], tuple) else None
+    fig_sweep = dsh.sweep_figure(sweep, None if base is None else base.top1, sweep_metric)
     st.plotly_chart(fig_sweep, key="present_sweep")
     figures.append(("Accuracy vs compression ratio", fig_sweep))
 rows = common.measured(ctx)

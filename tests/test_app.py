@@ -490,3 +490,20 @@ def test_compare_sweep_with_the_solver(demo_sensitivities):
     assert abs(sweep.iloc[1]["macs_ratio"] / 3.0 - 1) <= 0.1
     assert at.get("plotly_chart") and at.dataframe
     assert not math.isnan(solver["proj_lo"]) and solver["proj_lo"] <= solver["projected"] <= solver["proj_hi"]
+    # measured on the calibration images: the sweep points become measurements that recalibrate the projection
+    rows = at.session_state["_measured"][(ctx_of(at).model_id, ctx_of(at).data_key, SENS_N)]
+    swept = [r for r in rows if r["label"].startswith("sweep ")]
+    assert len(swept) == 2 and {r["top1"] for r in swept} == set(sweep["top1"])
+    assert all(r["basis"] == "sensitivities" and json.loads(r["plan_json"])["layers"] for r in swept)
+    caption_with(at, "every point also recalibrates the projection")
+
+
+def test_present_uses_the_sensitivity_projection(demo_sensitivities):
+    at = goto(new_app(SENS_N), "pages/ranks.py")
+    at.slider(key="preset_uniform_f").set_value(0.5)
+    at.button(key="preset_uniform").click()
+    ok(at.run())
+    at.switch_page("pages/present.py")
+    ok(at.run())
+    card = next(m for m in at.metric if m.label == "Top-1 accuracy (projected)")
+    assert "layer sensitivities, 95 % band" in card.delta, card.delta
