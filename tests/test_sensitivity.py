@@ -231,3 +231,40 @@ def test_sweep_with_short_finetune(demo):
     assert row.spec.startswith("uniform:") and 0 <= row.top1 <= 1 and 0 <= row.finetuned <= 1 and math.isnan(row.projected)
     with pytest.raises(LrvizError, match="training set"):
         sweep(a, lm.module, ds, [1.5], strategies=("uniform",), finetune_epochs=1)
+
+
+def test_downstream_only_passes_equal_whole_passes(demo):
+    lm, a, ds, fc = demo
+    kw = dict(limit=64, layers=["layer1.0.conv1", "layer2.0.shortcut.0", "layer3.2.conv2"], factors=fc, cache=False, anchors=(),
+              batch_size=32)  # two batches: the kept upstream values are per batch
+    fast = measure_sensitivity(lm.module, ds, partial=True, **kw)
+    slow = measure_sensitivity(lm.module, ds, partial=False, **kw)
+    assert fast.curves.keys() == slow.curves.keys()
+    for k in fast.curves:
+        np.testing.assert_allclose(fast.curves[k].delta, slow.curves[k].delta, atol=1e-5)
+        np.testing.assert_array_equal(fast.curves[k].top1, slow.curves[k].top1)
+
+
+class _Branchy(torch.nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, so whole forward passes are used."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        if h.sum() > 0:
+            h = h * 2
+        return self.head(h.mean((2, 3)))
+
+
+def test_untraceable_model_falls_back_to_whole_passes():
+    torch.manual_seed(0)
+    net = _Branchy().eval()
+    ds = get_dataset("synthetic:1,28,28,10,40")
+    fast = measure_sensitivity(net, ds, limit=40, cache=False, anchors=(), partial=True)
+    slow = measure_sensitivity(net, ds, limit=40, cache=False, anchors=(), partial=False)
+    for k in fast.curves:
+        np.testing.assert_allclose(fast.curves[k].delta, slow.curves[k].delta, atol=1e-6)
