@@ -264,6 +264,7 @@ def _sensitivities(args, loaded):
     limit = args.limit if args.limit is not None else 1000
     t0 = time.monotonic()
     sens = measure_sensitivity(loaded.module, ds, limit=limit, batch_size=args.batch_size, cache=not args.no_cache,
+                               grid_points=args.grid_points,
                                data_name=f"{args.data} {args.split}, {min(limit, len(ds))} images",
                                progress=_progress("sensitivity", every=4))
     src = "from the cache" if sens.cached_layers == len(sens.layers) else f"measured in {time.monotonic() - t0:.1f}s"
@@ -447,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data_args(q, required=True)
         q.add_argument("--split", default="test", choices=["test", "train"], help="split of the calibration / evaluation images")
         q.add_argument("--no-cache", action="store_true", help="measure again instead of reading ~/.cache/lrviz/sensitivity")
+        q.add_argument("--grid-points", type=int, default=16, metavar="K",
+                       help="ranks measured per mode: every rank up to K+1 channels, else 1, 2, 3 and K evenly spaced (fewer = faster)")
         q.set_defaults(batch_size=500)
         if plan:
             q.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")

@@ -139,6 +139,9 @@ def test_sensitivity_project_solve_sweep(tmp_path, capsys):
     assert doc["schema"] == "lrviz.sensitivity/1" and doc["n"] == 64 and set(doc["layers"]["3"]) == {"out", "in"}
     rc, out, err = run(capsys, "sensitivity", *MODEL, *data)
     assert rc == 0 and "from the cache" in err
+    rc, out, err = run(capsys, "sensitivity", *MODEL, *data, "--grid-points", "4", "--json", str(sj))
+    assert rc == 0 and "measured in" in err  # another grid: another cache entry
+    assert json.loads(sj.read_text())["layers"]["3"]["out"]["ranks"] == [1, 2, 3, 8, 16, 24, 32]
     pj = tmp_path / "p.json"
     rc, out, _ = run(capsys, "project", *MODEL, *data, "--plan", "uniform:0.5", "--json", str(pj))
     assert rc == 0 and "projected top-1" in out
