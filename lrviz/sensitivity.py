@@ -68,6 +68,9 @@ DEFAULT_ANCHORS = (0.75, 0.55, 0.4)
 
 MODE_NAMES = {TUCKER2: ("out", "in")}
 
+#: Most memory the upstream values kept for downstream-only passes may take (else whole passes).
+FRONTIER_BYTES = 2 * 2**30
+
 
 def mode_names(kind: str) -> tuple[str, ...]:
     return MODE_NAMES.get(kind, ("rank",))
@@ -501,10 +504,17 @@ class _SuffixRunner:
                 return v
 
         envs = []
+        batches = range(0, self.x.shape[0], self.batch_size)
         with torch.inference_mode():
-            for i in range(0, self.x.shape[0], self.batch_size):
+            for i in batches:
                 kept: dict = {}
                 _Keep(gm).run(self.x[i : i + self.batch_size].to(self.dev))
+                if not envs:  # memory guard: keeping the frontier of every batch must stay small
+                    size = sum(v.numel() * v.element_size() for v in kept.values() if isinstance(v, torch.Tensor))
+                    if size * len(batches) > FRONTIER_BYTES:
+                        log.info("layer %s: upstream values too large to keep (%.1f GB): whole forward passes", name,
+                                 size * len(batches) / 1e9)
+                        return
                 env = dict.fromkeys(rest)
                 env.update(kept)
                 envs.append(env)

@@ -268,3 +268,19 @@ def test_untraceable_model_falls_back_to_whole_passes():
     slow = measure_sensitivity(net, ds, limit=40, cache=False, anchors=(), partial=False)
     for k in fast.curves:
         np.testing.assert_allclose(fast.curves[k].delta, slow.curves[k].delta, atol=1e-6)
+
+
+def test_frontier_memory_guard_falls_back(demo, monkeypatch):
+    import lrviz.sensitivity as sm
+
+    lm, a, ds, fc = demo
+    kw = dict(limit=32, layers=["layer2.0.conv1"], factors=fc, cache=False, anchors=())
+    ref = measure_sensitivity(lm.module, ds, partial=False, **kw)
+    monkeypatch.setattr(sm, "FRONTIER_BYTES", 1)  # nothing may be kept: whole passes
+    seen = []
+    orig = sm._forward
+    monkeypatch.setattr(sm, "_forward", lambda *a_, **k_: seen.append(1) or orig(*a_, **k_))
+    got = measure_sensitivity(lm.module, ds, partial=True, **kw)
+    assert len(seen) > 2  # the fallback ran whole forward passes
+    for k in ref.curves:
+        np.testing.assert_allclose(got.curves[k].delta, ref.curves[k].delta, atol=1e-5)
