@@ -238,6 +238,7 @@ class Sensitivities:
             "schema": "lrviz.sensitivity/1", "key": self.key, "data": self.data, "n": self.n,
             "num_classes": self.num_classes, "base_top1": self.base_top1, "base_loss": self.base_loss,
             "complete": self.complete, "seconds": round(self.seconds, 3), "layers": layers,
+            "anchors": [{"fraction": a["fraction"], "top1": a["top1"], "loss": a["loss"]} for a in self.anchors],
         }
 
 

@@ -137,6 +137,7 @@ def test_sensitivity_project_solve_sweep(tmp_path, capsys):
     assert rc == 0 and "original top-1" in out and "[sensitivity] 5/5" in err
     doc = json.loads(sj.read_text())
     assert doc["schema"] == "lrviz.sensitivity/1" and doc["n"] == 64 and set(doc["layers"]["3"]) == {"out", "in"}
+    assert [a["fraction"] for a in doc["anchors"]] == [0.75, 0.55, 0.4]
     rc, out, err = run(capsys, "sensitivity", *MODEL, *data)
     assert rc == 0 and "from the cache" in err
     rc, out, err = run(capsys, "sensitivity", *MODEL, *data, "--grid-points", "4", "--json", str(sj))
