@@ -33,7 +33,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np
 
 from lrviz import FactorCache, analyze, compress, effective_ranks, make_plan, plan_cost
 from lrviz.budget import solve_many, strategy_plan

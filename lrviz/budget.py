@@ -31,7 +31,7 @@ from .analysis import ModelAnalysis
 from .cost import layer_macs, layer_params
 from .errors import LrvizError
 from .layers import LayerInfo
-from .plan import LayerPlan, RankPlan, classifier_layer, make_plan, plan_cost, plan_for_ratio
+from .plan import LayerPlan, RankPlan, classifier_layer, plan_cost, plan_for_ratio
 from .sensitivity import cross_entropy
 
 __all__ = ["parse_target", "candidate_ranks", "SolveResult", "solve", "solve_many", "strategy_plan", "sweep", "STRATEGIES"]

@@ -13,7 +13,7 @@ from lrviz.data import get_dataset
 from lrviz.evaluate import evaluate
 from lrviz.models import load_model
 from lrviz.project import SensitivityProjector
-from lrviz.sensitivity import Sensitivities, measure_sensitivity, rank_grid
+from lrviz.sensitivity import measure_sensitivity, rank_grid
 
 N = 200
 LAYERS = ["layer1.0.conv1", "layer2.0.conv2", "layer2.0.shortcut.0", "layer3.1.conv1", "layer3.2.conv2"]
