@@ -31,7 +31,7 @@ from .analysis import ModelAnalysis
 from .cost import layer_macs, layer_params
 from .errors import LrvizError
 from .layers import LayerInfo
-from .plan import LayerPlan, RankPlan, classifier_layer, plan_cost, plan_for_ratio
+from .plan import LayerPlan, RankPlan, cheapest_structure, classifier_layer, plan_cost, plan_for_ratio
 from .sensitivity import cross_entropy
 
 __all__ = ["parse_target", "candidate_ranks", "SolveResult", "solve", "solve_many", "strategy_plan", "sweep", "STRATEGIES"]
@@ -84,13 +84,8 @@ def _layer_cost(l: LayerInfo, io, ranks, metric: str) -> int:
 
 
 def _effective(l: LayerInfo, io, ranks: tuple[int, ...], metric: str) -> tuple[tuple[int, ...], int]:
-    """The cheapest structure (in ``metric``) allowed by ``ranks``: a factor is dropped where it does not pay."""
-    full = l.full_ranks
-    if len(full) == 1:
-        opts = {tuple(ranks), full}
-    else:
-        opts = {tuple(ranks), (full[0], ranks[1]), (ranks[0], full[1]), full}
-    best = min(opts, key=lambda r: (_layer_cost(l, io, r, metric), -sum(a == b for a, b in zip(r, full))))
+    """The cheapest structure (in ``metric``) allowed by ``ranks``, and its cost."""
+    best = cheapest_structure(l, ranks, lambda r: _layer_cost(l, io, r, metric))
     return best, _layer_cost(l, io, best, metric)
 
 

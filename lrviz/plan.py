@@ -36,7 +36,8 @@ from .layers import TUCKER2, LayerInfo
 from .spectra import energy_rank
 from .vbmf import weaken_rank
 
-__all__ = ["LayerPlan", "RankPlan", "make_plan", "classifier_layer", "plan_for_ratio", "effective_ranks", "plan_cost", "PLAN_SCHEMA"]
+__all__ = ["LayerPlan", "RankPlan", "make_plan", "classifier_layer", "plan_for_ratio", "effective_ranks", "cheapest_structure",
+           "plan_cost", "PLAN_SCHEMA"]
 
 PLAN_SCHEMA = "lrviz.plan/1"
 RATIO_TOLERANCE = 0.10
@@ -203,6 +204,20 @@ def _validate_ranks(layer: LayerInfo, ranks, clamp: bool) -> tuple[int, ...]:
     return tuple(out)
 
 
+def cheapest_structure(layer: LayerInfo, ranks: tuple[int, ...], cost=None) -> tuple[int, ...]:
+    """Among keeping each mode at ``ranks`` or at its full rank, the ranks with the lowest ``cost(ranks)``
+    (default: the layer's params); ties go to fewer factors. Tucker-2 compares all four combinations."""
+    full = layer.full_ranks
+    ranks = tuple(min(int(r), f) for r, f in zip(ranks, full))
+    if cost is None:
+        cost = lambda r: layer_params(layer, r)  # noqa: E731
+    if len(full) == 1:
+        options = {ranks, full}
+    else:
+        options = {ranks, (full[0], ranks[1]), (ranks[0], full[1]), full}
+    return min(options, key=lambda r: (cost(r), -sum(a == b for a, b in zip(r, full))))
+
+
 def effective_ranks(layer: LayerInfo, ranks: tuple[int, ...]) -> tuple[tuple[int, ...], str]:
     """Drop factors that do not pay off: the cheapest (fewest params) structure allowed by ``ranks``.
 
@@ -211,20 +226,13 @@ def effective_ranks(layer: LayerInfo, ranks: tuple[int, ...]) -> tuple[tuple[int
     """
     full = layer.full_ranks
     ranks = tuple(min(int(r), f) for r, f in zip(ranks, full))
-    if layer.kind != TUCKER2:
-        if ranks[0] < full[0] and layer_params(layer, ranks) >= layer_params(layer):
-            return full, f"rank {ranks[0]} would not reduce params (break-even {_svd_break_even(layer)}): kept dense"
+    best = cheapest_structure(layer, ranks)
+    if best == ranks:
         return ranks, ""
-    options = {ranks}
-    options.add((full[0], ranks[1]))
-    options.add((ranks[0], full[1]))
-    options.add(full)
-    best = min(options, key=lambda r: (layer_params(layer, r), -sum(a == b for a, b in zip(r, full))))
-    note = ""
-    if best != ranks:
-        dropped = [m for m, (a, b) in zip(("out", "in"), zip(best, ranks)) if a != b]
-        note = f"{'/'.join(dropped)} factor would not reduce params: kept full"
-    return best, note
+    if layer.kind != TUCKER2:
+        return full, f"rank {ranks[0]} would not reduce params (break-even {_svd_break_even(layer)}): kept dense"
+    dropped = [m for m, (a, b) in zip(("out", "in"), zip(best, ranks)) if a != b]
+    return best, f"{'/'.join(dropped)} factor would not reduce params: kept full"
 
 
 def _svd_break_even(layer: LayerInfo) -> int:

@@ -20,6 +20,8 @@ calibration tensors (so the dataset, split, transform and subset are all covered
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import logging
@@ -35,6 +37,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from .cost import record_io
 from .decompose import FactorCache, build_layer
 from .errors import LrvizError
 from .layers import TUCKER2, LayerInfo, find_layers, get_module, set_module
@@ -205,11 +208,11 @@ class Sensitivities:
     def loss_of(self, logits: np.ndarray) -> float:
         return float(cross_entropy(logits, self.label_pos, self.rest_lse).mean())
 
-    @property
+    @functools.cached_property
     def base_top1(self) -> float:
         return self.top1_of(self.base_logits)
 
-    @property
+    @functools.cached_property
     def base_loss(self) -> float:
         return self.loss_of(self.base_logits)
 
@@ -364,7 +367,7 @@ def measure_sensitivity(
     rank_grid(2, grid_points)  # validates
 
     x, y = _collect(dataset, limit, seed)
-    work = __import__("copy").deepcopy(model).to(dev).eval()
+    work = copy.deepcopy(model).to(dev).eval()
     factors = factors or FactorCache(model)
     with torch.inference_mode():
         z0 = _forward(work, x, batch_size, dev)
@@ -581,20 +584,9 @@ def anchor_ranks(infos: Sequence[LayerInfo], order: Sequence[str], fraction: flo
     return out
 
 
-def _forward_order(work: nn.Module, infos, x: torch.Tensor, dev) -> list[str]:
-    order: list[str] = []
-    hooks = [get_module(work, l.name).register_forward_hook(lambda m, a, o, n=l.name: order.append(n)) for l in infos]
-    try:
-        with torch.inference_mode():
-            work(x[:1].to(dev))
-    finally:
-        for h in hooks:
-            h.remove()
-    return order
-
-
 def _measure_anchors(work, infos, factors, x, base, idx, label_pos, rest, batch_size, dev, fractions) -> list[dict]:
-    order = _forward_order(work, infos, x, dev)
+    names = {l.name for l in infos}
+    order = [n for n in record_io(work, tuple(x.shape[1:])) if n in names]  # forward (call) order
     by_name = {l.name: l for l in infos}
     out = []
     for f in fractions:
