@@ -3,14 +3,16 @@
 A model is named by a *spec* string, resolved in this order:
 
 1. a path ending in ``.pt2``: a saved :func:`torch.export.export` program (analysable and runnable,
-   but not decomposable);
+   but not decomposable), opened through :mod:`lrviz.pt2`, which refuses any archive that would make
+   torch unpickle or evaluate something;
 2. the name of a builtin model registered with :func:`register_model` (the bundled demo networks);
 3. a torchvision classification architecture (``resnet18``, ``vgg11_bn``, ``mobilenet_v2`` ...);
 4. ``package.module:factory``: a function in an importable module that returns an ``nn.Module``.
 
 Weights are either random (deterministic, from ``seed``), torchvision's pretrained weights, bundled
 weights of a builtin model, or a state_dict file. State_dict files are always read with
-``torch.load(..., weights_only=True)``: lrviz never unpickles arbitrary Python objects.
+``torch.load(..., weights_only=True)``; ``.pt2`` archives are checked entry by entry before torch
+sees them. lrviz never unpickles arbitrary Python objects from a user's file.
 """
 
 from __future__ import annotations
@@ -678,18 +680,10 @@ def _build_factory(
 
 
 def _load_program(path: Path) -> torch.export.ExportedProgram:
-    if not path.is_file():
-        raise LrvizError(
-            f"exported program {str(path)!r} does not exist; check the path "
-            "(a .pt2 file written by torch.export.save)"
-        )
-    try:
-        return torch.export.load(str(path))
-    except Exception as exc:
-        raise LrvizError(
-            f"could not read {str(path)!r} as an exported program ({_short_cause(exc)}); "
-            "a .pt2 file must be written by torch.export.save(torch.export.export(model, ...), FILE)"
-        ) from exc
+    """Load a ``.pt2`` through :func:`lrviz.pt2.load_program`: checked first, nothing unpickled."""
+    from .pt2 import load_program
+
+    return load_program(path)
 
 
 def _program_input_shape(program: torch.export.ExportedProgram, path: Path) -> list[Any]:
