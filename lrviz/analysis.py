@@ -12,12 +12,16 @@ import torch.nn as nn
 from .errors import LrvizError
 from .cost import LayerIO, count_params, layer_macs, layer_params, record_io
 from .layers import LayerInfo, SkippedLayer, find_layers, get_module
+from .memory import check_memory, estimate_analysis
 from .spectra import LayerSpectrum, energy_curve, layer_spectrum
 from .vbmf import VBMFResult, evbmf
 
 __all__ = ["ModelAnalysis", "analyze", "analyze_program"]
 
 log = logging.getLogger(__name__)
+
+_UNUSED_REASON = ("not called in the forward pass (a branch that does not run, such as an auxiliary head in eval "
+                  "mode, or a module whose weights are used by a functional call): it cannot be costed or replaced")
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,7 +40,7 @@ class ModelAnalysis:
     vbmf : dict[str, dict[str, VBMFResult]]
         Per layer, per mode (``"mode0"``, ``"mode1"`` or ``"matrix"``).
     io : dict[str, LayerIO]
-        Spatial sizes of every counted layer (decomposable or not).
+        Spatial sizes of every counted layer (decomposable or not), one record per call.
     params, macs : int
         Whole-model totals (see :mod:`lrviz.cost` for the convention).
     """
@@ -61,7 +65,8 @@ class ModelAnalysis:
 
     @property
     def has_spectra(self) -> bool:
-        return len(self.spectra) == len(self.layers)
+        """Whether every decomposable layer has its spectra and EVBMF ranks."""
+        return all(l.name in self.spectra and l.name in self.vbmf for l in self.layers)
 
     def vbmf_ranks(self, name: str) -> tuple[int, ...]:
         """``(r_out, r_in)`` for a Tucker-2 layer (mode-0, mode-1), ``(r,)`` for a matrix."""
@@ -103,23 +108,25 @@ class ModelAnalysis:
         """The JSON document written by ``lrviz analyze --json``."""
         out_layers = []
         for l in self.layers:
-            sp = self.spectra[l.name]
             io = self.io[l.name]
-            out_layers.append(
-                {
-                    "name": l.name,
-                    "kind": l.kind,
-                    "weight_shape": list(l.weight_shape),
-                    "in_hw": list(io.in_hw),
-                    "out_hw": list(io.out_hw),
+            row = {
+                "name": l.name,
+                "kind": l.kind,
+                "weight_shape": list(l.weight_shape),
+                "in_hw": list(io.in_hw),
+                "out_hw": list(io.out_hw),
+                "calls": io.n_calls,
+            }
+            sp = self.spectra.get(l.name)
+            if sp is not None and l.name in self.vbmf:  # absent in a cost-only analysis (spectra=False)
+                row.update({
                     "singular_values": {m: [float(v) for v in sp.values[m]] for m in sp.modes},
                     "vbmf_ranks": list(self.vbmf_ranks(l.name)),
                     "vbmf_sigma2": [float(self.vbmf[l.name][m].sigma2) for m in sp.modes],
                     "vbmf_threshold": [float(self.vbmf[l.name][m].threshold) for m in sp.modes],
-                    "params": int(layer_params(l)),
-                    "macs": int(layer_macs(l, io)),
-                }
-            )
+                })
+            row.update({"params": int(layer_params(l)), "macs": int(layer_macs(l, io))})
+            out_layers.append(row)
         return {
             "model": self.model_name,
             "input_size": list(self.input_size),
@@ -156,7 +163,21 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], name: str = "", progr
     if not isinstance(model, nn.Module):
         raise LrvizError(f"analyze needs a torch.nn.Module; got {type(model).__name__}")
     layers, skipped = find_layers(model)
+    if spectra and any(p.is_meta for p in model.parameters()):
+        raise LrvizError(
+            "the model's weights are on the meta device (no values), so it has no spectra; "
+            "use analyze(..., spectra=False) for a cost-only analysis, or build the model on a real device"
+        )
+    if spectra:  # before any work: a clear message when the largest layer's spectra cannot fit
+        check_memory(estimate_analysis(model, layers))
     io = record_io(model, tuple(input_size))
+    # layers never reached in the forward pass (e.g. auxiliary heads in eval mode) cannot be costed:
+    # report and drop them before computing spectra, so layers, spectra and vbmf cover the same layers
+    unused = [l for l in layers if l.name not in io]
+    if unused:
+        log.info("layers not used in the forward pass are left out: %s", [l.name for l in unused])
+        skipped = list(skipped) + [SkippedLayer(l.name, "unused", _UNUSED_REASON) for l in unused]
+        layers = [l for l in layers if l.name in io]
     want_spectra = spectra
     spectra: dict[str, LayerSpectrum] = {}
     vb: dict[str, dict[str, VBMFResult]] = {}
@@ -166,12 +187,6 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], name: str = "", progr
         vb[l.name] = {m: evbmf(sp.values[m], sp.shapes[m]) for m in sp.modes}
         if progress is not None:
             progress(i + 1, len(layers), l.name)
-    # layers never reached in the forward pass cannot be costed: report and drop them
-    unused = [l for l in layers if l.name not in io]
-    if unused:
-        log.info("layers not used in the forward pass are left out: %s", [l.name for l in unused])
-        skipped = list(skipped) + [SkippedLayer(l.name, "unused", "not called in the forward pass") for l in unused]
-        layers = [l for l in layers if l.name in io]
     macs = int(sum(r.macs for r in io.values()))
     return ModelAnalysis(
         model_name=name,

@@ -46,19 +46,23 @@ STRATEGY_LABELS = {"solver": "budget solver (sensitivities)", "uniform": "unifor
 def parse_target(text: str) -> tuple[str, float]:
     """``"params:4"`` / ``"macs:3"`` → ``("params", 4.0)``; a bare number means params."""
     t = str(text).strip().lower()
+    usage = "use params:T or macs:T with T ≥ 1 the reduction factor, e.g. params:4 or macs:3"
+    if not t:
+        raise LrvizError(f"empty target; {usage}")
     metric, sep, val = t.partition(":")
+    metric, val = metric.strip(), val.strip()
     if not sep:
         metric, val = "params", metric
     if metric in ("flops", "mac"):
         metric = "macs"
     if metric not in ("params", "macs"):
-        raise LrvizError(f"target {text!r}: use params:T or macs:T (T = reduction factor, e.g. macs:3)")
+        raise LrvizError(f"target {text!r}: unknown metric {metric!r}; {usage}")
     try:
         ratio = float(val)
     except ValueError as e:
-        raise LrvizError(f"target {text!r}: {val!r} is not a number") from e
+        raise LrvizError(f"target {text!r}: {val!r} is not a number; {usage}") from e
     if not (ratio >= 1.0 and math.isfinite(ratio)):
-        raise LrvizError(f"target {text!r}: the reduction factor must be ≥ 1")
+        raise LrvizError(f"target {text!r}: the reduction factor must be a finite number ≥ 1, got {val}; {usage}")
     return metric, ratio
 
 

@@ -3,18 +3,26 @@
 Convention
 ----------
 lrviz counts **MACs**: one multiply-accumulate = 1, at batch size 1, for ``nn.Conv1d/2d/3d`` and
-``nn.Linear`` layers only (bias additions, BatchNorm, activations, pooling and element-wise ops are
-not counted). **FLOPs = 2 × MACs** — the convention of ``torch.utils.flop_counter.FlopCounterMode``,
-which the tests use as the independent reference. **Params** = every entry of ``model.parameters()``
-(BatchNorm affine weights included, buffers such as running statistics not).
+``nn.Linear`` modules only (bias additions, BatchNorm, activations, pooling, element-wise ops and
+matrix products outside such modules — e.g. the attention products of a transformer — are not
+counted). **FLOPs = 2 × MACs** — the convention of ``torch.utils.flop_counter.FlopCounterMode``, which
+the tests use as the independent reference. **Params** = every entry of ``model.parameters()``
+(BatchNorm affine weights included, buffers such as running statistics not; a module used several
+times is counted once).
 
-Spatial sizes come from one recorded forward pass (:func:`record_io`); everything else is closed form:
+Spatial sizes come from one recorded forward pass (:func:`record_io`), **per call**: a module called
+more than once in a forward pass (a shared block, a recurrent stem, a layer applied at two
+resolutions) gets one :class:`LayerCall` per call, and its MACs — dense or planned — are the sum over
+its calls. Everything else is closed form, per call (``G`` = groups, ``C_in``/``C_out`` = channels of
+the whole layer, ``P_in``/``P`` = input/output positions ``H·W``, times the call's leading dim when the
+model folds patches or frames into the batch dim):
 
-* conv: ``H_out·W_out·C_out·(C_in/groups)·kh·kw``
-* linear: ``positions·in·out`` (positions = leading dims other than the batch, 1 for a plain vector)
-* Tucker-2 (R_out, R_in): ``H_in·W_in·C_in·R_in + H_out·W_out·(R_in·R_out·kh·kw + R_out·C_out)`` —
-  the first 1×1 runs at input resolution, stride sits on the core.
-* SVD of a 1×1 conv / Linear at rank r: ``P·(C_in·r + r·C_out)`` (P = output positions).
+* conv: ``P·C_out·(C_in/G)·kh·kw``
+* linear: ``P·in·out`` (P = every leading dim of its input at batch 1, 1 for a plain vector)
+* Tucker-2 at per-group ranks (R_out, R_in): ``P_in·C_in·R_in + P·(G·R_in·R_out·kh·kw + R_out·C_out)``
+  — the first 1×1 runs at input resolution, stride sits on the core; a mode kept at full rank has no
+  factor and its term is dropped (``R = C/G`` in the core).
+* SVD of a (grouped) 1×1 conv / Linear at per-group rank r: ``P·(C_in·r + r·C_out)``.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from .layers import SVD_CONV, SVD_LINEAR, TUCKER2, LayerInfo
+from .layers import SVD_LINEAR, TUCKER2, LayerInfo
 
 __all__ = [
+    "LayerCall",
     "LayerIO",
     "CostReport",
     "record_io",
@@ -42,49 +51,95 @@ _COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @dataclass(frozen=True)
-class LayerIO:
-    """Spatial sizes seen by a layer in one forward pass at batch 1.
+class LayerCall:
+    """Sizes seen by a layer in one call, for one input sample (a forward pass at batch 1).
 
-    ``in_hw``/``out_hw`` are ``(H, W)`` for 2-D convs; for Linear ``positions`` is the number of
-    vectors per sample the layer is applied to (1 for a classifier head).
+    Attributes
+    ----------
+    in_hw, out_hw : tuple of int
+        ``(H, W)`` for 2-D convs (``()`` for Linear).
+    positions : int
+        Vectors a Linear is applied to: every leading dim of its input (1 for a classifier head; 1 for
+        convs).
+    macs : int
+        Dense MACs of this call.
+    batch : int
+        Images a conv processed in this call: its input's leading dim, 1 unless the model folds
+        something into the batch dim (patches, frames, ...).
     """
 
     in_hw: tuple[int, ...]
     out_hw: tuple[int, ...]
     positions: int = 1
     macs: int = 0
+    batch: int = 1
 
 
-def _module_macs(m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
+@dataclass(frozen=True)
+class LayerIO:
+    """Sizes seen by a layer in one forward pass at batch 1.
+
+    Attributes
+    ----------
+    in_hw, out_hw, positions : tuple of int, tuple of int, int
+        Those of the **first** call (kept for display; use :attr:`all_calls` for costs).
+    macs : int
+        Dense MACs of the layer summed over all its calls.
+    calls : tuple of LayerCall
+        Every call, in call order; empty means one call with the sizes above (the form of a
+        hand-made ``LayerIO``).
+    """
+
+    in_hw: tuple[int, ...]
+    out_hw: tuple[int, ...]
+    positions: int = 1
+    macs: int = 0
+    calls: tuple[LayerCall, ...] = ()
+
+    @property
+    def all_calls(self) -> tuple[LayerCall, ...]:
+        """Every call's sizes (at least one)."""
+        return self.calls or (LayerCall(self.in_hw, self.out_hw, self.positions, self.macs),)
+
+    @property
+    def n_calls(self) -> int:
+        """How many times the layer ran in the forward pass."""
+        return len(self.all_calls)
+
+
+def _module_macs(m: nn.Module, out: torch.Tensor) -> int:
+    # the forward pass is at batch 1, so every element of ``out`` belongs to the one sample (a model may
+    # fold patches or frames into the batch dim: the leading dim is not necessarily 1)
     if isinstance(m, nn.Linear):
-        return int(out.numel() // out.shape[0]) * m.in_features
+        return int(out.numel()) * m.in_features
     # conv: every output element costs (C_in/groups)·prod(kernel) MACs
     k = 1
     for d in m.kernel_size:
         k *= int(d)
-    return int(out.numel() // out.shape[0]) * (m.in_channels // m.groups) * k
+    return int(out.numel()) * (m.in_channels // m.groups) * k
 
 
 def record_io(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, LayerIO]:
     """Run one forward pass (zeros, batch 1, eval mode, no grad) and record each counted layer's sizes.
 
-    The model's training flag is restored afterwards; its weights are not touched.
+    Every call of a module is recorded (:attr:`LayerIO.calls`); the dict is ordered by each layer's
+    first call. A module registered under several names is recorded under its first name. The model's
+    training flag is restored afterwards; its weights are not touched.
     """
-    io: dict[str, LayerIO] = {}
+    calls: dict[str, list[LayerCall]] = {}
     hooks = []
 
     def make_hook(name):
         def hook(m, args, out):
             x = args[0]
             if isinstance(m, nn.Linear):
-                pos = int(x.numel() // x.shape[0] // m.in_features)
-                rec = LayerIO(in_hw=(), out_hw=(), positions=pos, macs=_module_macs(m, x, out))
+                pos = int(x.numel() // m.in_features)
+                rec = LayerCall(in_hw=(), out_hw=(), positions=pos, macs=_module_macs(m, out))
             else:
-                rec = LayerIO(in_hw=tuple(x.shape[2:]), out_hw=tuple(out.shape[2:]), positions=1, macs=_module_macs(m, x, out))
-            prev = io.get(name)
-            if prev is not None:  # module called more than once per forward: accumulate MACs
-                rec = LayerIO(rec.in_hw, rec.out_hw, rec.positions, prev.macs + rec.macs)
-            io[name] = rec
+                batch = int(x.shape[0]) if x.dim() == len(m.kernel_size) + 2 else 1  # unbatched conv input: 1
+                rec = LayerCall(in_hw=tuple(x.shape[-len(m.kernel_size):]), out_hw=tuple(out.shape[-len(m.kernel_size):]),
+                                positions=1, macs=_module_macs(m, out), batch=batch)
+            calls.setdefault(name, []).append(rec)
 
         return hook
 
@@ -103,6 +158,10 @@ def record_io(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, LayerI
         for h in hooks:
             h.remove()
         model.train(was_training)
+    io: dict[str, LayerIO] = {}
+    for name, cs in calls.items():
+        first = cs[0]
+        io[name] = LayerIO(first.in_hw, first.out_hw, first.positions, int(sum(c.macs for c in cs)), tuple(cs))
     return io
 
 
@@ -112,15 +171,16 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
-    """Total MACs at batch 1 of all conv and linear layers (see module docstring)."""
+    """Total MACs at batch 1 of all conv and linear layers, every call counted (see module docstring)."""
     return int(sum(r.macs for r in record_io(model, input_size).values()))
 
 
 def factor_structure(layer: LayerInfo, ranks: tuple[int, ...]) -> tuple[bool, bool]:
     """Which factors a planned layer has: ``(has_out_factor, has_in_factor)``.
 
-    Tucker-2: a mode gets a 1×1 factor only when its rank is below the channel count. SVD: both
-    factors exist when the rank is below full, neither otherwise. ``(False, False)`` = layer dense.
+    Tucker-2: a mode gets a 1×1 factor only when its rank is below the (per-group) channel count.
+    SVD: both factors exist when the rank is below full, neither otherwise. ``(False, False)`` = layer
+    dense.
     """
     full = layer.full_ranks
     if layer.kind == TUCKER2:
@@ -129,49 +189,53 @@ def factor_structure(layer: LayerInfo, ranks: tuple[int, ...]) -> tuple[bool, bo
     return (low, low)
 
 
-def layer_params(layer: LayerInfo, ranks: tuple[int, ...] | None = None) -> int:
-    """Parameters of a layer, dense (``ranks=None``) or decomposed at ``ranks``."""
-    shape = layer.weight_shape
-    bias = shape[0] if layer.bias else 0
-    dense = 1
+def _prod(shape) -> int:
+    out = 1
     for d in shape:
-        dense *= d
+        out *= int(d)
+    return out
+
+
+def layer_params(layer: LayerInfo, ranks: tuple[int, ...] | None = None) -> int:
+    """Parameters of a layer, dense (``ranks=None``) or decomposed at (per-group) ``ranks``."""
+    bias = layer.out_channels if layer.bias else 0
+    dense = _prod(layer.weight_shape)
     if ranks is None:
         return dense + bias
     out_f, in_f = factor_structure(layer, ranks)
     if not (out_f or in_f):
         return dense + bias
+    g, c_out, c_in = layer.groups, layer.out_channels, layer.in_channels
     if layer.kind == TUCKER2:
-        c_out, c_in, kh, kw = shape
-        r_out = ranks[0] if out_f else c_out
-        r_in = ranks[1] if in_f else c_in
-        return (c_in * r_in if in_f else 0) + r_in * r_out * kh * kw + (r_out * c_out if out_f else 0) + bias
-    m, n = shape[0], shape[1]
-    r = ranks[0]
-    return n * r + r * m + bias
+        o, i, kh, kw = layer.group_shape
+        r_out = ranks[0] if out_f else o
+        r_in = ranks[1] if in_f else i
+        return (c_in * r_in if in_f else 0) + g * r_in * r_out * kh * kw + (r_out * c_out if out_f else 0) + bias
+    return ranks[0] * (c_in + c_out) + bias
+
+
+def _call_macs(layer: LayerInfo, call: LayerCall, ranks: tuple[int, ...] | None) -> int:
+    b = 1 if layer.kind == SVD_LINEAR else call.batch
+    P = call.positions if layer.kind == SVD_LINEAR else b * _prod(call.out_hw)
+    g, c_out, c_in = layer.groups, layer.out_channels, layer.in_channels
+    if layer.kind == TUCKER2:
+        o, i, kh, kw = layer.group_shape
+        if ranks is None:
+            return P * c_out * i * kh * kw
+        out_f, in_f = factor_structure(layer, ranks)
+        r_out = ranks[0] if out_f else o
+        r_in = ranks[1] if in_f else i
+        p_in = b * _prod(call.in_hw)
+        return (p_in * c_in * r_in if in_f else 0) + P * (g * r_in * r_out * kh * kw + (r_out * c_out if out_f else 0))
+    if ranks is None or not factor_structure(layer, ranks)[0]:
+        return P * c_out * (c_in // g)
+    return P * ranks[0] * (c_in + c_out)
 
 
 def layer_macs(layer: LayerInfo, io: LayerIO, ranks: tuple[int, ...] | None = None) -> int:
-    """MACs at batch 1 of a layer, dense (``ranks=None``) or decomposed at ``ranks``."""
-    shape = layer.weight_shape
-    if layer.kind == SVD_LINEAR:
-        P = io.positions
-    else:
-        P = io.out_hw[0] * io.out_hw[1]
-    if layer.kind == TUCKER2:
-        c_out, c_in, kh, kw = shape
-        if ranks is None:
-            return P * c_out * c_in * kh * kw
-        out_f, in_f = factor_structure(layer, ranks)
-        r_out = ranks[0] if out_f else c_out
-        r_in = ranks[1] if in_f else c_in
-        p_in = io.in_hw[0] * io.in_hw[1]
-        return (p_in * c_in * r_in if in_f else 0) + P * (r_in * r_out * kh * kw + (r_out * c_out if out_f else 0))
-    m, n = shape[0], shape[1]
-    if ranks is None or not factor_structure(layer, ranks)[0]:
-        return P * m * n
-    r = ranks[0]
-    return P * (n * r + r * m)
+    """MACs at batch 1 of a layer, dense (``ranks=None``) or decomposed at (per-group) ``ranks``,
+    summed over every call recorded in ``io`` (see module docstring)."""
+    return int(sum(_call_macs(layer, c, ranks) for c in io.all_calls))
 
 
 @dataclass(frozen=True, eq=False)

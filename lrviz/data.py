@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import struct
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -509,6 +510,11 @@ def _fashion_mnist(
             f"Dataset 'fashion-mnist' takes no argument, got 'fashion-mnist:{arg}'. "
             "Use --data-root DIR to choose the folder with the idx files."
         )
+    if root is not None and not Path(root).expanduser().is_dir():
+        raise LrvizError(
+            f"--data-root {str(root)!r} does not exist or is not a folder. Give the folder that holds "
+            f"the Fashion-MNIST idx files ({_FMNIST_FILES[split][0]}.gz, ...), or drop --data-root."
+        )
     found = _find_fashion_mnist(root, split)
     if found is None:
         target = cache_dir()
@@ -518,11 +524,12 @@ def _fashion_mnist(
             _download_fashion_mnist(target)
         except Exception as exc:  # noqa: BLE001 - any failure means "not available"
             logger.debug("Fashion-MNIST download failed: %r", exc)
-            folders = "\n  ".join(str(p) for p in searched)
+            folders = ", ".join(str(p) for p in searched)
+            cause = (str(exc).strip().splitlines() or [""])[0][:200]
             raise LrvizError(
                 "Fashion-MNIST data not found and the download failed (offline?): "
-                f"{type(exc).__name__}: {exc}\n"
-                f"Searched these folders for {_FMNIST_FILES[split][0]}.gz:\n  {folders}\n"
+                f"{type(exc).__name__}: {cause}. "
+                f"Searched these folders for {_FMNIST_FILES[split][0]}.gz: {folders}. "
                 "Fix: install the data with 'apt-get install dataset-fashion-mnist', or put the "
                 "four idx .gz files in a folder and pass it with --data-root DIR "
                 "(or set LRVIZ_DATA_DIR)."
@@ -556,6 +563,30 @@ def _fmnist_dataset(images, labels, name, resize, grayscale, mean, std, augment)
 # ----------------------------------------------------------------------------------------------
 # ImageFolder
 # ----------------------------------------------------------------------------------------------
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    # what PIL raises on a file that is not a (complete, sane) image: UnidentifiedImageError and
+    # "image file is truncated" are OSErrors; some decoders raise SyntaxError, ValueError or struct.error
+    return (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+def _load_image(path: str):
+    """Open ``path`` as an RGB PIL image (torchvision's ``pil_loader``), or raise :class:`LrvizError`
+    naming the file when it is not a readable image."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as fh:
+            return Image.open(fh).convert("RGB")
+    except _decode_errors() as exc:
+        text = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise LrvizError(
+            f"{path!r} is not a readable image ({type(exc).__name__}: {text}). An image folder needs image "
+            "files (.png, .jpg, ...) in DIR/<class>/; remove or convert this file."
+        ) from exc
 
 
 @register_dataset("imagefolder")
@@ -598,7 +629,7 @@ def _imagefolder(
         steps.append(transforms.Grayscale(num_output_channels=1))
     steps += [transforms.ToTensor(), transforms.Normalize(mean_t, std_t)]
     try:
-        ds = datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+        ds = datasets.ImageFolder(str(folder), transform=transforms.Compose(steps), loader=_load_image)
     except (FileNotFoundError, OSError) as exc:
         raise LrvizError(
             f"Image folder {str(folder)!r} has no usable images: {exc}. It must contain one "
@@ -609,6 +640,9 @@ def _imagefolder(
             f"Image folder {str(folder)!r} has no images in class sub-folders. Put images in "
             "DIR/<class name>/*.png (or .jpg)."
         )
+    # decode one image now, so a folder of files that are not images fails here and not in the
+    # middle of an evaluation (every later file is still checked when it is read)
+    ds[0]
     ds.num_classes = len(ds.classes)
     ds.input_size = (channels, size[0], size[1])
     ds.name = f"imagefolder:{folder}"

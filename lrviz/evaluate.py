@@ -277,6 +277,17 @@ def _prepared(model: Any, device: torch.device) -> Iterator[tuple[nn.Module, int
             m.training = flag
 
 
+def _check_batch_memory(module: nn.Module, data, batch: int, device: torch.device, static_batch: int | None) -> None:
+    """Before the first batch: a clear message when a batch cannot fit in memory (:mod:`lrviz.memory`;
+    one probing forward pass of one image)."""
+    if static_batch is not None:  # an exported program with a fixed batch: no batch-1 probe
+        return
+    from .memory import check_memory, estimate_evaluation
+
+    shape = tuple(torch.as_tensor(data[0][0]).shape)
+    check_memory(estimate_evaluation(module, shape, batch, device=device))
+
+
 def _program_device(program: torch.export.ExportedProgram) -> torch.device:
     for tensor in program.state_dict.values():
         return tensor.device
@@ -381,6 +392,7 @@ def evaluate(
     loss_sum = 0.0
     has_top5: bool | None = None
     with _prepared(model, dev) as (module, static_batch), torch.inference_mode():
+        _check_batch_memory(module, data, min(batch_size, total), dev, static_batch)
         for x, y in loader:
             x = x.to(dev, non_blocking=True)
             y = torch.as_tensor(y).to(dev, non_blocking=True).long()

@@ -2,15 +2,32 @@
 
 Decomposable layers
 -------------------
-* ``nn.Conv2d`` with ``groups == 1`` and a kernel larger than 1×1 → **Tucker-2** on the two channel
-  modes (Kim et al. 2016): 1×1 (C_in→R_in) → k×k core (R_in→R_out, keeps stride / padding / dilation)
-  → 1×1 (R_out→C_out, keeps the bias).
-* ``nn.Conv2d`` with a 1×1 kernel and ``groups == 1`` → **truncated SVD** of the C_out×C_in matrix
-  (two 1×1 convs; the first keeps stride and padding).
+* ``nn.Conv2d`` with a kernel larger than 1×1 → **Tucker-2** on the two channel modes (Kim et al.
+  2016): 1×1 (C_in→R_in) → k×k core (R_in→R_out, keeps stride / padding / dilation) → 1×1
+  (R_out→C_out, keeps the bias).
+* ``nn.Conv2d`` with a 1×1 kernel → **truncated SVD** of the C_out×C_in matrix (two 1×1 convs; the
+  first keeps stride and padding).
 * ``nn.Linear`` → truncated SVD (two linears).
 
-Everything else with weights (grouped / depthwise / transposed convs, Conv1d/3d, ...) is reported as
-skipped, with the reason.
+Grouped convolutions
+--------------------
+A conv with ``groups = G > 1`` is ``G`` independent convs, group ``g`` mapping input channels
+``g·C_in/G …`` to output channels ``g·C_out/G …`` with its own kernel slice ``(C_out/G, C_in/G, kh,
+kw)``. lrviz decomposes every group with **its own bases** and **one rank pair shared by all groups**
+(as BALF does), so the result is again three grouped convs: 1×1 (``groups=G``, C_in→G·R_in) →
+k×k core (``groups=G``, G·R_in→G·R_out) → 1×1 (``groups=G``, G·R_out→C_out); a grouped 1×1 conv
+becomes two grouped 1×1 convs (G·r in the middle). Ranks are **per group**: full rank is
+``(C_out/G, C_in/G)`` (Tucker-2) or ``min(C_out/G, C_in/G)`` (SVD). The weight shape of a grouped
+layer is recorded as ``(G, C_out/G, C_in/G, kh, kw)`` — the stack of per-group kernels — so every
+plan, plan file and cost formula that carries a weight shape also carries the groups.
+
+Depthwise convs (one input channel per group) are skipped: with one output channel per group too (the
+usual case) or a 1×1 kernel, every group already has rank 1 and there is nothing to truncate. (A
+depthwise k×k conv with a channel multiplier ``m > 1`` is a grouped conv whose output mode, of ``m``
+channels per group, can be truncated; the plan keeps that factor only where it pays.) Also skipped, with the reason: transposed convs,
+Conv1d/3d, and subclasses of ``nn.Conv2d`` / ``nn.Linear`` that override ``forward`` (weight
+standardisation, dynamic "same" padding, ...) — their decomposition would not compute what they
+compute.
 """
 
 from __future__ import annotations
@@ -39,9 +56,11 @@ class LayerInfo:
     kind : str
         ``"tucker2"`` (k×k conv), ``"svd_conv"`` (1×1 conv) or ``"svd_linear"`` (Linear).
     weight_shape : tuple of int
-        ``(out_channels, in_channels, kh, kw)`` for convs, ``(out_features, in_features)`` for Linear.
+        ``(out_channels, in_channels, kh, kw)`` for convs, ``(out_features, in_features)`` for Linear,
+        ``(groups, out_channels/groups, in_channels/groups, kh, kw)`` for grouped convs (five entries).
     stride, padding, dilation : tuple of int
-        Conv geometry (``(1, 1)``, ``(0, 0)``, ``(1, 1)`` for Linear).
+        Conv geometry (``(1, 1)``, ``(0, 0)``, ``(1, 1)`` for Linear; ``padding`` of a
+        ``padding="same"`` conv is its top/left padding).
     bias : bool
         Whether the layer has a bias.
     """
@@ -55,16 +74,46 @@ class LayerInfo:
     bias: bool = False
 
     @property
+    def groups(self) -> int:
+        """Number of conv groups (1 unless :attr:`weight_shape` has five entries)."""
+        return int(self.weight_shape[0]) if len(self.weight_shape) == 5 else 1
+
+    @property
+    def group_shape(self) -> tuple[int, ...]:
+        """Kernel of one group: ``(C_out/G, C_in/G, kh, kw)`` (the weight shape when ``G == 1``)."""
+        return tuple(self.weight_shape[1:]) if len(self.weight_shape) == 5 else tuple(self.weight_shape)
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels (or features) of the whole layer."""
+        return self.groups * int(self.group_shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels (or features) of the whole layer."""
+        return self.groups * int(self.group_shape[1])
+
+    @property
+    def module_weight_shape(self) -> tuple[int, ...]:
+        """Shape of the module's ``weight`` tensor (``(C_out, C_in/G, kh, kw)`` for a grouped conv)."""
+        if len(self.weight_shape) == 5:
+            return (self.out_channels, *self.group_shape[1:])
+        return tuple(self.weight_shape)
+
+    @property
     def full_ranks(self) -> tuple[int, ...]:
-        """Ranks that reproduce the layer exactly: ``(C_out, C_in)`` for Tucker-2, ``(min(m, n),)`` for SVD."""
+        """Ranks that reproduce the layer exactly, per group: ``(C_out/G, C_in/G)`` for Tucker-2,
+        ``(min(m, n),)`` for SVD of an ``m × n`` (per-group) matrix."""
+        o, i = int(self.group_shape[0]), int(self.group_shape[1])
         if self.kind == TUCKER2:
-            return (self.weight_shape[0], self.weight_shape[1])
-        return (min(self.weight_shape[0], self.weight_shape[1]),)
+            return (o, i)
+        return (min(o, i),)
 
     @property
     def kernel_size(self) -> tuple[int, int]:
-        if len(self.weight_shape) == 4:
-            return (self.weight_shape[2], self.weight_shape[3])
+        shape = self.group_shape
+        if len(shape) == 4:
+            return (int(shape[2]), int(shape[3]))
         return (1, 1)
 
 
@@ -83,6 +132,24 @@ def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1]))
 
 
+def _padding_of(m: nn.Conv2d) -> tuple[int, int]:
+    """Numeric (top, left) padding; ``"valid"`` is 0, ``"same"`` is ``d·(k−1)//2`` (PyTorch puts any odd
+    extra on the bottom/right)."""
+    if m.padding == "valid":
+        return (0, 0)
+    if m.padding == "same":
+        return tuple(d * (k - 1) // 2 for d, k in zip(_pair(m.dilation), _pair(m.kernel_size)))
+    return _pair(m.padding)
+
+
+def _own_forward(m: nn.Module, base: type) -> bool:
+    """Whether ``type(m)`` (a subclass of ``base``) computes something else than ``base`` does."""
+    cls = type(m)
+    if cls.forward is not base.forward:
+        return True
+    return base is nn.Conv2d and cls._conv_forward is not nn.Conv2d._conv_forward
+
+
 def find_layers(model: nn.Module) -> tuple[list[LayerInfo], list[SkippedLayer]]:
     """List decomposable layers and the weighted layers that are skipped.
 
@@ -93,7 +160,8 @@ def find_layers(model: nn.Module) -> tuple[list[LayerInfo], list[SkippedLayer]]:
     Returns
     -------
     layers : list of LayerInfo
-        In module registration order.
+        In module registration order (a module registered under several names is listed once, under
+        its first name).
     skipped : list of SkippedLayer
         Conv/Linear-like layers that cannot be decomposed, with the reason. Normalisation layers
         (BatchNorm, LayerNorm, ...) are not listed: they are not candidates.
@@ -105,27 +173,36 @@ def find_layers(model: nn.Module) -> tuple[list[LayerInfo], list[SkippedLayer]]:
             continue
         tname = type(m).__name__
         if isinstance(m, nn.Conv2d):
-            if m.groups != 1:
-                why = "depthwise conv" if m.groups == m.in_channels else f"grouped conv (groups={m.groups})"
-                skipped.append(SkippedLayer(name, tname, f"{why}: Tucker-2 needs groups=1"))
+            if _own_forward(m, nn.Conv2d):
+                skipped.append(SkippedLayer(name, tname, f"{tname} overrides nn.Conv2d's forward (e.g. weight standardisation "
+                                                         "or dynamic padding): a decomposition would compute something else"))
                 continue
-            if isinstance(m.padding, str):
-                skipped.append(SkippedLayer(name, tname, f"padding='{m.padding}' is not supported; use numbers"))
-                continue
+            g = int(m.groups)
             kh, kw = m.kernel_size
             kind = SVD_CONV if (kh, kw) == (1, 1) else TUCKER2
+            if g > 1 and m.in_channels // g == 1 and (kind == SVD_CONV or m.out_channels // g == 1):
+                skipped.append(SkippedLayer(name, tname, f"depthwise conv (groups={g}, 1 input channel per group): every "
+                                                         "group already has rank 1, nothing to truncate"))
+                continue
+            shape = tuple(m.weight.shape)
+            if g > 1:
+                shape = (g, shape[0] // g, *shape[1:])
             layers.append(
                 LayerInfo(
                     name=name,
                     kind=kind,
-                    weight_shape=tuple(m.weight.shape),
+                    weight_shape=shape,
                     stride=_pair(m.stride),
-                    padding=_pair(m.padding),
+                    padding=_padding_of(m),
                     dilation=_pair(m.dilation),
                     bias=m.bias is not None,
                 )
             )
         elif isinstance(m, nn.Linear):
+            if _own_forward(m, nn.Linear):
+                skipped.append(SkippedLayer(name, tname, f"{tname} overrides nn.Linear's forward: a decomposition "
+                                                         "would compute something else"))
+                continue
             layers.append(LayerInfo(name=name, kind=SVD_LINEAR, weight_shape=tuple(m.weight.shape), bias=m.bias is not None))
         elif isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
             skipped.append(SkippedLayer(name, tname, "transposed conv is not supported"))

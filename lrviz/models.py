@@ -28,6 +28,7 @@ import pickle
 import re
 import socket
 import urllib.parse
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,33 +361,67 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(d) for d in t.shape) + ")"
 
 
+_SAVE_HINT = "pass a file written by torch.save(model.state_dict(), FILE)"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+_PICKLE_PROTO = b"\x80"  # ... its legacy format (and any pickle of protocol >= 2) starts with PROTO
+
+
+def _refused_global(message: str) -> str:
+    """The Python global a refused pickle wanted (``posix.system``), from torch's message."""
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    return f" (it wants {m.group(1)})" if m else ""
+
+
 def _read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state_dict file safely and return a flat ``name -> tensor`` dict."""
+    """Read a state_dict file safely and return a flat ``name -> tensor`` dict.
+
+    The file is checked first (exists, not empty, starts like a torch file), then read with
+    ``torch.load(weights_only=True)`` — a pickle that would import or call anything but tensors is
+    refused, never run. Warnings torch emits while reading are logged at debug level, not shown.
+    """
     path = Path(path)
+    name = str(path)
     if not path.is_file():
         raise LrvizError(
-            f"weights file {str(path)!r} does not exist (or is not a file); "
+            f"weights file {name!r} does not exist (or is not a file); "
             "check the path given with --weights"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise LrvizError(f"cannot read weights file {name!r} ({exc.strerror or exc}); check its permissions") from exc
+    if not head:
+        raise LrvizError(f"weights file {name!r} is empty (0 bytes); {_SAVE_HINT}")
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTO)):
+        looks = ", it looks like text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else ""
+        raise LrvizError(
+            f"{name!r} is not a readable PyTorch weights file (it starts with {head!r}{looks}; torch.save writes "
+            f"a zip archive); {_SAVE_HINT}"
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "weights only" in str(exc).lower():
+                raise LrvizError(
+                    f"refused to unpickle {name!r}: it contains Python objects other than tensors"
+                    f"{_refused_global(str(exc))} (for example a whole model or an optimizer, or code); only "
+                    "plain state_dicts/tensors are accepted. Save the weights with "
+                    "torch.save(model.state_dict(), FILE) and pass that file instead"
+                ) from exc
             raise LrvizError(
-                f"refused to unpickle {str(path)!r}: it contains Python objects other than tensors "
-                "(for example a whole model or an optimizer); only plain state_dicts/tensors are "
-                "accepted. Save the weights with torch.save(model.state_dict(), FILE) and pass that "
-                "file instead"
+                f"{name!r} is not a PyTorch weights file ({_short_cause(exc)}); {_SAVE_HINT}"
             ) from exc
-        raise LrvizError(
-            f"{str(path)!r} is not a PyTorch weights file ({type(exc).__name__}: {exc}); "
-            "pass a file written by torch.save(model.state_dict(), FILE)"
-        ) from exc
-    except Exception as exc:  # corrupt zip, text file, truncated file ...
-        raise LrvizError(
-            f"{str(path)!r} is not a readable PyTorch weights file ({type(exc).__name__}: {exc}); "
-            "pass a file written by torch.save(model.state_dict(), FILE)"
-        ) from exc
+        except Exception as exc:  # torch.load on an untrusted file: corrupt or truncated zip, bad pickle ...
+            raise LrvizError(
+                f"{name!r} is not a readable PyTorch weights file ({_short_cause(exc)}; truncated or corrupt?); "
+                f"{_SAVE_HINT}"
+            ) from exc
+        finally:
+            for w in caught:
+                logger.debug("torch.load(%s): %s", name, str(w.message).splitlines()[0] if str(w.message) else w.category.__name__)
 
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
@@ -396,13 +431,14 @@ def _read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping) or not obj:
         raise LrvizError(
-            f"{str(path)!r} holds a {type(obj).__name__}, not a state_dict (a non-empty dict of "
-            "parameter names to tensors); save one with torch.save(model.state_dict(), FILE)"
+            f"{name!r} holds a {type(obj).__name__}{' (empty)' if isinstance(obj, Mapping) else ''}, not a "
+            "state_dict (a non-empty dict of parameter names to tensors); save one with "
+            "torch.save(model.state_dict(), FILE)"
         )
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise LrvizError(
-            f"{str(path)!r} is not a state_dict: these entries are not named tensors: {_capped(bad)}; "
+            f"{name!r} is not a state_dict: these entries are not named tensors: {_capped(bad)}; "
             "save the weights with torch.save(model.state_dict(), FILE) (a dict wrapping it under "
             "'state_dict', 'model_state_dict' or 'model' is also accepted)"
         )
@@ -413,13 +449,61 @@ def _read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return state
 
 
+def _dtype(d: torch.dtype) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def _match_dtypes(state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
+    """Cast floating-point entries to the model's dtype (float16 / bfloat16 / float64 files load into a
+    float32 model, with a logged note); refuse entries that are not dense real tensors of the same kind
+    (integer or quantized weights for float parameters, complex, sparse, meta)."""
+    out = dict(state)
+    cast: dict[str, int] = {}
+    wrong = []
+    for k, want in expected.items():
+        got = state.get(k)
+        if got is None:
+            continue
+        if got.layout != torch.strided or got.is_meta or got.is_quantized:
+            kind = "meta" if got.is_meta else "quantized" if got.is_quantized else str(got.layout).removeprefix("torch.")
+            wrong.append(f"{k}: {kind} tensor")
+        elif got.dtype == want.dtype:
+            continue
+        elif want.is_floating_point() and got.is_floating_point():
+            cast[_dtype(got.dtype)] = cast.get(_dtype(got.dtype), 0) + 1
+            out[k] = got.to(want.dtype)
+        elif not (want.is_floating_point() or want.is_complex() or want.dtype == torch.bool) and not (
+            got.is_floating_point() or got.is_complex() or got.dtype == torch.bool
+        ):
+            out[k] = got.to(want.dtype)  # int32 vs int64 counters
+        else:
+            wrong.append(f"{k}: file {_dtype(got.dtype)} vs model {_dtype(want.dtype)}")
+    if wrong:
+        raise LrvizError(
+            f"weights in {str(path)!r} have tensors of an unusable type ({len(wrong)}): {_capped(wrong)}; lrviz needs "
+            "dense floating-point weights (quantized or integer checkpoints are not supported): save the float "
+            "model's state_dict"
+        )
+    if cast:
+        target = {_dtype(expected[k].dtype) for k in expected if k in state and state[k].is_floating_point()}
+        logger.info(
+            "%s: cast %s to the model's %s",
+            path,
+            ", ".join(f"{n} {d} tensor{'s' if n > 1 else ''}" for d, n in cast.items()),
+            "/".join(sorted(target)),
+        )
+    return out
+
+
 def load_state_dict_checked(module: nn.Module, path: str | os.PathLike[str]) -> None:
     """Load a state_dict file into ``module``, refusing anything that does not match exactly.
 
     The file is read with ``torch.load(weights_only=True)``. A raw state_dict or a dict wrapping one
     under ``"state_dict"``, ``"model_state_dict"`` or ``"model"`` is accepted; a ``"module."``
-    prefix on every key (from ``nn.DataParallel``) is stripped. The module is left untouched when
-    anything does not match.
+    prefix on every key (from ``nn.DataParallel``) is stripped. Floating-point tensors of another
+    precision (float16, bfloat16, float64) are cast to the model's dtype, with a note logged at info
+    level; integer, quantized, complex, sparse or meta tensors for the model's entries are refused.
+    The module is left untouched when anything does not match.
 
     Parameters
     ----------
@@ -431,8 +515,8 @@ def load_state_dict_checked(module: nn.Module, path: str | os.PathLike[str]) -> 
     Raises
     ------
     LrvizError
-        If the file is missing, not a torch file, holds non-tensor objects, or its keys/shapes do
-        not match the module's (the message lists missing, unexpected and mis-shaped names).
+        If the file is missing, not a torch file, holds non-tensor objects, or its keys/shapes/dtypes
+        do not match the module's (the message lists missing, unexpected and mis-shaped names).
     """
     state = _read_state_dict(path)
     expected = module.state_dict()
@@ -460,6 +544,7 @@ def load_state_dict_checked(module: nn.Module, path: str | os.PathLike[str]) -> 
             + ". Check that the architecture (and --num-classes) is the one these weights were "
             "trained with"
         )
+    state = _match_dtypes(state, expected, path)
     if tolerated:
         logger.info("%s lacks %d BatchNorm counters; keeping the model's", path, len(tolerated))
         module.load_state_dict(state, strict=False)

@@ -8,9 +8,13 @@ A :class:`RankPlan` is frozen and hashable (safe as a cache key). Specs resolved
 ``vbmf:K``         weakened: ``r = R − K·(R − r_vbmf)``, K ∈ [0, 1] (MUSCO)
 ``energy:F``       smallest rank per mode keeping a fraction F ∈ (0, 1] of the squared spectrum
 ``uniform:F``      ``ceil(F·R)`` on every mode, F ∈ (0, 1]
-``ratio:T``        whole-model params reduced about T× (within ±10% where reachable)
+``ratio:T``        whole-model params reduced about T× (within ±10% where reachable), T ≥ 1
 ``FILE.json``      a plan written by :meth:`RankPlan.save`
 =================  ==========================================================================
+
+:func:`parse_spec` checks a spec's syntax without a model (the CLI does so before any work);
+:func:`precheck_plan` resolves or checks what needs no spectra; :func:`max_ratio` is the largest
+params or MACs reduction any plan can reach (every factored mode at rank 1).
 
 Two rules apply to every spec: a mode where EVBMF finds no signal (rank 0) keeps the layer dense
 (clamping to rank 1 would destroy it); and a layer is only decomposed when it gets cheaper — each
@@ -23,7 +27,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import warnings
+import os
+import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -36,8 +41,8 @@ from .layers import TUCKER2, LayerInfo
 from .spectra import energy_rank
 from .vbmf import weaken_rank
 
-__all__ = ["LayerPlan", "RankPlan", "make_plan", "classifier_layer", "plan_for_ratio", "effective_ranks", "cheapest_structure",
-           "plan_cost", "PLAN_SCHEMA"]
+__all__ = ["LayerPlan", "RankPlan", "make_plan", "parse_spec", "precheck_plan", "max_ratio", "classifier_layer", "plan_for_ratio",
+           "effective_ranks", "cheapest_structure", "plan_cost", "PLAN_SCHEMA"]
 
 PLAN_SCHEMA = "lrviz.plan/1"
 RATIO_TOLERANCE = 0.10
@@ -107,7 +112,7 @@ class RankPlan:
         new = []
         for lp in self.layers:
             if lp.name in changes:
-                r = _validate_ranks(_info(lp), changes[lp.name], clamp=False)
+                r = _validate_ranks(_info(lp), changes[lp.name])
                 lp = replace(lp, ranks=r, note="")
             new.append(lp)
         return RankPlan(tuple(new), spec=spec, model=self.model)
@@ -128,28 +133,54 @@ class RankPlan:
         return json.dumps(self.to_dict(), indent=1)
 
     def save(self, path) -> None:
-        Path(path).write_text(self.to_json())
+        """Write the plan JSON atomically (a temporary file next to ``path``, then renamed): a failure
+        leaves an existing ``path`` as it was."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # created with the umask's mode
+        try:
+            with open(tmp, "x") as fh:
+                fh.write(self.to_json())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def from_dict(cls, d: dict, layers: list[LayerInfo] | tuple[LayerInfo, ...] | None = None) -> "RankPlan":
         """Parse and validate a plan document.
 
-        With ``layers`` (the model's decomposable layers) the plan is checked against the model:
-        unknown layer names or a different weight shape are rejected (another architecture), ranks
-        above full are clamped with a warning that names the layer, ranks below 1 are rejected.
+        Every layer needs ``name``, ``kind``, ``weight_shape`` and integer ``ranks`` in 1..full (the
+        full rank follows from the weight shape, so a larger rank cannot come from a plan lrviz wrote:
+        it is rejected, not clamped). With ``layers`` (the model's decomposable layers) the plan is
+        also checked against the model: unknown layer names or a different weight shape are
+        rejected (another architecture).
         """
         if not isinstance(d, dict) or d.get("schema") != PLAN_SCHEMA:
             got = d.get("schema") if isinstance(d, dict) else type(d).__name__
-            raise LrvizError(f"not an lrviz plan: expected schema {PLAN_SCHEMA!r}, got {got!r}")
+            raise LrvizError(f"not an lrviz plan: expected schema {PLAN_SCHEMA!r}, got {got!r}; "
+                             "use a plan written by `lrviz compress`/`lrviz solve --out` or RankPlan.save")
         if not isinstance(d.get("layers"), list):
-            raise LrvizError("plan JSON has no 'layers' list")
+            raise LrvizError(f"plan JSON has no 'layers' list (got {type(d.get('layers')).__name__}); "
+                             "write it with RankPlan.save")
         model_layers = {l.name: l for l in layers} if layers is not None else None
         out = []
+        seen: set[str] = set()
         for i, e in enumerate(d["layers"]):
             try:
-                name, kind, shape, ranks = e["name"], e["kind"], tuple(int(v) for v in e["weight_shape"]), e["ranks"]
+                name, kind, shape, ranks = e["name"], e["kind"], tuple(_plain_int(v) for v in e["weight_shape"]), e["ranks"]
             except (KeyError, TypeError, ValueError) as err:
                 raise LrvizError(f"plan layer #{i} is malformed ({err!r}); needs name, kind, weight_shape, ranks") from err
+            if not isinstance(name, str) or not name:
+                raise LrvizError(f"plan layer #{i}: name must be a non-empty string; got {name!r}")
+            if name in seen:
+                raise LrvizError(f"plan layer {name!r} appears twice; give each layer once")
+            seen.add(name)
+            want_ndim = _KIND_NDIM.get(kind) if isinstance(kind, str) else None
+            if want_ndim is None:
+                raise LrvizError(f"plan layer {name!r}: unknown kind {kind!r}; allowed: {', '.join(_KIND_NDIM)}")
+            if len(shape) not in want_ndim or min(shape, default=0) < 1:
+                raise LrvizError(f"plan layer {name!r} ({kind}): weight_shape must be {' or '.join(map(str, want_ndim))} "
+                                 f"positive integers (5 for a grouped conv); got {list(shape)}")
             info = LayerInfo(name=name, kind=kind, weight_shape=shape)
             if model_layers is not None:
                 m = model_layers.get(name)
@@ -159,7 +190,7 @@ class RankPlan:
                     raise LrvizError(
                         f"plan layer {name!r} is {kind} {shape} but the model's is {m.kind} {m.weight_shape}: wrong architecture"
                     )
-            r = _validate_ranks(info, ranks, clamp=True)
+            r = _validate_ranks(info, ranks)
             out.append(LayerPlan(name, kind, shape, r, str(e.get("note", ""))))
         return cls(tuple(out), spec=str(d.get("spec", "")), model=str(d.get("model", "")))
 
@@ -175,11 +206,29 @@ class RankPlan:
     def load(cls, path, layers=None) -> "RankPlan":
         p = Path(path)
         if not p.is_file():
-            raise LrvizError(f"plan file {str(p)!r} does not exist")
-        return cls.from_json(p.read_text(), layers)
+            raise LrvizError(f"plan file {str(p)!r} does not exist (or is not a file); give a plan .json written by "
+                             "`lrviz compress` or `lrviz solve --out`")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise LrvizError(f"cannot read plan file {str(p)!r} ({type(e).__name__}: {e}); give a plan .json") from e
+        try:
+            return cls.from_json(text, layers)
+        except LrvizError as e:
+            raise LrvizError(f"plan file {str(p)!r}: {e}") from e
 
 
-def _validate_ranks(layer: LayerInfo, ranks, clamp: bool) -> tuple[int, ...]:
+_KIND_NDIM = {TUCKER2: (4, 5), "svd_conv": (4, 5), "svd_linear": (2,)}  # 5: grouped conv (G, C_out/G, C_in/G, kh, kw)
+
+
+def _plain_int(v) -> int:
+    """An int from JSON (bools and floats are not ints)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{v!r} is not an integer")
+    return int(v)
+
+
+def _validate_ranks(layer: LayerInfo, ranks) -> tuple[int, ...]:
     full = layer.full_ranks
     if isinstance(ranks, (int, np.integer)):
         ranks = (ranks,)
@@ -196,10 +245,8 @@ def _validate_ranks(layer: LayerInfo, ranks, clamp: bool) -> tuple[int, ...]:
         if v < 1:
             raise LrvizError(f"layer {layer.name!r}: rank {v} is impossible; allowed 1..{f}")
         if v > f:
-            if not clamp:
-                raise LrvizError(f"layer {layer.name!r}: rank {v} is above the full rank {f}; allowed 1..{f}")
-            warnings.warn(f"layer {layer.name!r}: rank {v} clamped to the full rank {f}", stacklevel=3)
-            v = f
+            raise LrvizError(f"layer {layer.name!r}: rank {v} is above the full rank {f}; allowed 1..{f} "
+                             f"(the full rank keeps that mode dense)")
         out.append(v)
     return tuple(out)
 
@@ -236,7 +283,7 @@ def effective_ranks(layer: LayerInfo, ranks: tuple[int, ...]) -> tuple[tuple[int
 
 
 def _svd_break_even(layer: LayerInfo) -> int:
-    m, n = layer.weight_shape[0], layer.weight_shape[1]
+    m, n = layer.group_shape[0], layer.group_shape[1]  # per group for a grouped conv
     return math.ceil(m * n / (m + n))
 
 
@@ -261,14 +308,58 @@ def plan_cost(analysis: ModelAnalysis, plan: RankPlan) -> CostReport:
 
 # --- spec resolution --------------------------------------------------------------------------
 
-def _parse_fraction(spec: str, arg: str, lo_open: bool = True) -> float:
+_SPEC_HELP = ("allowed: full, vbmf, vbmf:K (K in [0,1]), energy:F, uniform:F (F in (0,1]), ratio:T (T ≥ 1), "
+              "or a plan .json file")
+
+
+def _parse_number(spec: str, arg: str) -> float:
     try:
         v = float(arg)
     except ValueError as e:
-        raise LrvizError(f"plan spec {spec!r}: {arg!r} is not a number") from e
-    if not (0.0 < v <= 1.0) if lo_open else not (0.0 <= v <= 1.0):
-        raise LrvizError(f"plan spec {spec!r}: value must be in {'(0, 1]' if lo_open else '[0, 1]'}; got {v}")
+        raise LrvizError(f"plan spec {spec!r}: {arg!r} is not a number; {_SPEC_HELP}") from e
+    if not math.isfinite(v):
+        raise LrvizError(f"plan spec {spec!r}: {arg!r} is not a finite number; {_SPEC_HELP}")
     return v
+
+
+def _parse_fraction(spec: str, arg: str, lo_open: bool = True) -> float:
+    v = _parse_number(spec, arg)
+    if not (0.0 < v <= 1.0) if lo_open else not (0.0 <= v <= 1.0):
+        raise LrvizError(f"plan spec {spec!r}: value must be in {'(0, 1]' if lo_open else '[0, 1]'}; got {v:g} "
+                         f"(e.g. {spec.partition(':')[0]}:0.5)")
+    return v
+
+
+def parse_spec(spec: str) -> tuple[str, float | str | None]:
+    """Check a plan spec's syntax and ranges without a model.
+
+    Returns ``(kind, value)``: ``("full", None)``, ``("vbmf", K)``, ``("energy", F)``, ``("uniform", F)``,
+    ``("ratio", T)`` or ``("json", path)`` (the file is not read here). Raises :class:`LrvizError` for
+    anything else, with the allowed forms.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise LrvizError(f"empty plan spec; {_SPEC_HELP}")
+    if spec.lower().endswith(".json"):
+        return "json", spec
+    kind, sep, arg = spec.partition(":")
+    kind, arg = kind.strip().lower(), arg.strip()
+    if kind == "full" and not sep:
+        return "full", None
+    if kind == "vbmf" and not sep:
+        return "vbmf", 1.0
+    if kind == "vbmf" and arg:
+        return "vbmf", _parse_fraction(spec, arg, lo_open=False)
+    if kind in ("energy", "uniform") and arg:
+        return kind, _parse_fraction(spec, arg)
+    if kind == "ratio" and arg:
+        target = _parse_number(spec, arg)
+        if not target >= 1.0:
+            raise LrvizError(f"plan spec {spec!r}: the params reduction must be ≥ 1 (e.g. ratio:3); got {target:g}")
+        return "ratio", target
+    if kind in ("vbmf", "energy", "uniform", "ratio"):
+        raise LrvizError(f"plan spec {spec!r} needs a value after ':'; {_SPEC_HELP}")
+    raise LrvizError(f"unknown plan spec {spec!r}; {_SPEC_HELP}")
 
 
 def classifier_layer(analysis: ModelAnalysis) -> str | None:
@@ -323,6 +414,24 @@ def _uniform_fn(frac: float):
         return tuple(max(1, math.ceil(frac * f - 1e-9)) for f in l.full_ranks), ""
 
     return fn
+
+
+def max_ratio(analysis: ModelAnalysis, metric: str = "params", exclude=(), keep_classifier: bool = True) -> float:
+    """The largest ``metric`` (``"params"`` or ``"macs"``) reduction any plan can reach: every layer
+    that is not excluded (nor the kept classifier) at its cheapest structure with rank 1 on each
+    factored mode. Costs grow with the ranks, so no plan (nor the budget solver) can do better."""
+    if metric not in ("params", "macs"):
+        raise LrvizError(f"metric must be 'params' or 'macs'; got {metric!r}")
+    keep = classifier_layer(analysis) if keep_classifier else None
+    total = analysis.macs if metric == "macs" else analysis.params
+    saved = 0
+    for l in analysis.layers:
+        if l.name == keep or any(fnmatch.fnmatchcase(l.name, pat) for pat in exclude):
+            continue
+        io = analysis.io[l.name]
+        cost = (lambda r, l=l, io=io: layer_macs(l, io, r)) if metric == "macs" else (lambda r, l=l: layer_params(l, r))
+        saved += cost(l.full_ranks) - cost(cheapest_structure(l, (1,) * len(l.full_ranks), cost))
+    return total / max(total - saved, 1)
 
 
 def _ratio_of(analysis, plan, metric: str) -> float:
@@ -405,13 +514,21 @@ def _ratio_plan(analysis: ModelAnalysis, spec: str, target: float, exclude, keep
     err, plan = best
     if err > RATIO_TOLERANCE:
         reached = plan_cost(analysis, plan).params_ratio
-        max_ratio = plan_cost(analysis, _build(analysis, spec, _uniform_fn(1e-9), exclude, keep)).params_ratio
         raise LrvizError(
             f"plan spec {spec!r}: cannot reach a {target:g}x params reduction within ±{RATIO_TOLERANCE:.0%} "
-            f"(closest {reached:.2f}x; the most this model allows is about {max_ratio:.2f}x, limited by layers "
-            f"that cannot be decomposed)"
+            f"(closest {reached:.2f}x; the most this model allows is about "
+            f"{max_ratio(analysis, 'params', exclude, keep is not None):.2f}x, limited by layers that cannot be decomposed)"
         )
     return plan
+
+
+def _check_reachable(analysis: ModelAnalysis, spec: str, target: float, exclude, keep_classifier: bool) -> None:
+    mx = max_ratio(analysis, "params", exclude, keep_classifier)
+    if mx < target * (1.0 - RATIO_TOLERANCE):
+        raise LrvizError(
+            f"plan spec {spec!r}: cannot reach a {target:g}x params reduction: the most this model allows is about "
+            f"{mx:.2f}x (every decomposable layer at rank 1); use a smaller T"
+        )
 
 
 def make_plan(
@@ -434,33 +551,39 @@ def make_plan(
     spec = str(spec).strip()
     exclude = tuple(exclude)
     keep = classifier_layer(analysis) if keep_classifier else None
-    kind, _, arg = spec.partition(":")
-    kind = kind.lower()
-    if spec.lower().endswith(".json"):
+    kind, value = parse_spec(spec)
+    if kind == "json":
         return RankPlan.load(spec, analysis.layers)
-    if kind == "full" and not arg:
+    if kind == "full":
         return _build(analysis, "full", lambda l: (l.full_ranks, ""), exclude, keep)
-    if kind in ("vbmf", "energy") and not analysis.has_spectra:
+    if kind == "uniform":
+        return _build(analysis, spec, _uniform_fn(value), exclude, keep)
+    if kind == "ratio":
+        _check_reachable(analysis, spec, value, exclude, keep_classifier)
+        return _ratio_plan(analysis, spec, value, exclude, keep)
+    if not analysis.has_spectra:
         raise LrvizError(f"plan spec {spec!r} needs spectra; this analysis was made with spectra=False")
     if kind == "vbmf":
-        k = 1.0 if not arg else _parse_fraction(spec, arg, lo_open=False)
-        return _build(analysis, spec, _vbmf_fn(analysis, k), exclude, keep)
-    if kind == "energy" and arg:
-        return _build(analysis, spec, _energy_fn(analysis, _parse_fraction(spec, arg)), exclude, keep)
-    if kind == "uniform" and arg:
-        return _build(analysis, spec, _uniform_fn(_parse_fraction(spec, arg)), exclude, keep)
-    if kind == "ratio" and arg:
-        try:
-            target = float(arg)
-        except ValueError as e:
-            raise LrvizError(f"plan spec {spec!r}: {arg!r} is not a number") from e
-        if not target >= 1.0:
-            raise LrvizError(f"plan spec {spec!r}: the params reduction must be ≥ 1 (e.g. ratio:3); got {target}")
-        return _ratio_plan(analysis, spec, target, exclude, keep)
-    raise LrvizError(
-        f"unknown plan spec {spec!r}; allowed: full, vbmf, vbmf:K (K in [0,1]), energy:F, uniform:F (F in (0,1]), "
-        f"ratio:T (T ≥ 1), or a plan .json file"
-    )
+        return _build(analysis, spec, _vbmf_fn(analysis, value), exclude, keep)
+    return _build(analysis, spec, _energy_fn(analysis, value), exclude, keep)
+
+
+def precheck_plan(
+    analysis: ModelAnalysis, spec: str, exclude: tuple[str, ...] | list[str] = (), keep_classifier: bool = True
+) -> RankPlan | None:
+    """What can be done with ``spec`` before the spectra are computed (``analysis`` may lack them).
+
+    Specs that need no spectra (``full``, ``uniform:F``, ``FILE.json``) are resolved and returned;
+    for the others the syntax is checked and a ``ratio:T`` beyond :func:`max_ratio` is rejected,
+    and ``None`` is returned (resolve with :func:`make_plan` on a full analysis). Raises
+    :class:`LrvizError` like :func:`make_plan`.
+    """
+    kind, value = parse_spec(spec)
+    if kind in ("full", "uniform", "json"):
+        return make_plan(analysis, spec, exclude, keep_classifier)
+    if kind == "ratio":
+        _check_reachable(analysis, str(spec).strip(), value, tuple(exclude), keep_classifier)
+    return None
 
 
 def plan_summary(plan: RankPlan) -> list[dict]:

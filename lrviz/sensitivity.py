@@ -15,7 +15,10 @@ single-layer plan's projection equals its measurement.
 Results are cached on disk (``~/.cache/lrviz/sensitivity/<key>``, one file per layer, so a cancelled
 run resumes where it stopped). The key hashes the model's weights and architecture, the exact
 calibration tensors (so the dataset, split, transform and subset are all covered), the grid and
-:data:`FORMAT_VERSION`.
+:data:`FORMAT_VERSION`. Several processes (or dashboard sessions) may measure the same key at once:
+every file is written atomically (temporary file + ``os.replace``), each layer is measured under an
+exclusive ``fcntl.flock`` lock of its own (a layer another process is measuring is taken up after
+the others, usually from the cache by then), and a cache file that cannot be read is measured again.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from .cost import record_io
 from .decompose import FactorCache, build_layer
 from .errors import LrvizError
 from .layers import TUCKER2, LayerInfo, find_layers, get_module, set_module
+from .storage import FileLock, atomic_write, cache_root
 
 __all__ = [
     "MAX_CLASSES",
@@ -74,6 +78,11 @@ MODE_NAMES = {TUCKER2: ("out", "in")}
 #: Most memory the upstream values kept for downstream-only passes may take (else whole passes).
 FRONTIER_BYTES = 2 * 2**30
 
+ANCHORS_FILE = "anchors.json"
+#: Lock files of a cache key's folder (one per cache file; ``fcntl.flock``, see :class:`lrviz.storage.FileLock`).
+LOCK_DIR = ".locks"
+_BUSY = object()
+
 
 def mode_names(kind: str) -> tuple[str, ...]:
     return MODE_NAMES.get(kind, ("rank",))
@@ -95,8 +104,7 @@ def rank_grid(full: int, points: int = DEFAULT_POINTS) -> list[int]:
 
 def sensitivity_dir() -> Path:
     """Root of the on-disk cache (``$LRVIZ_CACHE_DIR/sensitivity`` or ``~/.cache/lrviz/sensitivity``)."""
-    root = os.environ.get("LRVIZ_CACHE_DIR")
-    return (Path(root) if root else Path("~/.cache/lrviz").expanduser()) / "sensitivity"
+    return cache_root() / "sensitivity"
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -368,7 +376,10 @@ def measure_sensitivity(
 
     x, y = _collect(dataset, limit, seed)
     work = copy.deepcopy(model).to(dev).eval()
-    factors = factors or FactorCache(model)
+    if factors is None:
+        factors = FactorCache(model)
+    else:
+        factors.check(model)  # a cache made for another model would measure the wrong layers
     with torch.inference_mode():
         z0 = _forward(work, x, batch_size, dev)
     k = z0.shape[1]
@@ -404,49 +415,108 @@ def measure_sensitivity(
     t0 = time.perf_counter()
     spent = 0.0
     runner = None
-    for i, info in enumerate(infos):
-        path = _layer_file(folder, info.name)
-        curves = _load_layer(path, info) if cache else None
+    found: dict[str, list[ModeCurve]] = {}
+
+    def load(info: LayerInfo) -> list[ModeCurve] | None:
+        return _load_layer(_layer_file(folder, info.name), info, base.shape) if cache else None
+
+    def measure(info: LayerInfo) -> list[ModeCurve] | None:
+        nonlocal runner, spent
+        t1 = time.perf_counter()
+        if runner is None:
+            runner = _SuffixRunner(work, x, batch_size, dev, partial)
+        curves = _measure_layer(runner, info, factors, base, idx, label_pos_np, rest_np, should_stop, grid_points)
+        spent += time.perf_counter() - t1
+        if curves is not None and cache:
+            _save_layer(_layer_file(folder, info.name), info, curves, key_src)
+        return curves
+
+    def record(info: LayerInfo, curves: list[ModeCurve], cached: bool) -> None:
+        found[info.name] = curves
+        result.cached_layers += int(cached)
+        if progress is not None:
+            progress(len(found), total, info.name)
+
+    def locked(info: LayerInfo, wait: bool):
+        """Load or measure ``info`` holding its lock; ``_BUSY`` when another process holds it and
+        ``wait`` is False, None when stopped."""
+        lock = _lock(folder, _layer_file(folder, info.name).name)
+        if not lock.acquire(blocking=wait, should_stop=should_stop):
+            return _BUSY if not wait else None
+        try:
+            curves = load(info)  # another process may have finished it while this one waited
+            if curves is not None:
+                return curves, True
+            curves = measure(info)
+            return None if curves is None else (curves, False)
+        finally:
+            lock.release()
+
+    # Pass 1 in layer order; a layer that another process (or session) is measuring right now is
+    # left for pass 2, which waits for its lock and then usually finds it in the cache. Each layer
+    # is measured once, whoever takes its lock first.
+    deferred: list[LayerInfo] = []
+    stopped = False
+    for info in infos:
+        curves = load(info)
         if curves is not None:
-            result.cached_layers += 1
-        elif cache_only:
+            record(info, curves, True)
+            continue
+        if cache_only:
             result.complete = False
             continue
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        if cache:
+            got = locked(info, wait=False)
         else:
-            if should_stop is not None and should_stop():
-                result.complete = False
-                break
-            t1 = time.perf_counter()
-            if runner is None:
-                runner = _SuffixRunner(work, x, batch_size, dev, partial)
-            curves = _measure_layer(runner, info, factors, base, idx, label_pos_np, rest_np, should_stop, grid_points)
-            spent += time.perf_counter() - t1
-            if curves is None:
-                result.complete = False
-                break
-            if cache:
-                _save_layer(path, info, curves, key_src)
-        for c in curves:
-            result.curves[(info.name, c.index)] = c
-        if progress is not None:
-            progress(i + 1, total, info.name)
-    if result.complete and anchors and not cache_only:
-        apath = folder / "anchors.json"
-        got = _load_anchors(apath) if cache else None
+            curves = measure(info)
+            got = None if curves is None else (curves, False)
+        if got is _BUSY:
+            deferred.append(info)
+            continue
         if got is None:
-            if should_stop is not None and should_stop():
-                result.complete = False
-            else:
-                t1 = time.perf_counter()
-                got = _measure_anchors(work, infos, factors, x, base, idx, label_pos_np, rest_np, batch_size, dev, anchors)
-                spent += time.perf_counter() - t1
-                if cache:
-                    apath.parent.mkdir(parents=True, exist_ok=True)
-                    apath.write_text(json.dumps(got))
+            stopped = True
+            break
+        record(info, *got)
+    for info in deferred if not stopped else ():
+        got = locked(info, wait=True)
+        if got is None:
+            stopped = True
+            break
+        record(info, *got)
+    if stopped:
+        result.complete = False
+    for info in infos:  # curves in layer order, whatever order they were obtained in
+        for c in found.get(info.name, ()):
+            result.curves[(info.name, c.index)] = c
+    if result.complete and anchors and not cache_only:
+        apath = folder / ANCHORS_FILE
+        got = _load_anchors(apath) if cache else None
+        lock = _lock(folder, ANCHORS_FILE) if cache and got is None else None
+        if lock is not None and not lock.acquire(should_stop=should_stop):
+            result.complete = False
+        else:
+            try:
+                if lock is not None:
+                    got = _load_anchors(apath)
+                if got is None:
+                    if should_stop is not None and should_stop():
+                        result.complete = False
+                    else:
+                        t1 = time.perf_counter()
+                        got = _measure_anchors(work, infos, factors, x, base, idx, label_pos_np, rest_np, batch_size, dev, anchors)
+                        spent += time.perf_counter() - t1
+                        if cache:
+                            atomic_write(apath, json.dumps(got).encode())
+            finally:
+                if lock is not None:
+                    lock.release()
         if got is not None:
             result.anchors = got
     if cache_only:
-        got = _load_anchors(folder / "anchors.json")
+        got = _load_anchors(folder / ANCHORS_FILE)
         if got is not None:
             result.anchors = got
     result.seconds = spent
@@ -606,13 +676,31 @@ def _measure_anchors(work, infos, factors, x, base, idx, label_pos, rest, batch_
 
 
 def _load_anchors(path: Path) -> list | None:
+    """The cached anchors, or None when missing or unreadable (then they are measured again)."""
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
+        got = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        log.warning("ignoring unreadable sensitivity cache file %s", path)
         return None
+    if got is None:
+        return None
+    ok = isinstance(got, list) and all(isinstance(a, dict) and {"fraction", "ranks", "top1", "loss"} <= set(a) for a in got)
+    if not ok:
+        log.warning("ignoring malformed sensitivity cache file %s", path)
+        return None
+    return got
+
+
+def _lock(folder: Path, name: str) -> FileLock:
+    """The inter-process lock of one cache file (``<folder>/.locks/<name>.lock``)."""
+    locks = folder / LOCK_DIR
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(locks / f"{name}.lock")
 
 
 def _save_layer(path: Path, info: LayerInfo, curves: list[ModeCurve], key_src: str) -> None:
+    """Write one layer's curves atomically (unique temporary file + ``os.replace``): a reader, or a
+    process that dies halfway, never leaves a torn file under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"meta": np.frombuffer(json.dumps({"layer": info.name, "shape": list(info.weight_shape), "kind": info.kind,
                                                  "key": key_src, "modes": [c.mode for c in curves],
@@ -622,12 +710,15 @@ def _save_layer(path: Path, info: LayerInfo, curves: list[ModeCurve], key_src: s
         arrays[f"delta{j}"] = c.delta.astype(np.float16) if np.abs(c.delta).max(initial=0) < 6e4 else c.delta
         arrays[f"top1{j}"] = c.top1
         arrays[f"loss{j}"] = c.loss
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _load_layer(path: Path, info: LayerInfo) -> list[ModeCurve] | None:
+def _load_layer(path: Path, info: LayerInfo, logits_shape: tuple[int, ...] | None = None) -> list[ModeCurve] | None:
+    """One layer's cached curves, or None when missing, for another layer, or unreadable in any way
+    (a torn, truncated or tampered file is measured again and overwritten, never fatal).
+
+    ``logits_shape`` ``(N, M)``: the kept logits' shape the stored changes must have.
+    """
     if not path.is_file():
         return None
     try:
@@ -637,11 +728,17 @@ def _load_layer(path: Path, info: LayerInfo) -> list[ModeCurve] | None:
                 return None
             out = []
             for j, (mode, index) in enumerate(zip(meta["modes"], meta["index"])):
-                out.append(ModeCurve(info.name, mode, int(index), int(info.full_ranks[int(index)]), z[f"ranks{j}"].astype(np.int64),
-                                     z[f"delta{j}"].astype(np.float32), z[f"top1{j}"], z[f"loss{j}"]))
+                c = ModeCurve(info.name, mode, int(index), int(info.full_ranks[int(index)]), z[f"ranks{j}"].astype(np.int64),
+                              z[f"delta{j}"].astype(np.float32), z[f"top1{j}"], z[f"loss{j}"])
+                g = len(c.ranks)
+                if (c.delta.ndim != 3 or c.delta.shape[0] != g or c.top1.shape != (g,) or c.loss.shape != (g,)
+                        or (logits_shape is not None and tuple(c.delta.shape[1:]) != tuple(logits_shape))
+                        or g == 0 or int(c.ranks[-1]) != c.full):
+                    raise ValueError(f"inconsistent arrays for mode {mode!r}")
+                out.append(c)
             return out
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
-        log.warning("ignoring unreadable sensitivity cache file %s", path)
+    except Exception as exc:  # BadZipFile, EOFError, zlib errors, missing keys, bad JSON, ...: recompute
+        log.warning("ignoring unreadable sensitivity cache file %s (%s: %s)", path, type(exc).__name__, exc)
         return None
 
 

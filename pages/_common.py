@@ -159,7 +159,7 @@ def _model_sidebar() -> dsh.ModelSource:
             up = sb.file_uploader("state_dict file (.pt/.pth)", type=[s[1:] for s in dsh.STATE_DICT_SUFFIXES], key="sd_upload_builtin")
             if up is None:
                 raise _NeedInput("upload a state_dict file in the sidebar (or choose the bundled weights)")
-            return dsh.state_dict_source(name, up.getvalue(), up.name)
+            return _uploaded_source(up, "state_dict", name)
         return _builtin_source(name)
     if kind == "torchvision":
         archs = available_models()["torchvision"]
@@ -170,12 +170,40 @@ def _model_sidebar() -> dsh.ModelSource:
             up = sb.file_uploader("state_dict file (.pt/.pth)", type=[s[1:] for s in dsh.STATE_DICT_SUFFIXES], key="sd_upload_tv")
             if up is None:
                 raise _NeedInput("upload a state_dict file in the sidebar")
-            return dsh.state_dict_source(arch, up.getvalue(), up.name)
+            return _uploaded_source(up, "state_dict", arch)
         return dsh.torchvision_source(arch, weights)
     up = sb.file_uploader("torch.export program (.pt2)", type=["pt2"], key="pt2_upload")
     if up is None:
         raise _NeedInput("upload a .pt2 file in the sidebar")
-    return dsh.program_source(up.getvalue(), up.name)
+    return _uploaded_source(up, "program")
+
+
+UPLOADS_KEY = "_lrviz_uploads"
+
+
+def _uploaded_source(up, kind: str, arch: str | None = None) -> dsh.ModelSource:
+    """The model source of an uploaded file, stored once per upload and session.
+
+    Streamlit hands the same upload to every rerun of the script; hashing and verifying it again on
+    every slider move would cost seconds for a large checkpoint. So the source is kept per session,
+    keyed by the upload's id, and stored again only when its file has gone (pruned by the folder's
+    size cap, see ``lrviz.dashboard.store_upload``).
+    """
+    file_id = getattr(up, "file_id", None)
+    memo = st.session_state.setdefault(UPLOADS_KEY, {})
+    key = (kind, arch, file_id, up.name, up.size)
+    src = memo.get(key) if file_id is not None else None
+    stored = dsh.upload_path(src) if src is not None else None
+    if src is not None and stored is not None and stored.is_file():
+        return src
+    if kind == "program":
+        src = dsh.program_source(up.getvalue(), up.name)
+    else:
+        src = dsh.state_dict_source(arch, up.getvalue(), up.name)
+    if file_id is not None:
+        memo.clear()  # one upload per session is in use at a time
+        memo[key] = src
+    return src
 
 
 def _builtin_source(name: str) -> dsh.ModelSource:

@@ -50,9 +50,8 @@ def test_plan_json_errors(resnet, tmp_path):
         RankPlan.from_dict(frac, a.layers)
     big = json.loads(json.dumps(d))
     big["layers"][3]["ranks"] = [500, 5]
-    with pytest.warns(UserWarning, match=r"layer 'layer1.1.conv1': rank 500 clamped to the full rank 64"):
-        p = RankPlan.from_dict(big, a.layers)
-    assert p["layer1.1.conv1"].ranks == (64, 5)
+    with pytest.raises(LrvizError, match=r"layer 'layer1.1.conv1': rank 500 is above the full rank 64; allowed 1..64"):
+        RankPlan.from_dict(big, a.layers)  # a plan lrviz wrote never has it: rejected, not clamped
     other = find_layers(torchvision.models.resnet34(num_classes=10))[0]
     renamed = json.loads(json.dumps(d))
     renamed["layers"][0]["weight_shape"] = [64, 3, 3, 3]
