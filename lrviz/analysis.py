@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from .errors import LrvizError
 from .cost import LayerIO, count_params, layer_macs, layer_params, record_io
-from .layers import LayerInfo, SkippedLayer, find_layers, get_module
+from .layers import MODE_IN, MODE_OUT, LayerInfo, SkippedLayer, find_layers, get_module
 from .memory import check_memory, estimate_analysis
 from .spectra import LayerSpectrum, energy_curve, layer_spectrum
 from .vbmf import VBMFResult, evbmf
@@ -38,7 +38,7 @@ class ModelAnalysis:
     skipped : tuple of SkippedLayer
     spectra : dict[str, LayerSpectrum]
     vbmf : dict[str, dict[str, VBMFResult]]
-        Per layer, per mode (``"mode0"``, ``"mode1"`` or ``"matrix"``).
+        Per layer, per mode (``"out"``, ``"in"`` or ``"matrix"``; see :data:`lrviz.layers.MODE_OUT`).
     io : dict[str, LayerIO]
         Spatial sizes of every counted layer (decomposable or not), one record per call.
     params, macs : int
@@ -77,7 +77,7 @@ class ModelAnalysis:
         res = self.vbmf[name]
         if "matrix" in res:
             return (res["matrix"].rank,)
-        return (res["mode0"].rank, res["mode1"].rank)
+        return (res[MODE_OUT].rank, res[MODE_IN].rank)
 
     def table(self) -> pd.DataFrame:
         """One row per decomposable layer: shape, VBMF ranks, σ², energy kept at the VBMF rank, cost."""

@@ -25,18 +25,12 @@ import uuid
 from pathlib import Path
 
 from .errors import LrvizError
+from .fmt import human
 
 log = logging.getLogger("lrviz.cli")
 
 #: The files ``lrviz compress`` writes into ``--out``.
 COMPRESS_FILES = ("plan.json", "model.pt2", "metrics.json")
-
-
-def _fmt_int(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(int(n))
 
 
 def _progress(prefix: str, every: int = 1):
@@ -417,11 +411,11 @@ def cmd_analyze(args) -> int:
         hw = f"{'x'.join(map(str, l['in_hw'])) or '-'}->{'x'.join(map(str, l['out_hw'])) or '-'}"
         s2 = ",".join(f"{v:.2e}" for v in l["vbmf_sigma2"])
         print(f"{l['name'][:34]:34s} {l['kind']:10s} {'x'.join(map(str, l['weight_shape'])):>16s} {hw:>13s} "
-              f"{','.join(map(str, l['vbmf_ranks'])):>11s} {s2:>20s} {_fmt_int(l['params']):>9s} {_fmt_int(l['macs']):>9s}")
+              f"{','.join(map(str, l['vbmf_ranks'])):>11s} {s2:>20s} {human(l['params']):>9s} {human(l['macs']):>9s}")
     for s in doc["skipped"]:
         print(f"skipped {s['name']}: {s['reason']}")
     t = doc["totals"]
-    print(f"total: {t['params']:,} params, {t['macs']:,} MACs ({_fmt_int(t['flops'])} FLOPs); "
+    print(f"total: {t['params']:,} params, {t['macs']:,} MACs ({human(t['flops'])} FLOPs); "
           f"{len(doc['layers'])} decomposable layers, {len(doc['skipped'])} skipped")
     if args.json:
         _write_json(args.json, doc)
@@ -432,7 +426,7 @@ def _analyze_program(args, loaded) -> int:
     from .analysis import analyze_program
 
     a = analyze_program(loaded.program, loaded.input_size, loaded.name)
-    print(f"model {loaded.name} (exported program, cost only): {a.params:,} params, {a.macs:,} MACs ({_fmt_int(2 * a.macs)} FLOPs)")
+    print(f"model {loaded.name} (exported program, cost only): {a.params:,} params, {a.macs:,} MACs ({human(2 * a.macs)} FLOPs)")
     if args.json:
         _write_json(args.json, a.to_dict())
     return 0

@@ -37,6 +37,7 @@ from .analysis import ModelAnalysis
 from .budget import STRATEGIES, STRATEGY_LABELS
 from .cost import CostReport
 from .errors import LrvizError
+from .fmt import human, size_mb  # noqa: F401  (re-exported for the pages until the split)
 from .layers import TUCKER2, LayerInfo
 from .plan import RankPlan, make_plan, plan_cost, plan_for_ratio
 from .spectra import energy_curve
@@ -500,20 +501,6 @@ def slider_key(model_id: str, layer: str, index: int) -> str:
     return f"rank|{model_id}|{layer}|{index}"
 
 
-def human(n: float, unit: str = "") -> str:
-    """``1234567`` → ``"1.23 M"`` (k, M, G, T)."""
-    n = float(n)
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= factor:
-            return f"{n / factor:.3g} {prefix}{unit}".rstrip()
-    return f"{n:.0f} {unit}".rstrip() if float(n).is_integer() else f"{n:.3g} {unit}".rstrip()
-
-
-def size_mb(params: int, bytes_per_param: int = 4) -> float:
-    """Model size in MB (10⁶ bytes) at float32."""
-    return params * bytes_per_param / 1e6
-
-
 def pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f} %"
 
@@ -962,13 +949,13 @@ def state_fingerprint(module: torch.nn.Module) -> str:
 COLORS = {
     "original": "#8c8c8c",
     "planned": "#1f77b4",
-    "mode0": "#1f77b4",
-    "mode1": "#ff7f0e",
+    "out": "#1f77b4",
+    "in": "#ff7f0e",
     "matrix": "#2ca02c",
     "projection": "#9467bd",
     "measured": "#d62728",
 }
-MODE_NAMES = {"mode0": "mode-0 (output channels)", "mode1": "mode-1 (input channels)", "matrix": "matrix"}
+MODE_NAMES = {"out": "output channels (mode-0)", "in": "input channels (mode-1)", "matrix": "matrix"}
 
 
 def _layout(fig, title: str | None = None, height: int = 380):

@@ -38,11 +38,22 @@ import torch.nn as nn
 
 from .errors import LrvizError
 
-__all__ = ["LayerInfo", "SkippedLayer", "find_layers", "get_module", "set_module"]
+__all__ = ["LayerInfo", "SkippedLayer", "MODE_OUT", "MODE_IN", "MODE_MATRIX", "layer_modes", "find_layers", "get_module", "set_module"]
 
 TUCKER2 = "tucker2"
 SVD_CONV = "svd_conv"
 SVD_LINEAR = "svd_linear"
+
+#: Channel modes — one vocabulary in code, JSON, UI and README. A Tucker-2 layer has an output-channel
+#: mode ``"out"`` (the mode-0 unfolding ``C_out × C_in·kh·kw``, its rank R_out) and an input-channel mode
+#: ``"in"`` (the mode-1 unfolding ``C_in × C_out·kh·kw``, its rank R_in); an SVD layer (1×1 conv, Linear)
+#: has one mode, its ``"matrix"`` (rank r).
+MODE_OUT, MODE_IN, MODE_MATRIX = "out", "in", "matrix"
+
+
+def layer_modes(kind: str) -> tuple[str, ...]:
+    """The channel modes of a layer kind, in rank order: ``("out", "in")`` for Tucker-2, ``("matrix",)`` else."""
+    return (MODE_OUT, MODE_IN) if kind == TUCKER2 else (MODE_MATRIX,)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ import torch.nn as nn
 from .cost import record_io
 from .decompose import FactorCache, build_layer
 from .errors import LrvizError
-from .layers import TUCKER2, LayerInfo, find_layers, get_module, set_module
+from .layers import TUCKER2, LayerInfo, find_layers, get_module, layer_modes, set_module
 from .storage import FileLock, atomic_write, cache_root
 
 __all__ = [
@@ -60,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the SVD mode is "matrix" (was "rank")
 
 #: Logits kept per sample: the true class and the original model's top classes (all when fewer).
 MAX_CLASSES = 16
@@ -73,7 +73,6 @@ DEFAULT_POINTS = 16
 #: Uniform rank fractions of the joint "anchor" truncations measured after the layers.
 DEFAULT_ANCHORS = (0.75, 0.55, 0.4)
 
-MODE_NAMES = {TUCKER2: ("out", "in")}
 
 #: Most memory the upstream values kept for downstream-only passes may take (else whole passes).
 FRONTIER_BYTES = 2 * 2**30
@@ -84,8 +83,6 @@ LOCK_DIR = ".locks"
 _BUSY = object()
 
 
-def mode_names(kind: str) -> tuple[str, ...]:
-    return MODE_NAMES.get(kind, ("rank",))
 
 
 def rank_grid(full: int, points: int = DEFAULT_POINTS) -> list[int]:
@@ -616,7 +613,7 @@ def _measure_layer(runner: _SuffixRunner, info: LayerInfo, factors, base, idx, l
     dev = runner.dev
     try:
         runner.begin(info.name)
-        for m, mname in enumerate(mode_names(info.kind)):
+        for m, mname in enumerate(layer_modes(info.kind)):
             grid = rank_grid(full[m], points)
             if not grid:
                 continue

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .layers import TUCKER2, LayerInfo
+from .layers import MODE_IN, MODE_MATRIX, MODE_OUT, TUCKER2, LayerInfo
 
 __all__ = ["LayerSpectrum", "unfoldings", "singular_values", "energy_curve", "energy_rank", "layer_spectrum"]
 
@@ -49,7 +49,7 @@ def unfoldings(weight: torch.Tensor, kind: str, groups: int = 1) -> dict[str, to
         ``(C_out, C_in/groups, kh, kw)`` for convs (the module's weight), ``(out_features,
         in_features)`` for Linear.
     kind : str
-        ``"tucker2"`` → ``{"mode0", "mode1"}``; otherwise ``{"matrix"}``.
+        ``"tucker2"`` → ``{"out", "in"}`` (mode-0, mode-1); otherwise ``{"matrix"}``.
     groups : int
         Conv groups. With ``groups > 1`` every value is a stack ``(groups, rows, cols)`` of the
         per-group unfoldings.
@@ -58,11 +58,11 @@ def unfoldings(weight: torch.Tensor, kind: str, groups: int = 1) -> dict[str, to
     if groups > 1:
         w = w.reshape(groups, w.shape[0] // groups, *w.shape[1:])  # (G, C_out/G, C_in/G, kh, kw)
         if kind == TUCKER2:
-            return {"mode0": w.flatten(2), "mode1": w.transpose(1, 2).flatten(2)}
-        return {"matrix": w.flatten(2)}
+            return {MODE_OUT: w.flatten(2), MODE_IN: w.transpose(1, 2).flatten(2)}
+        return {MODE_MATRIX: w.flatten(2)}
     if kind == TUCKER2:
-        return {"mode0": w.flatten(1), "mode1": w.transpose(0, 1).flatten(1)}
-    return {"matrix": w.flatten(1)}
+        return {MODE_OUT: w.flatten(1), MODE_IN: w.transpose(0, 1).flatten(1)}
+    return {MODE_MATRIX: w.flatten(1)}
 
 
 GRAM_FP64_MAX_WORK = 5e9  # multiply-adds; larger products (e.g. VGG's 4096×25088 head) use a float32 product
@@ -149,7 +149,7 @@ class LayerSpectrum:
     ----------
     layer : LayerInfo
     values : dict[str, np.ndarray]
-        ``{"mode0": ..., "mode1": ...}`` (Tucker-2) or ``{"matrix": ...}``; descending float64.
+        ``{"out": ..., "in": ...}`` (Tucker-2) or ``{"matrix": ...}``; descending float64.
     shapes : dict[str, tuple[int, int]]
         Shape ``(rows, cols)`` of each unfolding (needed by EVBMF); of one group's unfolding for a
         grouped conv, whose values are the groups' root-mean-square spectrum.

@@ -31,8 +31,8 @@ def test_analyze_json_schema(tmp_path, capsys):
     conv = by["3"]
     assert set(conv) >= {"name", "kind", "weight_shape", "in_hw", "out_hw", "singular_values", "vbmf_ranks", "vbmf_sigma2", "params", "macs"}
     assert conv["kind"] == "tucker2" and conv["in_hw"] == [16, 16] and conv["out_hw"] == [8, 8]
-    assert set(conv["singular_values"]) == {"mode0", "mode1"} and len(conv["vbmf_ranks"]) == 2
-    assert len(conv["singular_values"]["mode0"]) == 32 and len(conv["singular_values"]["mode1"]) == 16
+    assert set(conv["singular_values"]) == {"out", "in"} and len(conv["vbmf_ranks"]) == 2
+    assert len(conv["singular_values"]["out"]) == 32 and len(conv["singular_values"]["in"]) == 16
     assert conv["macs"] == 8 * 8 * 32 * 16 * 9
     assert set(by["11"]["singular_values"]) == {"matrix"} and len(by["11"]["vbmf_ranks"]) == 1
     total = sum(p.numel() for p in __import__("helpers").tiny_net().parameters())

@@ -22,9 +22,9 @@ def test_singular_values_match_numpy(shape):
 def test_unfoldings_are_the_tucker2_modes():
     w = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
     u = unfoldings(w, "tucker2")
-    assert u["mode0"].shape == (2, 12) and u["mode1"].shape == (3, 8)
+    assert u["out"].shape == (2, 12) and u["in"].shape == (3, 8)
     # mode-1 row i holds every weight with input channel i
-    assert torch.equal(u["mode1"][1], w[:, 1].flatten())
+    assert torch.equal(u["in"][1], w[:, 1].flatten())
     assert set(unfoldings(w[:, :, :1, :1], "svd_conv")) == {"matrix"}
 
 
@@ -33,10 +33,10 @@ def test_layer_spectrum_conv_vs_numpy():
     w = torch.randn(8, 5, 3, 3)
     info = LayerInfo("c", "tucker2", tuple(w.shape))
     sp = layer_spectrum(info, w)
-    for mode, mat in [("mode0", w.flatten(1)), ("mode1", w.transpose(0, 1).flatten(1))]:
+    for mode, mat in [("out", w.flatten(1)), ("in", w.transpose(0, 1).flatten(1))]:
         ref = np.linalg.svd(mat.double().numpy(), compute_uv=False)
         np.testing.assert_allclose(sp.values[mode], ref, atol=1e-6 * ref[0])
-    assert sp.shapes == {"mode0": (8, 45), "mode1": (5, 72)}
+    assert sp.shapes == {"out": (8, 45), "in": (5, 72)}
 
 
 def test_energy_curve_and_rank_closed_form():
@@ -56,15 +56,15 @@ def test_grouped_spectrum_is_rms_of_per_group_spectra():
     w = torch.randn(4 * 6, 5, 3, 3)  # 4 groups of (6 out, 5 in)
     info = LayerInfo("g", "tucker2", (4, 6, 5, 3, 3))
     sp = layer_spectrum(info, w)
-    assert sp.shapes == {"mode0": (6, 45), "mode1": (5, 54)}
+    assert sp.shapes == {"out": (6, 45), "in": (5, 54)}
     wg = w.double().numpy().reshape(4, 6, 5, 3, 3)
     s0 = np.stack([np.linalg.svd(x.reshape(6, -1), compute_uv=False) for x in wg])
     s1 = np.stack([np.linalg.svd(x.transpose(1, 0, 2, 3).reshape(5, -1), compute_uv=False) for x in wg])
-    np.testing.assert_allclose(sp.values["mode0"], np.sqrt((s0**2).mean(0)), rtol=1e-6)
-    np.testing.assert_allclose(sp.values["mode1"], np.sqrt((s1**2).mean(0)), rtol=1e-6)
+    np.testing.assert_allclose(sp.values["out"], np.sqrt((s0**2).mean(0)), rtol=1e-6)
+    np.testing.assert_allclose(sp.values["in"], np.sqrt((s1**2).mean(0)), rtol=1e-6)
     # one group is the ordinary spectrum
     one = layer_spectrum(LayerInfo("c", "tucker2", (6, 5, 3, 3)), w[:6])
-    np.testing.assert_allclose(one.values["mode0"], s0[0], rtol=1e-6)
+    np.testing.assert_allclose(one.values["out"], s0[0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("r", [1, 2, 3])
