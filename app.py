@@ -1,15 +1,16 @@
 """lrviz dashboard — router: page config, sidebar (model + data), navigation.
 
-Run with ``streamlit run app.py``. The pages live in ``pages/`` and call :mod:`lrviz` (logic in
-``lrviz/dashboard.py``, ``lrviz/project.py``, ``lrviz/report.py``); the shared Streamlit glue (caches,
-sidebar, the explicit page list, plan state) is ``pages/_common.py``.
+Run with ``streamlit run app.py``. The pages live in ``pages/`` and call :mod:`lrviz`; their shared
+Streamlit helpers are ``pages/_sidebar.py`` (this router, the sidebar), ``pages/_state.py`` (caches,
+the run's context, the current plan), ``pages/_measure.py`` (evaluations, projections, sensitivities)
+and ``pages/_jobs.py`` (result store, background jobs).
 """
 
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pages import _common as common  # noqa: E402
+from pages import _sidebar as sidebar  # noqa: E402
 
-page = common.router()  # st.set_page_config + st.navigation(common.pages()) + sidebar
+page = sidebar.router()  # st.set_page_config + st.navigation(sidebar.pages()) + sidebar
 page.run()

@@ -16,7 +16,7 @@ from .cost import CostReport, LayerIO, count_macs, count_params, layer_macs, lay
 from .decompose import FactorCache, LayerFactors, LowRankConv2d, LowRankLinear, Tucker2Conv2d, build_layer, compress, factorize
 from .errors import LrvizError
 from .layers import LayerInfo, SkippedLayer, find_layers
-from .plan import PLAN_SCHEMA, LayerPlan, RankPlan, effective_ranks, make_plan, plan_cost
+from .plan import PLAN_SCHEMA, LayerPlan, RankPlan, effective_ranks, make_plan, plan_cost, plan_for_ratio
 from .spectra import LayerSpectrum, energy_curve, energy_rank, layer_spectrum, singular_values, unfoldings
 from .vbmf import VBMFResult, evbmf, weaken_rank
 
@@ -55,6 +55,7 @@ __all__ = [
     "layer_spectrum",
     "make_plan",
     "plan_cost",
+    "plan_for_ratio",
     "record_io",
     "singular_values",
     "unfoldings",

@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 
 from .errors import LrvizError
-from .cost import LayerIO, count_params, layer_macs, layer_params, record_io
-from .layers import MODE_IN, MODE_OUT, LayerInfo, SkippedLayer, find_layers, get_module
+from .cost import LayerIO, check_metric, count_params, layer_macs, layer_params, record_io
+from .layers import MODE_IN, MODE_MATRIX, MODE_OUT, LayerInfo, SkippedLayer, find_layers, get_module
 from .memory import check_memory, estimate_analysis
-from .spectra import LayerSpectrum, energy_curve, layer_spectrum
+from .spectra import LayerSpectrum, layer_spectrum, retained_energy
 from .vbmf import VBMFResult, evbmf
 
 __all__ = ["ModelAnalysis", "analyze", "analyze_program"]
@@ -59,9 +59,11 @@ class ModelAnalysis:
         for l in self.layers:
             if l.name == name:
                 return l
-        from .errors import LrvizError
-
         raise LrvizError(f"no decomposable layer named {name!r}")
+
+    def total(self, metric: str) -> int:
+        """Whole-model :attr:`params` or :attr:`macs` (``metric``, see :data:`lrviz.cost.METRICS`)."""
+        return self.macs if check_metric(metric) == "macs" else self.params
 
     @property
     def has_spectra(self) -> bool:
@@ -69,14 +71,12 @@ class ModelAnalysis:
         return all(l.name in self.spectra and l.name in self.vbmf for l in self.layers)
 
     def vbmf_ranks(self, name: str) -> tuple[int, ...]:
-        """``(r_out, r_in)`` for a Tucker-2 layer (mode-0, mode-1), ``(r,)`` for a matrix."""
+        """``(r_out, r_in)`` for a Tucker-2 layer (modes ``"out"``, ``"in"``), ``(r,)`` for a matrix."""
         if name not in self.vbmf:
-            from .errors import LrvizError
-
             raise LrvizError(f"no spectra for layer {name!r}: run analyze(..., spectra=True)")
         res = self.vbmf[name]
-        if "matrix" in res:
-            return (res["matrix"].rank,)
+        if MODE_MATRIX in res:
+            return (res[MODE_MATRIX].rank,)
         return (res[MODE_OUT].rank, res[MODE_IN].rank)
 
     def table(self) -> pd.DataFrame:
@@ -85,10 +85,7 @@ class ModelAnalysis:
         for l in self.layers if self.has_spectra else []:
             sp = self.spectra[l.name]
             ranks = self.vbmf_ranks(l.name)
-            energies = []
-            for mode, r in zip(sp.modes, ranks):
-                e = energy_curve(sp.values[mode])
-                energies.append(float(e[r - 1]) if r > 0 else 0.0)
+            energies = [retained_energy(sp.values[mode], r) for mode, r in zip(sp.modes, ranks)]
             rows.append(
                 {
                     "name": l.name,
@@ -199,8 +196,6 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], name: str = "", progr
         params=count_params(model),
         macs=macs,
     )
-
-
 
 
 def analyze_program(program: torch.export.ExportedProgram, input_size: tuple[int, ...], name: str = "") -> ModelAnalysis:

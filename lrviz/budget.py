@@ -12,8 +12,9 @@ cheaper in the chosen metric, so solved plans are always valid and always meet t
 solver says it cannot).
 
 :func:`sweep` runs a list of targets × allocation strategies (solver, uniform rank fraction, weakened
-VBMF, energy threshold) at matched cost and returns ranks, params, MACs, projected and measured
-accuracy, optionally after a short fine-tune.
+VBMF, energy threshold — :func:`strategy_plan`: the solver or :func:`lrviz.plan.plan_for_ratio`) at
+matched cost and returns ranks, params, MACs, projected and measured accuracy, optionally after a
+short fine-tune.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import numpy as np
 import pandas as pd
 
 from .analysis import ModelAnalysis
-from .cost import layer_macs, layer_params
+from .cost import check_metric, layer_cost
 from .errors import LrvizError
 from .layers import LayerInfo
 from .plan import LayerPlan, RankPlan, cheapest_structure, classifier_layer, plan_cost, plan_for_ratio
 from .sensitivity import cross_entropy
 
-__all__ = ["parse_target", "candidate_ranks", "SolveResult", "solve", "solve_many", "strategy_plan", "sweep", "STRATEGIES"]
+__all__ = ["parse_target", "candidate_ranks", "SolveResult", "solve", "solve_many", "strategy_plan", "sweep", "STRATEGIES",
+           "SWEEP_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +85,10 @@ def candidate_ranks(full: int, snap: int | None = None, max_points: int = 32) ->
     return sorted(set(int(round(v)) for v in np.linspace(1, full, max_points + 1)))
 
 
-def _layer_cost(l: LayerInfo, io, ranks, metric: str) -> int:
-    return layer_macs(l, io, ranks) if metric == "macs" else layer_params(l, ranks)
-
-
 def _effective(l: LayerInfo, io, ranks: tuple[int, ...], metric: str) -> tuple[tuple[int, ...], int]:
     """The cheapest structure (in ``metric``) allowed by ``ranks``, and its cost."""
-    best = cheapest_structure(l, ranks, lambda r: _layer_cost(l, io, r, metric))
-    return best, _layer_cost(l, io, best, metric)
+    best = cheapest_structure(l, ranks, lambda r: layer_cost(l, io, r, metric))
+    return best, layer_cost(l, io, best, metric)
 
 
 @dataclass(frozen=True)
@@ -142,8 +140,8 @@ class _Greedy:
             raise LrvizError("no layer can be compressed with the measured sensitivities (all excluded or unmeasured)")
         self.io = analysis.io
         self.pos = {k: len(v) - 1 for k, v in self.cands.items()}  # index into candidates (start: full)
-        self.total_cost = analysis.macs if metric == "macs" else analysis.params
-        self.layer_cost = {l.name: _layer_cost(l, self.io[l.name], l.full_ranks, metric) for l in self.layers}
+        self.total_cost = analysis.total(metric)
+        self.layer_cost = {l.name: layer_cost(l, self.io[l.name], l.full_ranks, metric) for l in self.layers}
         self.layer_delta = {l.name: np.zeros_like(self.base) for l in self.layers}
         self.sum_delta = np.zeros_like(self.base)
         self.cost = self.total_cost
@@ -233,7 +231,7 @@ class _Greedy:
         self.cost = self.total_cost
         for l in self.layers:
             _, cost, d = self._layer_state(l, self._ranks_of(l, self.pos))
-            self.cost += cost - _layer_cost(l, self.io[l.name], l.full_ranks, self.metric)
+            self.cost += cost - layer_cost(l, self.io[l.name], l.full_ranks, self.metric)
             self.layer_cost[l.name] = cost
             self.layer_delta[l.name] = d
             self.sum_delta = self.sum_delta + d
@@ -260,8 +258,7 @@ def solve_many(
     keep_classifier: bool = True,
 ) -> list[SolveResult | None]:
     """:func:`solve` for several ratios of one metric along one greedy descent (``None`` = out of reach)."""
-    if metric not in ("params", "macs"):
-        raise LrvizError(f"metric must be 'params' or 'macs'; got {metric!r}")
+    check_metric(metric)
     for t in targets:
         if not (float(t) >= 1.0 and math.isfinite(float(t))):
             raise LrvizError(f"target ratio must be ≥ 1; got {t}")
@@ -278,8 +275,8 @@ def solve_many(
         plan = g.plan(spec)
         cost = plan_cost(analysis, plan)
         z = projector.logits(plan)
-        results[t] = SolveResult(plan, metric, t, cost.macs_ratio if metric == "macs" else cost.params_ratio,
-                                 cost.params_ratio, cost.macs_ratio, projector.sens.loss_of(z), projector.sens.top1_of(z), g.steps)
+        results[t] = SolveResult(plan, metric, t, cost.ratio(metric), cost.params_ratio, cost.macs_ratio,
+                                 projector.sens.loss_of(z), projector.sens.top1_of(z), g.steps)
         g.restore(saved)  # continue the descent from the state before filling
     return [results[float(t)] for t in targets]
 
@@ -301,21 +298,36 @@ def solve(analysis: ModelAnalysis, projector, target: str | tuple[str, float], s
 
 def strategy_plan(analysis: ModelAnalysis, strategy: str, metric: str, target: float, projector=None,
                   snap: int | None = None, solved: SolveResult | None = None) -> RankPlan | None:
-    """The plan of one allocation strategy at ``target`` (``None`` when out of its reach)."""
-    if strategy == "solver":
-        if solved is not None:
-            return solved.plan
-        if projector is None:
-            raise LrvizError("the solver strategy needs sensitivities")
-        try:
+    """The plan of one allocation strategy at a ``metric`` reduction of ``target``; ``None`` when out of
+    its reach.
+
+    ``"solver"``: ``solved`` when given, else :func:`solve` with ``projector``; ``"uniform"``,
+    ``"vbmf"`` (weakened), ``"energy"``: :func:`lrviz.plan.plan_for_ratio` of that family (±10%).
+    """
+    if strategy not in STRATEGIES:
+        raise LrvizError(f"unknown strategy {strategy!r}; use {', '.join(STRATEGIES)}")
+    check_metric(metric)
+    if strategy == "solver" and solved is not None:
+        return solved.plan
+    if strategy == "solver" and projector is None:
+        raise LrvizError("the solver strategy needs sensitivities")
+    try:
+        if strategy == "solver":
             return solve(analysis, projector, (metric, target), snap=snap).plan
-        except LrvizError:
-            return None
-    if strategy in ("uniform", "vbmf", "energy"):
-        if strategy in ("vbmf", "energy") and not analysis.has_spectra:
-            return None
-        return plan_for_ratio(analysis, float(target), strategy, iters=30, metric=metric)
-    raise LrvizError(f"unknown strategy {strategy!r}; use {', '.join(STRATEGIES)}")
+        return plan_for_ratio(analysis, strategy, float(target), metric=metric, iters=30)
+    except LrvizError as e:
+        log.info("%s at %g× fewer %s: out of reach (%s)", strategy, float(target), metric, e)
+        return None
+
+
+#: Columns of :func:`sweep`'s table, in order.
+SWEEP_COLUMNS = ["strategy", "label", "target", "metric", "params", "macs", "params_ratio", "macs_ratio", "spec", "ranks",
+                 "projected", "proj_lo", "proj_hi", "top1", "lo", "hi", "n", "finetuned"]
+
+#: What a row holds before anything is known (and stays so for an unreachable combination).
+_UNREACHABLE = dict(params=math.nan, macs=math.nan, params_ratio=math.nan, macs_ratio=math.nan, spec="unreachable", ranks="",
+                    projected=math.nan, proj_lo=math.nan, proj_hi=math.nan, top1=math.nan, lo=math.nan, hi=math.nan, n=0,
+                    finetuned=math.nan)
 
 
 def sweep(
@@ -338,19 +350,43 @@ def sweep(
     progress: Callable[[int, int, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> pd.DataFrame:
-    """Targets × strategies at matched cost: one row each with ``strategy, target, metric, params,
-    macs, params_ratio, macs_ratio, projected, proj_lo, proj_hi, top1, lo, hi, n, finetuned, spec, ranks``.
+    """Targets × strategies at matched cost: one row each, columns :data:`SWEEP_COLUMNS` (``strategy,
+    label, target, metric, params, macs, params_ratio, macs_ratio, spec, ranks, projected, proj_lo,
+    proj_hi, top1, lo, hi, n, finetuned``).
 
-    ``projected`` needs a projector (sensitivities); ``top1`` (measured on ``limit`` images of
-    ``dataset``) needs ``measure=True``; ``finetuned`` (top-1 after ``finetune_epochs`` of
-    :func:`lrviz.train.finetune` on ``train_set``) needs ``finetune_epochs > 0``. Unreachable
-    combinations get NaN and ``spec="unreachable"``; ``projected`` is NaN for plans that truncate
-    layers the sensitivities do not cover.
+    Every row is :func:`strategy_plan` at that target, then its closed-form cost, its projection
+    (``projected``; needs a projector, NaN for plans that truncate layers the sensitivities do not
+    cover), its top-1 measured on ``limit`` images of ``dataset`` (``measure=True``) and its top-1
+    after ``finetune_epochs`` of :func:`lrviz.train.finetune` on ``train_set`` (``finetuned``; keep
+    ``train_set`` apart from ``dataset``). Unreachable combinations get NaN and ``spec="unreachable"``.
     """
     from .decompose import FactorCache, compress
 
-    if metric not in ("params", "macs"):
-        raise LrvizError(f"metric must be 'params' or 'macs'; got {metric!r}")
+    _check_sweep(metric, strategies, projector, measure, dataset, finetune_epochs, train_set)
+    targets = [float(t) for t in targets]
+    solved = dict(zip(targets, solve_many(analysis, projector, targets, metric, snap))) if "solver" in strategies else {}
+    factors = factors or FactorCache(model)
+    jobs = [(s, t) for t in targets for s in strategies]
+    rows = []
+    for i, (strategy, target) in enumerate(jobs):
+        if should_stop is not None and should_stop():
+            break
+        row = {"strategy": strategy, "label": STRATEGY_LABELS[strategy], "target": target, "metric": metric, **_UNREACHABLE}
+        plan = strategy_plan(analysis, strategy, metric, target, projector, snap, solved.get(target))
+        if plan is not None:
+            row.update(_cost_columns(analysis, plan))
+            row.update(_projected_columns(projector, plan, base_top1))
+            if measure or finetune_epochs:
+                net = compress(model, plan, factors)
+                row.update(_measured_columns(net, dataset, limit, measure, finetune_epochs, train_set, finetune_limit, should_stop))
+        rows.append(row)
+        if progress is not None:
+            progress(i + 1, len(jobs), f"{strategy} {target:g}×")
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+def _check_sweep(metric, strategies, projector, measure, dataset, finetune_epochs, train_set) -> None:
+    check_metric(metric)
     for s in strategies:
         if s not in STRATEGIES:
             raise LrvizError(f"unknown strategy {s!r}; use {', '.join(STRATEGIES)}")
@@ -360,45 +396,36 @@ def sweep(
         raise LrvizError("measuring needs a dataset")
     if finetune_epochs and train_set is None:
         raise LrvizError("fine-tuning needs a training set")
-    targets = [float(t) for t in targets]
-    solved = dict(zip(targets, solve_many(analysis, projector, targets, metric, snap))) if "solver" in strategies else {}
-    factors = factors or FactorCache(model)
-    jobs = [(s, t) for t in targets for s in strategies]
-    rows = []
-    for i, (strategy, target) in enumerate(jobs):
-        if should_stop is not None and should_stop():
-            break
-        row: dict = {"strategy": strategy, "label": STRATEGY_LABELS[strategy], "target": target, "metric": metric}
-        plan = strategy_plan(analysis, strategy, metric, target, projector, snap, solved.get(target))
-        if plan is None:
-            row.update(params=math.nan, macs=math.nan, params_ratio=math.nan, macs_ratio=math.nan, projected=math.nan,
-                       proj_lo=math.nan, proj_hi=math.nan, top1=math.nan, lo=math.nan, hi=math.nan, n=0,
-                       finetuned=math.nan, spec="unreachable", ranks="")
-        else:
-            cost = plan_cost(analysis, plan)
-            row.update(params=cost.params_planned, macs=cost.macs_planned, params_ratio=cost.params_ratio,
-                       macs_ratio=cost.macs_ratio, spec=plan.spec,
-                       ranks=json.dumps({lp.name: list(lp.ranks) for lp in plan.layers if not lp.is_dense}))
-            if projector is not None and not projector.missing(plan):
-                pr = projector.project(plan, base_top1)
-                row.update(projected=pr.top1, proj_lo=pr.interval[0], proj_hi=pr.interval[1])
-            else:
-                row.update(projected=math.nan, proj_lo=math.nan, proj_hi=math.nan)
-            row.update(top1=math.nan, lo=math.nan, hi=math.nan, n=0, finetuned=math.nan)
-            if measure or finetune_epochs:
-                from .evaluate import evaluate
 
-                net = compress(model, plan, factors)
-                if measure:
-                    res = evaluate(net, dataset, limit=limit)
-                    row.update(top1=res.top1, lo=res.top1_ci[0], hi=res.top1_ci[1], n=res.n)
-                if finetune_epochs:
-                    from .train import finetune
 
-                    ft = finetune(net, train_set, epochs=max(1, math.ceil(finetune_epochs)), train_limit=finetune_limit,
-                                  val_set=None, keep="last", should_stop=should_stop)
-                    row["finetuned"] = evaluate(ft.model, dataset, limit=limit).top1
-        rows.append(row)
-        if progress is not None:
-            progress(i + 1, len(jobs), f"{strategy} {target:g}×")
-    return pd.DataFrame(rows)
+def _cost_columns(analysis: ModelAnalysis, plan: RankPlan) -> dict:
+    cost = plan_cost(analysis, plan)
+    return dict(params=cost.params_planned, macs=cost.macs_planned, params_ratio=cost.params_ratio, macs_ratio=cost.macs_ratio,
+                spec=plan.spec, ranks=json.dumps({lp.name: list(lp.ranks) for lp in plan.layers if not lp.is_dense}))
+
+
+def _projected_columns(projector, plan: RankPlan, base_top1: float | None) -> dict:
+    if projector is None or projector.missing(plan):
+        return {}
+    pr = projector.project(plan, base_top1)
+    return dict(projected=pr.top1, proj_lo=pr.interval[0], proj_hi=pr.interval[1])
+
+
+def _measured_columns(net, dataset, limit, measure: bool, finetune_epochs: float, train_set, finetune_limit,
+                      should_stop) -> dict:
+    """Top-1 of the planned model ``net`` on ``limit`` images of ``dataset`` (with its interval and
+    count), and after a short fine-tune on ``train_set`` (last weights kept, nothing selected on
+    ``dataset``)."""
+    from .evaluate import evaluate
+
+    out: dict = {}
+    if measure:
+        res = evaluate(net, dataset, limit=limit)
+        out.update(top1=res.top1, lo=res.top1_ci[0], hi=res.top1_ci[1], n=res.n)
+    if finetune_epochs:
+        from .train import finetune
+
+        ft = finetune(net, train_set, epochs=max(1, math.ceil(finetune_epochs)), train_limit=finetune_limit, val_set=None,
+                      keep="last", should_stop=should_stop)
+        out["finetuned"] = evaluate(ft.model, dataset, limit=limit).top1
+    return out

@@ -1,14 +1,15 @@
-"""The ``lrviz`` command line.
+"""The ``lrviz`` command line: one ``cmd_*`` function per command, and :func:`main`.
 
 Exit codes: 0 ok, 2 bad input (one line ``lrviz: error: ...`` on stderr, no traceback), 1 unexpected
 failure. Progress goes to stderr as log lines; results go to stdout and, with ``--json``, to a file.
 
-Bad input is caught before any work where it can be: values by the argument types (a bad number,
-plan spec or target never gets to load a model), output paths before loading (an existing file as
-``--out``, an unwritable folder), weights, data and plans before the long steps. Outputs are written
-atomically — into a temporary file or folder next to the target, then renamed — so a failure leaves
-nothing half-written and an existing file as it was. ``compress --out DIR`` refuses a folder that is
-not empty unless ``--force`` is given, which replaces only lrviz's own files in it.
+Bad input is caught before any work where it can be: values by the argument types
+(:mod:`lrviz.cli_args`: a bad number, plan spec or target never gets to load a model), output paths
+before loading (:mod:`lrviz.outputs`: an existing file as ``--out``, an unwritable folder), weights,
+data and plans before the long steps. Outputs are written atomically — into a temporary file or folder
+next to the target, then renamed — so a failure leaves nothing half-written and an existing file as it
+was. ``compress --out DIR`` refuses a folder that is not empty unless ``--force`` is given, which
+replaces only lrviz's own files in it.
 """
 
 from __future__ import annotations
@@ -16,16 +17,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
-import shutil
 import sys
 import time
-import uuid
-from pathlib import Path
 
+from .cli_args import (
+    Parser,
+    UsageError,
+    add_calibration_args,
+    add_data_args,
+    add_model_args,
+    count_or_zero,
+    input_size_type,
+    nonneg_float,
+    plan_type,
+    positive_float,
+    positive_int,
+    strategies_type,
+    target_type,
+    targets_type,
+)
 from .errors import LrvizError
 from .fmt import human
+from .outputs import check_dir_target, check_file_target, write_dir, write_file
 
 log = logging.getLogger("lrviz.cli")
 
@@ -45,292 +58,9 @@ def _progress(prefix: str, every: int = 1):
     return cb
 
 
-# --- argument parsing: one line for every bad value -------------------------------------------
-
-class _UsageError(Exception):
-    """A bad command line (raised by :meth:`_Parser.error`, reported by :func:`main`)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse without the usage block: a bad command line is one ``lrviz: error: ...`` line and exit
-    code 2, like every other bad input (``--help`` still prints the full help)."""
-
-    def error(self, message: str):
-        raise _UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def _int_type(lo: int, example: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(str(text).strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer ≥ {lo}, got {text!r} (e.g. {example})") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"must be an integer ≥ {lo}, got {v} (e.g. {example})")
-        return v
-
-    parse.__name__ = f"int>={lo}"
-    return parse
-
-
-def _float_type(lo: float, strict: bool, example: str):
-    op = ">" if strict else "≥"
-
-    def parse(text: str) -> float:
-        try:
-            v = float(str(text).strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number {op} {lo:g}, got {text!r} (e.g. {example})") from None
-        if not math.isfinite(v) or (v <= lo if strict else v < lo):
-            raise argparse.ArgumentTypeError(f"must be a finite number {op} {lo:g}, got {text!r} (e.g. {example})")
-        return v
-
-    parse.__name__ = f"float{op}{lo:g}"
-    return parse
-
-
-_positive_int = _int_type(1, 1000)
-_count_or_zero = _int_type(0, 3)
-_positive_float = _float_type(0.0, True, "0.01")
-_nonneg_float = _float_type(0.0, False, "5e-4")
-
-
-def _numbers(text: str, what: str, example: str, lo: float | None = None, strict: bool = False) -> list[float]:
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        vals = [float(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what} as comma-separated numbers, got {text!r} (e.g. {example})") from None
-    bad = [p for p, v in zip(parts, vals) if not math.isfinite(v) or (lo is not None and (v <= lo if strict else v < lo))]
-    if bad:
-        need = "finite" if lo is None else f"{'>' if strict else '≥'} {lo:g}"
-        raise argparse.ArgumentTypeError(f"{what} must be {need}; got {', '.join(bad)} in {text!r} (e.g. {example})")
-    return vals
-
-
-def _mean_type(text: str) -> list[float]:
-    return _numbers(text, "the per-channel mean", "0.5 or 0.485,0.456,0.406")
-
-
-def _std_type(text: str) -> list[float]:
-    return _numbers(text, "the per-channel std", "0.5 or 0.229,0.224,0.225", lo=0.0, strict=True)
-
-
-def _targets_type(text: str) -> list[float]:
-    return _numbers(text, "the reduction targets", "1.5,2,3,4", lo=1.0)
-
-
-_MAX_SIDE = 8192
-_MAX_SAMPLE = 3 * 4096 * 4096  # values in one input sample (the forward check runs two of them)
-
-
-def _resize_type(text: str) -> tuple[int, int]:
-    parts = [p.strip() for p in str(text).replace("x", ",").split(",")]
-    try:
-        vals = [int(p) for p in parts]
-    except ValueError:
-        vals = []
-    if len(vals) not in (1, 2) or not all(1 <= v <= _MAX_SIDE for v in vals):
-        raise argparse.ArgumentTypeError(f"expected H or H,W with sizes 1..{_MAX_SIDE} pixels, got {text!r} (e.g. 32 or 224,224)")
-    return vals[0], vals[-1]
-
-
-def _input_size_type(text: str) -> tuple[int, int, int]:
-    from .models import parse_input_size
-
-    try:
-        size = parse_input_size(text)
-    except LrvizError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if max(size[1:]) > _MAX_SIDE or size[0] * size[1] * size[2] > _MAX_SAMPLE:
-        raise argparse.ArgumentTypeError(
-            f"input size {text!r} is too large: at most {_MAX_SIDE} pixels a side and {_MAX_SAMPLE:,} values per sample"
-        )
-    return size
-
-
-def _plan_type(text: str) -> str:
-    from .plan import parse_spec
-
-    try:
-        parse_spec(text)
-    except LrvizError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return str(text).strip()
-
-
-def _target_type(text: str) -> tuple[str, float]:
-    from .budget import parse_target
-
-    try:
-        return parse_target(text)
-    except LrvizError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _strategies_type(text: str) -> list[str]:
-    from .budget import STRATEGIES
-
-    names = [s.strip() for s in str(text).split(",") if s.strip()]
-    unknown = [s for s in names if s not in STRATEGIES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown strateg{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown)) or repr(text)}; "
-            f"use a comma-separated list of {', '.join(STRATEGIES)}"
-        )
-    return names
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="demo, demo-compressed, a torchvision name (resnet18, ...), pkg.module:factory, or FILE.pt2")
-    p.add_argument("--weights", metavar="F", help="none | pretrained | FILE (a state_dict, loaded with weights_only=True)")
-    p.add_argument("--input-size", type=_input_size_type, metavar="C,H,W", help="input size of one sample (inferred when possible)")
-    p.add_argument("--num-classes", type=_positive_int, metavar="N", help="number of classes (inferred when possible)")
-
-
-def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", metavar="NAME", required=required, help="fashion-mnist | imagefolder:DIR | synthetic[:C,H,W,K,N]")
-    p.add_argument("--data-root", metavar="DIR", help="folder with the dataset files")
-    p.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate on a deterministic subset of N images")
-    p.add_argument("--resize", type=_resize_type, metavar="H[,W]", help="resize images (default: the model's input size)")
-    p.add_argument("--grayscale", action="store_true", help="convert images to one channel")
-    p.add_argument("--mean", type=_mean_type, metavar="M[,M,M]", help="normalisation mean per channel")
-    p.add_argument("--std", type=_std_type, metavar="S[,S,S]", help="normalisation std per channel")
-    p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
-
-
-# --- output paths: checked before any work, written atomically --------------------------------
-
-def _existing_ancestor(path: Path, flag: str) -> Path:
-    """The nearest folder above ``path`` that exists; an error when a file is in the way."""
-    anc = path.parent
-    while not (anc.exists() or anc.is_symlink()):
-        if anc == anc.parent:
-            break
-        anc = anc.parent
-    if not anc.is_dir():
-        raise LrvizError(f"cannot write {flag} {path}: {anc} is a file, not a folder; give a path in a folder")
-    return anc
-
-
-def _probe(folder: Path, flag: str, path: Path) -> None:
-    """Check that files can be created in ``folder`` (by creating and removing one: permissions,
-    read-only file systems and pseudo file systems like /proc all show)."""
-    probe = folder / f".lrviz-probe-{uuid.uuid4().hex[:12]}"
-    try:
-        probe.open("x").close()
-        probe.unlink()
-    except OSError as e:
-        raise LrvizError(f"cannot write {flag} {path}: folder {folder} is not writable ({e.strerror or e}); "
-                         "choose another path") from None
-
-
-def _check_file_target(path, flag: str) -> Path:
-    """``path`` can be written as a file (an existing file is replaced at the end, atomically)."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise LrvizError(f"{flag} {path} is a folder; give a file path such as {p / 'out.json'}")
-    if p.exists() and not p.is_file():
-        raise LrvizError(f"{flag} {path} exists and is not a regular file; give another path")
-    _probe(p.parent if p.parent.is_dir() else _existing_ancestor(p, flag), flag, p)
-    return p
-
-
-def _check_dir_target(path, flag: str, force: bool | None) -> Path:
-    """``path`` can be made the output folder. ``force=None``: an existing folder is fine (train);
-    ``False``: it must be empty; ``True``: lrviz's files in it are replaced."""
-    p = Path(path).expanduser()
-    if p.exists() or p.is_symlink():
-        if not p.is_dir():
-            raise LrvizError(f"{flag} {path} exists and is not a folder; give a new or empty folder "
-                             "(it is created), or remove the file")
-        if force is False:
-            held = sorted(x.name for x in p.iterdir())
-            if held:
-                shown = ", ".join(held[:5]) + (f", ... ({len(held)} entries)" if len(held) > 5 else "")
-                raise LrvizError(f"{flag} {path} already exists and is not empty ({shown}); give a new folder, or "
-                                 f"pass --force to replace lrviz's files in it ({', '.join(COMPRESS_FILES)}; "
-                                 "nothing else is touched)")
-        _probe(p, flag, p)
-    else:
-        _probe(_existing_ancestor(p, flag), flag, p)
-    return p
-
-
-def _make_parents(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; returns the ones created (outermost first)."""
-    missing = []
-    f = folder
-    while not f.exists():
-        missing.append(f)
-        if f == f.parent:
-            break
-        f = f.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return missing[::-1]
-
-
-def _remove_created(created: list[Path]) -> None:
-    for f in reversed(created):
-        try:
-            f.rmdir()
-        except OSError:
-            break
-
-
-def _write_file(path, write, flag: str = "--json") -> None:
-    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file next to it, which then
-    replaces ``path``. On failure nothing is left behind (an existing ``path`` is untouched)."""
-    p = Path(path).expanduser()
-    created: list[Path] = []
-    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        created = _make_parents(p.parent)
-        write(tmp)
-        os.replace(tmp, p)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        _remove_created(created)
-        if isinstance(e, OSError):
-            raise LrvizError(f"cannot write {flag} {path}: {e.strerror or e}; nothing was written") from e
-        raise
-
-
 def _write_json(path, doc) -> None:
-    text = json.dumps(doc, indent=1)
-    _write_file(path, lambda tmp: tmp.write_text(text))
+    write_file(path, json.dumps(doc, indent=1).encode())
     print(f"wrote {path}", file=sys.stderr)
-
-
-def _write_dir(out: Path, files: dict, flag: str = "--out") -> None:
-    """Write ``files`` (name -> ``write(path)``) into the folder ``out`` atomically.
-
-    A new folder is filled under a temporary name next to ``out`` and renamed; into an existing
-    (empty, or with ``--force``) folder the files are written in a temporary sub-folder and moved in
-    one by one (each rename is atomic; other files in ``out`` are not touched). On failure the
-    temporary folder is removed: nothing half-written remains.
-    """
-    created: list[Path] = []
-    exists = out.is_dir()
-    tmp = (out / f".lrviz-{uuid.uuid4().hex[:12]}.tmp") if exists else out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        if not exists:
-            created = _make_parents(out.parent)
-        tmp.mkdir()
-        for name, write in files.items():
-            write(tmp / name)
-        if exists:
-            for name in files:
-                os.replace(tmp / name, out / name)
-            tmp.rmdir()
-        else:
-            os.rename(tmp, out)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_created(created)
-        if isinstance(e, OSError):
-            raise LrvizError(f"cannot write {flag} {out}: {e.strerror or e}; nothing was written") from e
-        raise
 
 
 # --- shared steps ------------------------------------------------------------------------------
@@ -460,7 +190,7 @@ def cmd_compress(args) -> int:
 
     if args.finetune and not args.data:
         raise LrvizError("--finetune needs --data (the training split is used)")
-    out = _check_dir_target(args.out, "--out", force=args.force)
+    out = check_dir_target(args.out, "--out", force=args.force, owned=COMPRESS_FILES)
     loaded = _load(args)
     if not loaded.decomposable:
         raise LrvizError(f"{args.model} is an exported program: it has no modules to decompose (evaluate and cost only)")
@@ -493,7 +223,7 @@ def cmd_compress(args) -> int:
             metrics["accuracy"]["compressed"] = acc2.to_dict()
             metrics["finetune"] = {"epochs_run": len(res.history), "best_epoch": res.best_epoch, "lr": args.lr, "distill": bool(args.distill)}
             print(f"after fine-tuning ({len(res.history)} epochs, best {res.best_epoch}): top-1 {acc2.top1:.2%}")
-    _write_dir(out, {
+    write_dir(out, {
         "plan.json": lambda path: path.write_text(plan.to_json()),
         "model.pt2": lambda path: save_program(small, loaded.input_size, path),
         "metrics.json": lambda path: path.write_text(json.dumps(metrics, indent=1)),
@@ -510,7 +240,7 @@ def cmd_train(args) -> int:
     from .models import load_model
     from .train import TrainConfig, train_model
 
-    out = _check_dir_target(args.out, "--out", force=None)
+    out = check_dir_target(args.out, "--out", force=None)
     loaded = load_model(args.model, weights=args.weights or "none", input_size=args.input_size, num_classes=args.num_classes)
     if not loaded.decomposable:
         raise LrvizError(f"{args.model} is an exported program: it cannot be trained")
@@ -532,10 +262,10 @@ def cmd_train(args) -> int:
 
     model, history = train_model(loaded.module, train, cfg, val_set=test, val_limit=args.val_limit, checkpoint=str(out / "checkpoint.pt"),
                                  resume=args.resume, progress=cb)
-    _write_file(out / "model.pt", lambda path: torch.save(model.state_dict(), path), "--out")
+    write_file(out / "model.pt", lambda f: torch.save(model.state_dict(), f), "--out")
     doc = {"command": "lrviz " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("lrviz") else None, "model": args.model,
            "config": cfg.__dict__, "history": history}
-    _write_file(out / "history.json", lambda path: path.write_text(json.dumps(doc, indent=1)), "--out")
+    write_file(out / "history.json", json.dumps(doc, indent=1).encode(), "--out")
     print(f"wrote {out / 'model.pt'} (state_dict, regime {cfg.regime}); final val top-1 {history[-1]['val_top1']:.2%}")
     return 0
 
@@ -621,7 +351,7 @@ def cmd_solve(args) -> int:
 
     metric, ratio = args.target
     if args.out:
-        _check_file_target(args.out, "--out")
+        check_file_target(args.out, "--out")
     loaded = _load(args)
     if not loaded.decomposable:
         raise LrvizError(f"{args.model} is an exported program: nothing to decompose")
@@ -644,7 +374,7 @@ def cmd_solve(args) -> int:
             po = proj.project(other)
             print(f"  same budget, {family}: projected top-1 {po.top1:.2%} ({other.spec})")
     if args.out:
-        _write_file(args.out, lambda path: path.write_text(res.plan.to_json()), "--out")
+        write_file(args.out, res.plan.to_json().encode(), "--out")
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -686,105 +416,114 @@ def cmd_models(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lrviz", description="Low-rank compression of CNNs: analyse spectra, choose ranks (VBMF, energy, ratio), decompose, evaluate, export.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_analyze(sub) -> None:
     a = sub.add_parser("analyze", help="per-layer spectra, EVBMF ranks, params and MACs")
-    _add_model_args(a)
+    add_model_args(a)
     a.add_argument("--json", metavar="OUT", help="write the analysis as JSON")
     a.set_defaults(func=cmd_analyze)
 
+
+_PLAN_HELP = "full | vbmf | vbmf:K | energy:F | uniform:F | ratio:T | FILE.json"
+
+
+def _add_compress(sub) -> None:
     c = sub.add_parser("compress", help="decompose with a rank plan and export model.pt2, plan.json, metrics.json")
-    _add_model_args(c)
-    c.add_argument("--plan", required=True, type=_plan_type, metavar="SPEC", help="full | vbmf | vbmf:K | energy:F | uniform:F | ratio:T | FILE.json")
+    add_model_args(c)
+    c.add_argument("--plan", required=True, type=plan_type, metavar="SPEC", help=_PLAN_HELP)
     c.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense (fnmatch, repeatable)")
     c.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear (kept dense by default)")
     c.add_argument("--out", required=True, metavar="DIR", help="new or empty folder for model.pt2, plan.json, metrics.json")
     c.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing lrviz's files there")
-    _add_data_args(c, required=False)
-    c.add_argument("--finetune", type=_count_or_zero, default=0, metavar="EPOCHS", help="fine-tune on the training split after decomposing")
-    c.add_argument("--lr", type=_positive_float, default=0.01, help="fine-tuning learning rate (cosine decay)")
+    add_data_args(c, required=False)
+    c.add_argument("--finetune", type=count_or_zero, default=0, metavar="EPOCHS", help="fine-tune on the training split after decomposing")
+    c.add_argument("--lr", type=positive_float, default=0.01, help="fine-tuning learning rate (cosine decay)")
     c.add_argument("--distill", action="store_true", help="distil from the uncompressed model while fine-tuning")
-    c.add_argument("--val-limit", type=_positive_int, default=2000, metavar="N", help="test images used for early stopping")
-    c.add_argument("--train-limit", type=_positive_int, metavar="N", help="train on a subset of N images")
+    c.add_argument("--val-limit", type=positive_int, default=2000, metavar="N", help="test images used for early stopping")
+    c.add_argument("--train-limit", type=positive_int, metavar="N", help="train on a subset of N images")
     c.set_defaults(func=cmd_compress)
 
+
+def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="top-1/top-5/loss with a 95%% Wilson interval")
-    _add_model_args(e)
-    e.add_argument("--plan", type=_plan_type, metavar="SPEC", help="evaluate the model decomposed with this plan")
+    add_model_args(e)
+    e.add_argument("--plan", type=plan_type, metavar="SPEC", help="evaluate the model decomposed with this plan")
     e.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
     e.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
-    _add_data_args(e, required=True)
+    add_data_args(e, required=True)
     e.add_argument("--json", metavar="OUT", help="write {top1, top1_ci, top5, loss, n}")
     e.set_defaults(func=cmd_evaluate)
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train a model: plain, ortho (orthogonal regularisation) or overparam (+ over-parameterised)")
     t.add_argument("model", metavar="MODEL", help="architecture, e.g. demo")
     t.add_argument("--weights", metavar="F", help="start from these weights (default: random init)")
-    t.add_argument("--num-classes", type=_positive_int, metavar="N")
-    t.add_argument("--input-size", type=_input_size_type, metavar="C,H,W")
+    t.add_argument("--num-classes", type=positive_int, metavar="N")
+    t.add_argument("--input-size", type=input_size_type, metavar="C,H,W")
     t.add_argument("--regime", choices=["plain", "ortho", "overparam"], default="overparam")
-    t.add_argument("--epochs", type=_positive_int, default=10)
-    t.add_argument("--lr", type=_positive_float, default=0.1)
-    t.add_argument("--weight-decay", type=_nonneg_float, default=5e-4)
-    t.add_argument("--lam-ortho", type=_nonneg_float, default=1e-3, help="orthogonality weight λ_o (cosine-decayed)")
-    t.add_argument("--lam-group", type=_nonneg_float, default=2e-4, help="core group-lasso weight λ_g (overparam, cosine-decayed)")
-    t.add_argument("--seed", type=_count_or_zero, default=0)
+    t.add_argument("--epochs", type=positive_int, default=10)
+    t.add_argument("--lr", type=positive_float, default=0.1)
+    t.add_argument("--weight-decay", type=nonneg_float, default=5e-4)
+    t.add_argument("--lam-ortho", type=nonneg_float, default=1e-3, help="orthogonality weight λ_o (cosine-decayed)")
+    t.add_argument("--lam-group", type=nonneg_float, default=2e-4, help="core group-lasso weight λ_g (overparam, cosine-decayed)")
+    t.add_argument("--seed", type=count_or_zero, default=0)
     t.add_argument("--out", required=True, metavar="DIR", help="writes model.pt, checkpoint.pt, history.json")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
-    _add_data_args(t, required=True)
-    t.add_argument("--val-limit", type=_positive_int, default=None, metavar="N")
-    t.add_argument("--train-limit", type=_positive_int, metavar="N")
+    add_data_args(t, required=True)
+    t.add_argument("--val-limit", type=positive_int, default=None, metavar="N")
+    t.add_argument("--train-limit", type=positive_int, metavar="N")
     t.set_defaults(func=cmd_train, batch_size=128)
 
-    def sens_args(q, plan=False):
-        _add_model_args(q)
-        _add_data_args(q, required=True)
-        q.add_argument("--split", default="test", choices=["test", "train"], help="split of the calibration / evaluation images")
-        q.add_argument("--no-cache", action="store_true", help="measure again instead of reading ~/.cache/lrviz/sensitivity")
-        q.add_argument("--grid-points", type=_int_type(2, 16), default=16, metavar="K",
-                       help="ranks measured per mode: every rank up to K+1 channels, else 1, 2, 3 and K evenly spaced (fewer = faster)")
-        q.set_defaults(batch_size=500)
-        if plan:
-            q.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
-            q.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
 
+def _add_sensitivity(sub) -> None:
     se = sub.add_parser("sensitivity", help="accuracy vs rank per layer and mode (one layer truncated at a time), cached")
-    sens_args(se)
+    add_calibration_args(se)
     se.add_argument("--json", metavar="OUT", help="write the curves as JSON")
     se.set_defaults(func=cmd_sensitivity)
 
+
+def _add_project(sub) -> None:
     pj = sub.add_parser("project", help="projected top-1 of a plan with an interval (the plan is never evaluated)")
-    sens_args(pj, plan=True)
-    pj.add_argument("--plan", required=True, type=_plan_type, metavar="SPEC", help="full | vbmf | vbmf:K | energy:F | uniform:F | ratio:T | FILE.json")
+    add_calibration_args(pj, plan=True)
+    pj.add_argument("--plan", required=True, type=plan_type, metavar="SPEC", help=_PLAN_HELP)
     pj.add_argument("--basis", choices=["sensitivities", "proxy"], default="sensitivities",
                     help="sensitivities (measured once, cached) or the data-free energy proxy")
     pj.add_argument("--json", metavar="OUT", help="write {projected_top1, interval, params, macs, basis, ...}")
     pj.set_defaults(func=cmd_project)
 
+
+def _add_solve(sub) -> None:
     so = sub.add_parser("solve", help="ranks for a params or MACs target with the least projected loss")
-    sens_args(so)
-    so.add_argument("--target", required=True, type=_target_type, metavar="params:T|macs:T", help="e.g. params:4 or macs:3")
-    so.add_argument("--snap", type=_positive_int, metavar="K", help="ranks in multiples of K (e.g. 8)")
+    add_calibration_args(so)
+    so.add_argument("--target", required=True, type=target_type, metavar="params:T|macs:T", help="e.g. params:4 or macs:3")
+    so.add_argument("--snap", type=positive_int, metavar="K", help="ranks in multiples of K (e.g. 8)")
     so.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
     so.add_argument("--out", metavar="PLAN.json", help="write the plan")
     so.set_defaults(func=cmd_solve)
 
+
+def _add_sweep(sub) -> None:
     sw = sub.add_parser("sweep", help="targets x strategies at matched cost: ranks, params, MACs, projected and measured top-1")
-    sens_args(sw)
-    sw.add_argument("--targets", type=_targets_type, default=[1.5, 2.0, 3.0, 4.0, 6.0, 8.0], metavar="T,T,...")
+    add_calibration_args(sw)
+    sw.add_argument("--targets", type=targets_type, default=[1.5, 2.0, 3.0, 4.0, 6.0, 8.0], metavar="T,T,...")
     sw.add_argument("--metric", choices=["params", "macs"], default="params")
-    sw.add_argument("--strategies", type=_strategies_type, default=["solver", "uniform", "vbmf"], metavar="S,S",
+    sw.add_argument("--strategies", type=strategies_type, default=["solver", "uniform", "vbmf"], metavar="S,S",
                     help="solver, uniform, vbmf, energy")
-    sw.add_argument("--snap", type=_positive_int, metavar="K", help="solver ranks in multiples of K")
-    sw.add_argument("--finetune-epochs", type=_count_or_zero, default=0, metavar="E", help="also fine-tune each plan E epochs and measure again")
-    sw.add_argument("--train-limit", type=_positive_int, default=5000, metavar="N", help="training images per fine-tune")
+    sw.add_argument("--snap", type=positive_int, metavar="K", help="solver ranks in multiples of K")
+    sw.add_argument("--finetune-epochs", type=count_or_zero, default=0, metavar="E", help="also fine-tune each plan E epochs and measure again")
+    sw.add_argument("--train-limit", type=positive_int, default=5000, metavar="N", help="training images per fine-tune")
     sw.add_argument("--no-projection", action="store_true", help="skip sensitivities when the solver is not in the sweep")
     sw.add_argument("--json", metavar="OUT", help="write the rows as JSON")
     sw.set_defaults(func=cmd_sweep)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lrviz`` parser: one sub-command per ``cmd_*`` function."""
+    p = Parser(prog="lrviz", description="Low-rank compression of CNNs: analyse spectra, choose ranks (VBMF, energy, ratio), decompose, evaluate, export.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_analyze, _add_compress, _add_evaluate, _add_train, _add_sensitivity, _add_project, _add_solve, _add_sweep):
+        add(sub)
     m = sub.add_parser("models", help="list available models")
     m.set_defaults(func=cmd_models)
     return p
@@ -800,13 +539,13 @@ def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except _UsageError as e:
+    except UsageError as e:
         return _fail(e)
     # the CLI prints its own progress lines; library logs only with -v
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     try:
         if getattr(args, "json", None):
-            _check_file_target(args.json, "--json")
+            check_file_target(args.json, "--json")
         return int(args.func(args) or 0)
     except LrvizError as e:
         return _fail(e)

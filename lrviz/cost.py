@@ -23,6 +23,9 @@ model folds patches or frames into the batch dim):
   — the first 1×1 runs at input resolution, stride sits on the core; a mode kept at full rank has no
   factor and its term is dropped (``R = C/G`` in the core).
 * SVD of a (grouped) 1×1 conv / Linear at per-group rank r: ``P·(C_in·r + r·C_out)``.
+
+A budget or a reduction ratio is given in one of :data:`METRICS` (``"params"`` or ``"macs"``):
+:func:`layer_cost` and :meth:`CostReport.ratio` take it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from .errors import LrvizError
 from .layers import SVD_LINEAR, TUCKER2, LayerInfo
 
 __all__ = [
@@ -44,8 +48,14 @@ __all__ = [
     "count_macs",
     "layer_params",
     "layer_macs",
+    "layer_cost",
     "factor_structure",
+    "METRICS",
+    "check_metric",
 ]
+
+#: What a budget or a reduction ratio counts.
+METRICS = ("params", "macs")
 
 _COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -238,6 +248,18 @@ def layer_macs(layer: LayerInfo, io: LayerIO, ranks: tuple[int, ...] | None = No
     return int(sum(_call_macs(layer, c, ranks) for c in io.all_calls))
 
 
+def check_metric(metric: str) -> str:
+    """``metric`` if it is one of :data:`METRICS`, else :class:`LrvizError`."""
+    if metric not in METRICS:
+        raise LrvizError(f"metric must be 'params' or 'macs'; got {metric!r}")
+    return metric
+
+
+def layer_cost(layer: LayerInfo, io: LayerIO, ranks: tuple[int, ...] | None, metric: str) -> int:
+    """:func:`layer_macs` (``metric="macs"``) or :func:`layer_params` (``"params"``) of a layer."""
+    return layer_macs(layer, io, ranks) if metric == "macs" else layer_params(layer, ranks)
+
+
 @dataclass(frozen=True, eq=False)
 class CostReport:
     """Params and MACs, original vs planned, per layer and in total.
@@ -268,6 +290,10 @@ class CostReport:
     def macs_ratio(self) -> float:
         """Original / planned MACs (×)."""
         return self.macs / max(self.macs_planned, 1)
+
+    def ratio(self, metric: str) -> float:
+        """:attr:`params_ratio` or :attr:`macs_ratio`, by ``metric`` (one of :data:`METRICS`)."""
+        return self.macs_ratio if check_metric(metric) == "macs" else self.params_ratio
 
     @property
     def flops(self) -> int:

@@ -180,10 +180,10 @@ def factorize(layer: LayerInfo, module: nn.Module) -> LayerFactors:
     b = None if module.bias is None else module.bias.detach().to(dev, torch.float64)
     wg = _grouped(w, layer)  # (G, o, i, kh, kw) or (1, m, n) for a Linear
     if layer.kind == TUCKER2:
-        a0 = wg.flatten(2)  # mode-0 unfolding of every group: (G, o, i·kh·kw)
-        a1 = wg.transpose(1, 2).flatten(2)  # mode-1: (G, i, o·kh·kw)
-        u_out = _sym_eig_desc(row_gram(a0))
-        u_in = _sym_eig_desc(row_gram(a1))
+        unfold_out = wg.flatten(2)  # the "out" (mode-0) unfolding of every group: (G, o, i·kh·kw)
+        unfold_in = wg.transpose(1, 2).flatten(2)  # the "in" (mode-1) unfolding: (G, i, o·kh·kw)
+        u_out = _sym_eig_desc(row_gram(unfold_out))
+        u_in = _sym_eig_desc(row_gram(unfold_in))
     else:
         m = wg.flatten(2)  # (G, m, n)
         if m.shape[1] <= m.shape[2]:
@@ -193,22 +193,6 @@ def factorize(layer: LayerInfo, module: nn.Module) -> LayerFactors:
     return LayerFactors(layer, w, b, _stored(u_out, layer), _stored(u_in, layer), private)
 
 
-def _check_ranks(layer: LayerInfo, ranks) -> tuple[int, ...]:
-    full = layer.full_ranks
-    try:
-        ranks = tuple(int(r) for r in ranks)
-    except (TypeError, ValueError) as e:
-        raise LrvizError(f"layer {layer.name!r}: ranks must be integers, got {ranks!r}") from e
-    if len(ranks) != len(full):
-        want = "(r_out, r_in)" if layer.kind == TUCKER2 else "(r,)"
-        raise LrvizError(f"layer {layer.name!r} ({layer.kind}) needs ranks {want}; got {ranks}")
-    per = f" per group ({layer.groups} groups)" if layer.groups > 1 else ""
-    for r, f in zip(ranks, full):
-        if not 1 <= r <= f:
-            raise LrvizError(f"layer {layer.name!r}: rank {r} is impossible; allowed 1..{f} (full rank {f}{per})")
-    return ranks
-
-
 def build_layer(f: LayerFactors, ranks: tuple[int, ...], dtype=None, device=None) -> nn.Module:
     """Build the decomposed replacement of a layer at ``ranks`` from cached factors.
 
@@ -216,73 +200,79 @@ def build_layer(f: LayerFactors, ranks: tuple[int, ...], dtype=None, device=None
     ----------
     f : LayerFactors
     ranks : tuple of int
-        ``(R_out, R_in)`` for Tucker-2, ``(r,)`` for SVD; per group for grouped convs. A rank equal to
-        the full rank leaves that mode unfactored; all full → a copy of the original layer.
+        ``(R_out, R_in)`` for Tucker-2, ``(r,)`` for SVD; per group for grouped convs (checked by
+        :meth:`lrviz.layers.LayerInfo.check_ranks`). A rank equal to the full rank leaves that mode
+        unfactored; all full → a copy of the original layer.
     dtype, device : optional
         Of the new weights (default: those of the original layer).
     """
-    layer = f.layer
-    ranks = _check_ranks(layer, ranks)
-    orig = f.module
-    dtype = dtype or orig.weight.dtype
-    device = device or orig.weight.device
-    G = layer.groups
+    ranks = f.layer.check_ranks(ranks)
+    if ranks == f.layer.full_ranks:
+        return copy.deepcopy(f.module)
+    param = _param_maker(dtype or f.module.weight.dtype, device or f.module.weight.device)
+    if f.layer.kind == TUCKER2:
+        return _tucker2(f, ranks, param)
+    return _truncated_svd(f, ranks, param)
 
+
+def _param_maker(dtype, device):
     def param(t: torch.Tensor) -> nn.Parameter:
         return nn.Parameter(t.to(device=device, dtype=dtype).contiguous())
 
-    # Modules are created on the meta device (no allocation, no random init): every parameter is
-    # assigned below.
-    meta = {"device": "meta"}
-    bias = f.bias
-    if layer.kind == TUCKER2:
-        o, i, kh, kw = layer.group_shape
-        r_out, r_in = ranks
-        use_out, use_in = r_out < o, r_in < i
-        if not (use_out or use_in):
-            return copy.deepcopy(orig)
-        core = _grouped(f.weight, layer).to(torch.float64)  # (G, o, i, kh, kw)
-        parts: list[tuple[str, nn.Module]] = []
-        if use_in:
-            p_in = _per_group(f.basis_in, layer)[:, :, :r_in]  # (G, i, R_in)
-            core = torch.einsum("goikl,gis->goskl", core, p_in)
-            red = nn.Conv2d(G * i, G * r_in, 1, groups=G, bias=False, **meta)
-            red.weight = param(p_in.transpose(1, 2).reshape(G * r_in, i, 1, 1))
-            parts.append(("reduce", red))
-        if use_out:
-            p_out = _per_group(f.basis_out, layer)[:, :, :r_out]  # (G, o, R_out)
-            core = torch.einsum("goikl,gor->grikl", core, p_out)
-        co, ci = core.shape[1], core.shape[2]
-        mid = nn.Conv2d(
-            G * ci,
-            G * co,
-            (kh, kw),
-            stride=orig.stride,
-            padding=orig.padding,
-            dilation=orig.dilation,
-            groups=G,
-            padding_mode=orig.padding_mode,
-            bias=(bias is not None and not use_out),
-            **meta,
-        )
-        mid.weight = param(core.reshape(G * co, ci, kh, kw))
-        if mid.bias is not None:
-            mid.bias = param(bias)
-        parts.append(("core", mid))
-        if use_out:
-            exp = nn.Conv2d(G * r_out, G * o, 1, groups=G, bias=bias is not None, **meta)
-            exp.weight = param(p_out.reshape(G * o, r_out, 1, 1))
-            if bias is not None:
-                exp.bias = param(bias)
-            parts.append(("expand", exp))
-        return Tucker2Conv2d(OrderedDict(parts))
+    return param
 
-    # truncated SVD of every group's (m, n) matrix: W_g ≈ U_r·(U_rᵀ·W_g) or (W_g·V_r)·V_rᵀ
+
+def _conv(c_in: int, c_out: int, kernel, weight: torch.Tensor, bias: torch.Tensor | None, param, **geometry) -> nn.Conv2d:
+    """A conv whose parameters are ``weight`` and ``bias`` (created on the meta device: no allocation,
+    no random init — every parameter is assigned)."""
+    conv = nn.Conv2d(c_in, c_out, kernel, bias=bias is not None, device="meta", **geometry)
+    conv.weight = param(weight)
+    if bias is not None:
+        conv.bias = param(bias)
+    return conv
+
+
+def _linear(n_in: int, n_out: int, weight: torch.Tensor, bias: torch.Tensor | None, param) -> nn.Linear:
+    lin = nn.Linear(n_in, n_out, bias=bias is not None, device="meta")
+    lin.weight = param(weight)
+    if bias is not None:
+        lin.bias = param(bias)
+    return lin
+
+
+def _tucker2(f: LayerFactors, ranks: tuple[int, int], param) -> Tucker2Conv2d:
+    """Tucker-2 of every group's kernel: ``reduce`` (U_in,gᵀ) → ``core`` → ``expand`` (U_out,g); a mode at
+    full rank gets no factor and the core keeps that side's channels."""
+    layer, orig, G = f.layer, f.module, f.layer.groups
+    o, i, kh, kw = layer.group_shape
+    r_out, r_in = ranks
+    core = _grouped(f.weight, layer).to(torch.float64)  # (G, o, i, kh, kw)
+    parts: list[tuple[str, nn.Module]] = []
+    if r_in < i:
+        p_in = _per_group(f.basis_in, layer)[:, :, :r_in]  # (G, i, R_in)
+        core = torch.einsum("goikl,gis->goskl", core, p_in)  # core ×₁ U_inᵀ
+        parts.append(("reduce", _conv(G * i, G * r_in, 1, p_in.transpose(1, 2).reshape(G * r_in, i, 1, 1), None, param,
+                                      groups=G)))
+    if r_out < o:
+        p_out = _per_group(f.basis_out, layer)[:, :, :r_out]  # (G, o, R_out)
+        core = torch.einsum("goikl,gor->grikl", core, p_out)  # core ×₀ U_outᵀ
+    co, ci = core.shape[1], core.shape[2]
+    # stride, padding, dilation and padding mode stay on the core; the bias moves to the last 1×1
+    parts.append(("core", _conv(G * ci, G * co, (kh, kw), core.reshape(G * co, ci, kh, kw), f.bias if r_out == o else None,
+                                param, stride=orig.stride, padding=orig.padding, dilation=orig.dilation, groups=G,
+                                padding_mode=orig.padding_mode)))
+    if r_out < o:
+        parts.append(("expand", _conv(G * r_out, G * o, 1, p_out.reshape(G * o, r_out, 1, 1), f.bias, param, groups=G)))
+    return Tucker2Conv2d(OrderedDict(parts))
+
+
+def _truncated_svd(f: LayerFactors, ranks: tuple[int], param) -> LowRankLinear | LowRankConv2d:
+    """Truncated SVD of every group's ``(m, n)`` matrix: ``W_g ≈ U_r·(U_rᵀ·W_g)`` or ``(W_g·V_r)·V_rᵀ``
+    (whichever basis is the smaller one), as ``reduce`` → ``expand``."""
+    layer, orig, G = f.layer, f.module, f.layer.groups
     o, i = layer.group_shape[:2]
     mat = _grouped(f.weight, layer).reshape(G, o, i)
     (r,) = ranks
-    if r >= min(o, i):
-        return copy.deepcopy(orig)
     if f.basis_out is not None:
         u = _per_group(f.basis_out, layer)[:, :, :r]  # (G, m, r)
         first, second = _mm64(u.transpose(1, 2), mat), u  # (G, r, n), (G, m, r)
@@ -290,21 +280,12 @@ def build_layer(f: LayerFactors, ranks: tuple[int, ...], dtype=None, device=None
         v = _per_group(f.basis_in, layer)[:, :, :r]  # (G, n, r)
         first, second = v.transpose(1, 2), _mm64(mat, v)
     if layer.kind == SVD_LINEAR:
-        red = nn.Linear(i, r, bias=False, **meta)
-        exp = nn.Linear(r, o, bias=bias is not None, **meta)
-        red.weight = param(first[0])
-        exp.weight = param(second[0])
-        cls = LowRankLinear
-    else:
-        red = nn.Conv2d(G * i, G * r, 1, stride=orig.stride, padding=orig.padding, padding_mode=orig.padding_mode,
-                        groups=G, bias=False, **meta)
-        exp = nn.Conv2d(G * r, G * o, 1, groups=G, bias=bias is not None, **meta)
-        red.weight = param(first.reshape(G * r, i, 1, 1))
-        exp.weight = param(second.reshape(G * o, r, 1, 1))
-        cls = LowRankConv2d
-    if bias is not None:
-        exp.bias = param(bias)
-    return cls(OrderedDict([("reduce", red), ("expand", exp)]))
+        return LowRankLinear(OrderedDict([("reduce", _linear(i, r, first[0], None, param)),
+                                          ("expand", _linear(r, o, second[0], f.bias, param))]))
+    red = _conv(G * i, G * r, 1, first.reshape(G * r, i, 1, 1), None, param, stride=orig.stride, padding=orig.padding,
+                padding_mode=orig.padding_mode, groups=G)
+    exp = _conv(G * r, G * o, 1, second.reshape(G * o, r, 1, 1), f.bias, param, groups=G)
+    return LowRankConv2d(OrderedDict([("reduce", red), ("expand", exp)]))
 
 
 def _tensor_digest(h, t: torch.Tensor | None) -> None:
@@ -326,15 +307,31 @@ def _layer_digest(layer: LayerInfo, module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of a model's decomposable layers: names, kinds, shapes and the bytes of their weights
-    and biases — all that factors depend on (other parameters, e.g. BatchNorm, are not included).
+def weights_fingerprint(model: nn.Module, *, all_tensors: bool = False) -> str:
+    """SHA-256 of a model's weights — the one fingerprint of lrviz.
 
-    One pass over those weights (about 0.06 s per 100 MB of weights on one CPU core).
+    By default of its decomposable layers: names, kinds, shapes and the bytes of their weights and
+    biases — all that factors depend on (other parameters, e.g. BatchNorm, are not included; this is
+    what a :class:`FactorCache` records). With ``all_tensors``: every entry of ``model.state_dict()``
+    (names, shapes, dtypes and bytes, BatchNorm statistics included) — all that the model's output
+    depends on besides its architecture (the sensitivity cache key, :mod:`lrviz.sensitivity_cache`).
+
+    One pass over those tensors (about 0.06 s per 100 MB of weights on one CPU core).
     """
+    if all_tensors:
+        h = hashlib.sha256()
+        for name, t in model.state_dict().items():
+            h.update(name.encode())
+            _tensor_digest(h, t)
+        return h.hexdigest()
+    return _combined(_layer_digest(l, get_module(model, l.name)) for l in find_layers(model)[0])
+
+
+def _combined(digests) -> str:
+    """One SHA-256 of per-layer digests, in order."""
     h = hashlib.sha256()
-    for l in find_layers(model)[0]:
-        h.update(_layer_digest(l, get_module(model, l.name)).encode())
+    for d in digests:
+        h.update(d.encode())
     return h.hexdigest()
 
 
@@ -351,10 +348,7 @@ class FactorCache:
         self._model = model
         self._layers = {l.name: l for l in find_layers(model)[0]}
         self._digests = {n: _layer_digest(l, get_module(model, n)) for n, l in self._layers.items()}
-        h = hashlib.sha256()
-        for d in self._digests.values():
-            h.update(d.encode())
-        self._fingerprint = h.hexdigest()
+        self._fingerprint = _combined(self._digests.values())
         self._factors: dict[str, LayerFactors] = {}
         self._lock = threading.Lock()
 

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrviz.data import _is_int, make_loader, subset
-from lrviz.errors import LrvizError
+from lrviz.data import make_loader, subset
+from lrviz.errors import LrvizError, is_int
+from lrviz.pt2 import user_input_shape
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,10 @@ __all__ = [
     "wilson_interval",
 ]
 
-_Z95 = 1.959963984540054
+Z95 = 1.959963984540054
 
 
-def wilson_interval(k: int, n: int, z: float = _Z95) -> tuple[float, float]:
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score confidence interval for a binomial proportion ``k / n``.
 
     Parameters
@@ -226,15 +227,8 @@ def _is_exported(model: Any) -> bool:
 
 def _static_batch_size(program: torch.export.ExportedProgram) -> int | None:
     """The batch size an exported program was specialised to, or None if it is dynamic."""
-    user_inputs = set(program.graph_signature.user_inputs)
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in user_inputs:
-            val = node.meta.get("val")
-            shape = getattr(val, "shape", None)
-            if shape is not None and len(shape) > 0 and isinstance(shape[0], int):
-                return int(shape[0])
-            return None
-    return None
+    shape = user_input_shape(program)
+    return int(shape[0]) if shape and isinstance(shape[0], int) else None
 
 
 @contextlib.contextmanager
@@ -388,56 +382,71 @@ def evaluate(
     num_classes = getattr(dataset, "num_classes", None)
     loader = make_loader(data, batch_size=batch_size)
     start = time.perf_counter()
-    done = correct = correct5 = 0
-    loss_sum = 0.0
-    has_top5: bool | None = None
+    tally = _Tally()
     with _prepared(model, dev) as (module, static_batch), torch.inference_mode():
         _check_batch_memory(module, data, min(batch_size, total), dev, static_batch)
         for x, y in loader:
             x = x.to(dev, non_blocking=True)
             y = torch.as_tensor(y).to(dev, non_blocking=True).long()
             out = _forward(module, x, static_batch)
-            if out.ndim != 2 or out.shape[0] != x.shape[0] or (
-                num_classes is not None and out.shape[1] != num_classes
-            ):
-                expected = f"{x.shape[0]} x {num_classes if num_classes is not None else 'C'}"
-                raise LrvizError(
-                    f"The model returned output of shape {tuple(out.shape)} for a batch of "
-                    f"{x.shape[0]} images; expected {expected} (one logit per class). Make sure "
-                    "the model's last layer has one output per dataset class."
-                )
-            classes = out.shape[1]
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
-                raise LrvizError(
-                    f"Dataset labels range {int(y.min())}..{int(y.max())} but the model has "
-                    f"{classes} outputs. Use a model trained for this dataset."
-                )
-            logits = out.float()
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == y).sum())
-            if has_top5 is None:
-                has_top5 = classes > 5
-            if has_top5:
-                top5 = logits.topk(5, dim=1).indices
-                correct5 += int((top5 == y[:, None]).any(dim=1).sum())
-            done += int(x.shape[0])
+            _check_output(out, x, y, num_classes)
+            tally.add(out, y)
             if progress is not None:
-                progress(done, total)
-    seconds = time.perf_counter() - start
-    result = EvalResult(
-        top1=correct / done,
-        top1_ci=wilson_interval(correct, done),
-        top5=(correct5 / done) if has_top5 else None,
-        loss=loss_sum / done,
-        n=done,
-        seconds=seconds,
-        correct=correct,
-    )
+                progress(tally.done, total)
+    result = tally.result(time.perf_counter() - start)
     logger.info(
-        "Evaluated %d images on %s in %.2fs: top1=%.4f loss=%.4f", done, dev, seconds,
+        "Evaluated %d images on %s in %.2fs: top1=%.4f loss=%.4f", result.n, dev, result.seconds,
         result.top1, result.loss,
     )
     return result
+
+
+def _check_output(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, num_classes: int | None) -> None:
+    """One logit per class for every image, and labels the model can output."""
+    if out.ndim != 2 or out.shape[0] != x.shape[0] or (num_classes is not None and out.shape[1] != num_classes):
+        expected = f"{x.shape[0]} x {num_classes if num_classes is not None else 'C'}"
+        raise LrvizError(
+            f"The model returned output of shape {tuple(out.shape)} for a batch of "
+            f"{x.shape[0]} images; expected {expected} (one logit per class). Make sure "
+            "the model's last layer has one output per dataset class."
+        )
+    classes = out.shape[1]
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise LrvizError(
+            f"Dataset labels range {int(y.min())}..{int(y.max())} but the model has "
+            f"{classes} outputs. Use a model trained for this dataset."
+        )
+
+
+class _Tally:
+    """Running counts of one evaluation: images, top-1 and top-5 hits, summed cross-entropy."""
+
+    def __init__(self) -> None:
+        self.done = self.correct = self.correct5 = 0
+        self.loss_sum = 0.0
+        self.has_top5: bool | None = None  # decided by the first batch: more than 5 classes
+
+    def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        logits = out.float()
+        self.loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        self.correct += int((logits.argmax(dim=1) == y).sum())
+        if self.has_top5 is None:
+            self.has_top5 = out.shape[1] > 5
+        if self.has_top5:
+            top5 = logits.topk(5, dim=1).indices
+            self.correct5 += int((top5 == y[:, None]).any(dim=1).sum())
+        self.done += int(out.shape[0])
+
+    def result(self, seconds: float) -> EvalResult:
+        return EvalResult(
+            top1=self.correct / self.done,
+            top1_ci=wilson_interval(self.correct, self.done),
+            top5=(self.correct5 / self.done) if self.has_top5 else None,
+            loss=self.loss_sum / self.done,
+            n=self.done,
+            seconds=seconds,
+            correct=self.correct,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,13 +466,13 @@ def _check_latency_args(
             f"input_size must be (channels, height, width) of positive ints, got {input_size!r}. "
             "Use e.g. (1, 28, 28)."
         )
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise LrvizError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if not (isinstance(min_run_time, (int, float)) and min_run_time > 0):
         raise LrvizError(
             f"min_run_time must be a positive number of seconds, got {min_run_time!r}."
         )
-    if threads is not None and (not _is_int(threads) or threads < 1):
+    if threads is not None and (not is_int(threads) or threads < 1):
         raise LrvizError(f"threads must be a positive integer or None, got {threads!r}.")
     n_threads = int(threads) if threads is not None else torch.get_num_threads()
     return size, n_threads  # type: ignore[return-value]
@@ -596,7 +605,7 @@ def compare_latency(
     """
     if not models:
         raise LrvizError("compare_latency needs at least one model, got none.")
-    if not _is_int(rounds) or rounds < 1:
+    if not is_int(rounds) or rounds < 1:
         raise LrvizError(f"rounds must be a positive integer, got {rounds!r}.")
     size, n_threads = _check_latency_args(input_size, batch_size, min_run_time, threads)
     dev = _resolve_device(device)

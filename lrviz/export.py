@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import LrvizError
+from .errors import LrvizError, short_cause
 
 __all__ = ["export_program", "save_program", "program_params"]
 
@@ -33,7 +33,7 @@ def export_program(model: nn.Module, input_size: tuple[int, ...], max_batch: int
     try:
         return torch.export.export(m, (x,), dynamic_shapes=({0: batch},))
     except Exception as e:  # torch.export raises many types; the cause is what the user needs
-        raise LrvizError(f"torch.export could not trace the model at input size {tuple(input_size)}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+        raise LrvizError(f"torch.export could not trace the model at input size {tuple(input_size)}: {short_cause(e, limit=300)}") from e
 
 
 def save_program(model: nn.Module, input_size: tuple[int, ...], path) -> Path:

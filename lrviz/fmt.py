@@ -1,8 +1,14 @@
-"""Number formatting shared by the CLI, the dashboard and the HTML report (one style everywhere)."""
+"""Numbers to text and back, shared by the CLI, the dashboard and the HTML report (one style everywhere).
+
+Formatting: :func:`human`, :func:`percent`, :func:`percent_range`, :func:`points`, :func:`size_mb`.
+Parsing: :func:`number_parts` splits ``"3,224,224"``, ``"3x32x32"`` or ``"(0.5, 0.4)"`` into its numbers' texts.
+"""
 
 from __future__ import annotations
 
-__all__ = ["human", "size_mb"]
+import re
+
+__all__ = ["human", "number_parts", "percent", "percent_range", "points", "size_mb"]
 
 
 def human(n: float, unit: str = "") -> str:
@@ -24,3 +30,35 @@ def human(n: float, unit: str = "") -> str:
 def size_mb(params: int, bytes_per_param: int = 4) -> float:
     """Model size in MB (10⁶ bytes) at ``bytes_per_param`` bytes a parameter (float32 by default)."""
     return params * bytes_per_param / 1e6
+
+
+def percent(x: float | None, digits: int = 1, signed: bool = False) -> str:
+    """A fraction as a percentage: ``0.9123`` → ``"91.2%"`` (``signed``: ``"+91.2%"``); ``None`` → ``"–"``."""
+    if x is None:
+        return "–"
+    return f"{float(x):{'+' if signed else ''}.{digits}%}"
+
+
+def percent_range(lo: float, hi: float, digits: int = 1) -> str:
+    """An interval of fractions with the unit once: ``(0.8, 0.9)`` → ``"80.0–90.0%"``."""
+    return f"{100 * float(lo):.{digits}f}–{percent(hi, digits)}"
+
+
+def points(delta: float, digits: int = 1, signed: bool = True) -> str:
+    """A difference of two fractions in percentage points: ``-0.004`` → ``"-0.4 points"`` (``signed``:
+    ``+`` on gains too; without it for magnitudes such as an RMS error)."""
+    return f"{100 * float(delta):{'+' if signed else ''}.{digits}f} points"
+
+
+#: What separates the numbers of a size or list typed by a user: commas, ``x``, ``×`` or white space.
+_SEPARATORS = re.compile(r"[,x×\s]+")
+
+
+def number_parts(text: str) -> list[str]:
+    """Split a typed list of numbers into the numbers' texts (not converted).
+
+    ``"3,224,224"``, ``"3x224x224"``, ``"3 224 224"`` and ``"(3, 224, 224)"`` all give
+    ``["3", "224", "224"]``; empty parts are dropped. The caller converts (``int`` / ``float``) and
+    says what it expected.
+    """
+    return [p for p in _SEPARATORS.split(str(text).strip().strip("()[]")) if p]

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from .errors import LrvizError
+from .errors import LrvizError, is_int
 
 __all__ = ["LayerInfo", "SkippedLayer", "MODE_OUT", "MODE_IN", "MODE_MATRIX", "layer_modes", "find_layers", "get_module", "set_module"]
 
@@ -126,6 +126,34 @@ class LayerInfo:
         if len(shape) == 4:
             return (int(shape[2]), int(shape[3]))
         return (1, 1)
+
+    def check_ranks(self, ranks) -> tuple[int, ...]:
+        """``ranks`` validated for this layer: one integer per mode (:func:`layer_modes`), each in
+        ``1..full`` (per group for a grouped conv); a single int is accepted for a one-mode layer.
+
+        Raises :class:`LrvizError` naming the layer, the ranks given and what is allowed — never
+        clamps (a plan lrviz wrote cannot hold such ranks). The one rank validator of plans and
+        :func:`lrviz.build_layer`.
+        """
+        full = self.full_ranks
+        vals = (ranks,) if is_int(ranks) else ranks
+        try:
+            vals = list(vals)
+        except TypeError as e:
+            raise LrvizError(f"layer {self.name!r}: ranks must be a list of integers, got {ranks!r}") from e
+        if len(vals) != len(full) or not all(is_int(v) for v in vals):
+            want = "[r_out, r_in]" if self.kind == TUCKER2 else "[r]"
+            raise LrvizError(f"layer {self.name!r} ({self.kind}) needs integer ranks {want}; got {ranks!r}")
+        per = f" per group ({self.groups} groups)" if self.groups > 1 else ""
+        out = []
+        for v, f in zip(map(int, vals), full):
+            if v < 1:
+                raise LrvizError(f"layer {self.name!r}: rank {v} is impossible; allowed 1..{f}{per}")
+            if v > f:
+                raise LrvizError(f"layer {self.name!r}: rank {v} is above the full rank {f}; allowed 1..{f}{per} "
+                                 "(the full rank keeps that mode dense)")
+            out.append(v)
+        return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ A :class:`RankPlan` is frozen and hashable (safe as a cache key). Specs resolved
 :func:`precheck_plan` resolves or checks what needs no spectra; :func:`max_ratio` is the largest
 params or MACs reduction any plan can reach (every factored mode at rank 1).
 
+:func:`plan_for_ratio` is the one way to reach a params or MACs ratio with a one-parameter family
+(uniform fraction F, weakened VBMF K, energy fraction F): bisection on F or K. ``ratio:T`` is the
+energy family, falling back to the uniform one; the sweep and the dashboard call it directly.
+
 Two rules apply to every spec: a mode where EVBMF finds no signal (rank 0) keeps the layer dense
 (clamping to rank 1 would destroy it); and a layer is only decomposed when it gets cheaper — each
 mode's factor is dropped (rank set back to full) if the layer has fewer parameters without it
@@ -25,24 +29,24 @@ mode's factor is dropped (rank set back to full) if the layer has fewer paramete
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
 import os
 import uuid
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from .analysis import ModelAnalysis
-from .cost import CostReport, layer_macs, layer_params
-from .errors import LrvizError
-from .layers import TUCKER2, LayerInfo
+from .cost import CostReport, check_metric, layer_cost, layer_macs, layer_params
+from .errors import LrvizError, is_int
+from .layers import MODE_IN, MODE_OUT, TUCKER2, LayerInfo
 from .spectra import energy_rank
 from .vbmf import weaken_rank
 
 __all__ = ["LayerPlan", "RankPlan", "make_plan", "parse_spec", "precheck_plan", "max_ratio", "classifier_layer", "plan_for_ratio",
-           "effective_ranks", "cheapest_structure", "plan_cost", "PLAN_SCHEMA"]
+           "RATIO_FAMILIES", "uniform_rank", "effective_ranks", "cheapest_structure", "plan_cost", "PLAN_SCHEMA"]
 
 PLAN_SCHEMA = "lrviz.plan/1"
 RATIO_TOLERANCE = 0.10
@@ -112,7 +116,7 @@ class RankPlan:
         new = []
         for lp in self.layers:
             if lp.name in changes:
-                r = _validate_ranks(_info(lp), changes[lp.name])
+                r = _info(lp).check_ranks(changes[lp.name])
                 lp = replace(lp, ranks=r, note="")
             new.append(lp)
         return RankPlan(tuple(new), spec=spec, model=self.model)
@@ -190,7 +194,7 @@ class RankPlan:
                     raise LrvizError(
                         f"plan layer {name!r} is {kind} {shape} but the model's is {m.kind} {m.weight_shape}: wrong architecture"
                     )
-            r = _validate_ranks(info, ranks)
+            r = info.check_ranks(ranks)
             out.append(LayerPlan(name, kind, shape, r, str(e.get("note", ""))))
         return cls(tuple(out), spec=str(d.get("spec", "")), model=str(d.get("model", "")))
 
@@ -223,32 +227,9 @@ _KIND_NDIM = {TUCKER2: (4, 5), "svd_conv": (4, 5), "svd_linear": (2,)}  # 5: gro
 
 def _plain_int(v) -> int:
     """An int from JSON (bools and floats are not ints)."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+    if not is_int(v):
         raise ValueError(f"{v!r} is not an integer")
     return int(v)
-
-
-def _validate_ranks(layer: LayerInfo, ranks) -> tuple[int, ...]:
-    full = layer.full_ranks
-    if isinstance(ranks, (int, np.integer)):
-        ranks = (ranks,)
-    try:
-        vals = list(ranks)
-    except TypeError as e:
-        raise LrvizError(f"layer {layer.name!r}: ranks must be a list of integers, got {ranks!r}") from e
-    if len(vals) != len(full) or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
-        want = "[r_out, r_in]" if layer.kind == TUCKER2 else "[r]"
-        raise LrvizError(f"layer {layer.name!r} ({layer.kind}) needs integer ranks {want}; got {ranks!r}")
-    out = []
-    for v, f in zip(vals, full):
-        v = int(v)
-        if v < 1:
-            raise LrvizError(f"layer {layer.name!r}: rank {v} is impossible; allowed 1..{f}")
-        if v > f:
-            raise LrvizError(f"layer {layer.name!r}: rank {v} is above the full rank {f}; allowed 1..{f} "
-                             f"(the full rank keeps that mode dense)")
-        out.append(v)
-    return tuple(out)
 
 
 def cheapest_structure(layer: LayerInfo, ranks: tuple[int, ...], cost=None) -> tuple[int, ...]:
@@ -278,7 +259,7 @@ def effective_ranks(layer: LayerInfo, ranks: tuple[int, ...]) -> tuple[tuple[int
         return ranks, ""
     if layer.kind != TUCKER2:
         return full, f"rank {ranks[0]} would not reduce params (break-even {_svd_break_even(layer)}): kept dense"
-    dropped = [m for m, (a, b) in zip(("out", "in"), zip(best, ranks)) if a != b]
+    dropped = [m for m, (a, b) in zip((MODE_OUT, MODE_IN), zip(best, ranks)) if a != b]
     return best, f"{'/'.join(dropped)} factor would not reduce params: kept full"
 
 
@@ -387,10 +368,6 @@ def _build(analysis: ModelAnalysis, spec: str, rank_fn, exclude, keep: str | Non
     return RankPlan(tuple(layers), spec=spec, model=analysis.model_name)
 
 
-def _mode_full(l: LayerInfo) -> tuple[int, ...]:
-    return l.full_ranks
-
-
 def _vbmf_fn(analysis: ModelAnalysis, k: float):
     def fn(l: LayerInfo):
         r_v = analysis.vbmf_ranks(l.name)
@@ -409,9 +386,15 @@ def _energy_fn(analysis: ModelAnalysis, frac: float):
     return fn
 
 
+def uniform_rank(full: int, fraction: float) -> int:
+    """The ``uniform:F`` rank of a mode of full rank ``full``: ``ceil(F·full)``, at least 1 (also the
+    rule of the sensitivity anchors, :func:`lrviz.sensitivity.anchor_ranks`)."""
+    return max(1, math.ceil(fraction * full - 1e-9))
+
+
 def _uniform_fn(frac: float):
     def fn(l: LayerInfo):
-        return tuple(max(1, math.ceil(frac * f - 1e-9)) for f in l.full_ranks), ""
+        return tuple(uniform_rank(f, frac) for f in l.full_ranks), ""
 
     return fn
 
@@ -420,38 +403,64 @@ def max_ratio(analysis: ModelAnalysis, metric: str = "params", exclude=(), keep_
     """The largest ``metric`` (``"params"`` or ``"macs"``) reduction any plan can reach: every layer
     that is not excluded (nor the kept classifier) at its cheapest structure with rank 1 on each
     factored mode. Costs grow with the ranks, so no plan (nor the budget solver) can do better."""
-    if metric not in ("params", "macs"):
-        raise LrvizError(f"metric must be 'params' or 'macs'; got {metric!r}")
+    total = analysis.total(metric)
     keep = classifier_layer(analysis) if keep_classifier else None
-    total = analysis.macs if metric == "macs" else analysis.params
     saved = 0
     for l in analysis.layers:
         if l.name == keep or any(fnmatch.fnmatchcase(l.name, pat) for pat in exclude):
             continue
-        io = analysis.io[l.name]
-        cost = (lambda r, l=l, io=io: layer_macs(l, io, r)) if metric == "macs" else (lambda r, l=l: layer_params(l, r))
+        cost = functools.partial(layer_cost, l, analysis.io[l.name], metric=metric)
         saved += cost(l.full_ranks) - cost(cheapest_structure(l, (1,) * len(l.full_ranks), cost))
     return total / max(total - saved, 1)
 
 
 def _ratio_of(analysis, plan, metric: str) -> float:
-    cost = plan_cost(analysis, plan)
-    return cost.macs_ratio if metric == "macs" else cost.params_ratio
+    return plan_cost(analysis, plan).ratio(metric)
 
 
-def _bisect_ratio(analysis, target, rank_fn_of, spec_of, grows_with_x, exclude, keep, iters=40, endpoints=(), metric="params"):
-    """Bisect ``x`` in [0, 1] of a one-parameter rank family for the params ratio closest to ``target``.
+@dataclass(frozen=True)
+class _Family:
+    """A one-parameter rank family: ``rank_fn(analysis, x)`` is the per-layer rank function at
+    ``x ∈ [0, 1]`` and ``spec(x)`` its plan spec; ``grows_with_x`` says whether the cost ratio rises
+    with ``x`` (VBMF weakening K) or falls (energy, uniform fraction); ``endpoints`` are tried besides
+    the bisection; ``limit`` says what stops the family short of :func:`max_ratio`."""
 
-    ``rank_fn_of(x)`` gives the per-layer rank function, ``spec_of(x)`` the plan's spec label;
-    ``grows_with_x`` says whether the ratio rises with ``x`` (VBMF weakening K) or falls (energy,
-    uniform fraction). ``endpoints`` are also tried. ``metric``: the ratio of ``"params"`` or ``"macs"``.
-    Returns ``(relative error, plan)``.
-    """
+    rank_fn: Callable
+    spec: Callable[[float], str]
+    grows_with_x: bool
+    needs_spectra: bool = True
+    endpoints: tuple[float, ...] = ()
+    limit: str = ""
+
+
+_FAMILIES = {
+    "uniform": _Family(lambda analysis, x: _uniform_fn(x), lambda x: f"uniform:{max(x, 1e-6):.6f}", False, needs_spectra=False),
+    "vbmf": _Family(_vbmf_fn, lambda x: f"vbmf:{x:.6f}", True, endpoints=(1.0,),  # K = 1 may be what is needed
+                    limit="; weakened VBMF stops at the EVBMF ranks (K = 1)"),
+    "energy": _Family(_energy_fn, lambda x: f"energy:{x:.6f}", False),
+}
+
+#: The one-parameter families :func:`plan_for_ratio` bisects (and the specs ``uniform:F``, ``vbmf:K``, ``energy:F``).
+RATIO_FAMILIES = tuple(_FAMILIES)
+
+
+def _family(analysis: ModelAnalysis, name: str, what: str) -> _Family:
+    fam = _FAMILIES[name]
+    if fam.needs_spectra and not analysis.has_spectra:
+        raise LrvizError(f"{what} needs spectra; this analysis was made with spectra=False")
+    return fam
+
+
+def _closest_in_family(analysis: ModelAnalysis, family: str, target: float, metric: str, exclude, keep,
+                       iters: int) -> tuple[float, RankPlan]:
+    """Bisect ``x`` in [0, 1] of ``family`` for the ``metric`` ratio closest to ``target``; every plan
+    built on the way is a candidate. Returns ``(relative error, plan)``."""
+    fam = _FAMILIES[family]
     best: tuple[float, RankPlan] | None = None
 
-    def consider(x):
+    def consider(x: float) -> float:
         nonlocal best
-        p = _build(analysis, spec_of(x), rank_fn_of(x), exclude, keep)
+        p = _build(analysis, fam.spec(x), fam.rank_fn(analysis, x), exclude, keep)
         ratio = _ratio_of(analysis, p, metric)
         err = abs(ratio / target - 1.0)
         if best is None or err < best[0]:
@@ -462,64 +471,92 @@ def _bisect_ratio(analysis, target, rank_fn_of, spec_of, grows_with_x, exclude, 
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         too_compressed = consider(mid) > target
-        if too_compressed == grows_with_x:
+        if too_compressed == fam.grows_with_x:
             hi = mid
         else:
             lo = mid
-    for x in endpoints:
+    for x in fam.endpoints:
         consider(x)
     return best
 
 
+def _unreachable(what: str, analysis: ModelAnalysis, closest: RankPlan, target: float, metric: str, tolerance: float,
+                 exclude, keep, limit: str = "") -> LrvizError:
+    reached = _ratio_of(analysis, closest, metric)
+    most = max_ratio(analysis, metric, exclude, keep is not None)
+    return LrvizError(
+        f"{what}: cannot reach a {target:g}x {metric} reduction within ±{tolerance:.0%} (closest {reached:.2f}x{limit}; "
+        f"the most this model allows is about {most:.2f}x, limited by layers that cannot be decomposed)"
+    )
+
+
 def plan_for_ratio(
     analysis: ModelAnalysis,
-    target: float,
     family: str,
+    target: float,
+    *,
+    metric: str = "params",
+    tolerance: float = RATIO_TOLERANCE,
     exclude=(),
     keep_classifier: bool = True,
     iters: int = 40,
-    tolerance: float = RATIO_TOLERANCE,
-    metric: str = "params",
-) -> RankPlan | None:
-    """The ``uniform:F``, weakened ``vbmf:K`` or ``energy:F`` plan whose ``metric`` (``"params"`` or
-    ``"macs"``) ratio is ``target`` (±``tolerance``), by bisection on F or K; ``None`` when the family
-    cannot reach it."""
-    if metric not in ("params", "macs"):
-        raise LrvizError(f"metric must be 'params' or 'macs'; got {metric!r}")
+) -> RankPlan:
+    """The plan of a one-parameter rank family whose ``metric`` ratio is ``target`` (±``tolerance``).
+
+    Parameters
+    ----------
+    analysis : ModelAnalysis
+    family : {"uniform", "vbmf", "energy"}
+        ``uniform:F`` (``ceil(F·R)`` on every mode), weakened ``vbmf:K`` or ``energy:F``; F or K is
+        bisected in [0, 1] (``iters`` steps) and the plan closest to the target is kept.
+    target : float
+        The reduction factor of ``metric`` (original / planned), ≥ 1.
+    metric : {"params", "macs"}
+    tolerance : float
+        Largest relative error ``|ratio / target − 1|`` accepted.
+    exclude, keep_classifier
+        As for :func:`make_plan`.
+
+    Returns
+    -------
+    RankPlan
+        Its spec names the family and the value found (e.g. ``"uniform:0.412109"``).
+
+    Raises
+    ------
+    LrvizError
+        When the family cannot reach ``target`` within ``tolerance`` (the message gives the closest
+        ratio and the most any plan allows), and for an unknown family or metric, a target below 1,
+        or ``vbmf`` / ``energy`` on an analysis made without spectra.
+    """
+    if not isinstance(family, str) or family not in _FAMILIES:
+        raise LrvizError(f"unknown family {family!r}; use {', '.join(_FAMILIES)} (called as plan_for_ratio(analysis, family, target))")
+    check_metric(metric)
+    target = float(target)
+    if not (target >= 1.0 and math.isfinite(target)):
+        raise LrvizError(f"the target reduction must be a finite number ≥ 1 (e.g. 3); got {target:g}")
+    limit = _family(analysis, family, f"the {family} family").limit
+    exclude = tuple(exclude)
     keep = classifier_layer(analysis) if keep_classifier else None
-    if family == "uniform":
-        err, plan = _bisect_ratio(analysis, target, _uniform_fn, lambda x: f"uniform:{max(x, 1e-6):.6f}", False,
-                                  tuple(exclude), keep, iters, metric=metric)
-    elif family == "vbmf":
-        err, plan = _bisect_ratio(analysis, target, lambda x: _vbmf_fn(analysis, x), lambda x: f"vbmf:{x:.6f}", True,
-                                  tuple(exclude), keep, iters, endpoints=(1.0,), metric=metric)  # K = 1 may be what is needed
-    elif family == "energy":
-        err, plan = _bisect_ratio(analysis, target, lambda x: _energy_fn(analysis, x), lambda x: f"energy:{x:.6f}", False,
-                                  tuple(exclude), keep, iters, metric=metric)
-    else:
-        raise LrvizError(f"unknown family {family!r}; use uniform, vbmf or energy")
-    return plan if err <= tolerance else None
+    err, plan = _closest_in_family(analysis, family, target, metric, exclude, keep, iters)
+    if err > tolerance:
+        raise _unreachable(f"{family} ranks", analysis, plan, target, metric, tolerance, exclude, keep, limit)
+    return plan
 
 
 def _ratio_plan(analysis: ModelAnalysis, spec: str, target: float, exclude, keep=None) -> RankPlan:
-    """Bisect a one-parameter family (energy fraction, then uniform fraction) to hit the params ratio."""
+    """``ratio:T``: the energy family, else the uniform one, at a params ratio of T (±10%)."""
     best: tuple[float, RankPlan] | None = None
     for family in ("energy", "uniform") if analysis.has_spectra else ("uniform",):
-        fn_of = (lambda x: _energy_fn(analysis, x)) if family == "energy" else _uniform_fn
-        cand = _bisect_ratio(analysis, target, fn_of, lambda x: spec, False, exclude, keep)
+        cand = _closest_in_family(analysis, family, target, "params", exclude, keep, iters=40)
         if best is None or cand[0] < best[0]:
             best = cand
         if best[0] <= RATIO_TOLERANCE:
             break
     err, plan = best
     if err > RATIO_TOLERANCE:
-        reached = plan_cost(analysis, plan).params_ratio
-        raise LrvizError(
-            f"plan spec {spec!r}: cannot reach a {target:g}x params reduction within ±{RATIO_TOLERANCE:.0%} "
-            f"(closest {reached:.2f}x; the most this model allows is about "
-            f"{max_ratio(analysis, 'params', exclude, keep is not None):.2f}x, limited by layers that cannot be decomposed)"
-        )
-    return plan
+        raise _unreachable(f"plan spec {spec!r}", analysis, plan, target, "params", RATIO_TOLERANCE, exclude, keep)
+    return replace(plan, spec=spec)
 
 
 def _check_reachable(analysis: ModelAnalysis, spec: str, target: float, exclude, keep_classifier: bool) -> None:
@@ -556,16 +593,11 @@ def make_plan(
         return RankPlan.load(spec, analysis.layers)
     if kind == "full":
         return _build(analysis, "full", lambda l: (l.full_ranks, ""), exclude, keep)
-    if kind == "uniform":
-        return _build(analysis, spec, _uniform_fn(value), exclude, keep)
     if kind == "ratio":
         _check_reachable(analysis, spec, value, exclude, keep_classifier)
         return _ratio_plan(analysis, spec, value, exclude, keep)
-    if not analysis.has_spectra:
-        raise LrvizError(f"plan spec {spec!r} needs spectra; this analysis was made with spectra=False")
-    if kind == "vbmf":
-        return _build(analysis, spec, _vbmf_fn(analysis, value), exclude, keep)
-    return _build(analysis, spec, _energy_fn(analysis, value), exclude, keep)
+    family = _family(analysis, kind, f"plan spec {spec!r}")  # uniform, vbmf, energy
+    return _build(analysis, spec, family.rank_fn(analysis, value), exclude, keep)
 
 
 def precheck_plan(
@@ -585,7 +617,3 @@ def precheck_plan(
         _check_reachable(analysis, str(spec).strip(), value, tuple(exclude), keep_classifier)
     return None
 
-
-def plan_summary(plan: RankPlan) -> list[dict]:
-    """Plain rows for display."""
-    return [asdict(lp) for lp in plan.layers]

@@ -1,27 +1,27 @@
-"""A data-free projection of the accuracy of a rank plan (the "energy proxy").
+"""Accuracy projection of a rank plan, without building or evaluating the planned model.
 
-This is a deliberately simple placeholder until a real, data-driven projection lands. It needs only
-the spectra that :func:`lrviz.analyze` already computed, costs microseconds, and is what the
-dashboard shows live while ranks are moved.
+Two bases, one result type (:class:`Projection`):
 
-Model
------
-For every decomposable layer ``l`` planned at ranks ``r`` the *retained energy* of a mode is
-``e_m = Σ_{i≤r_m} s_i² / Σ_i s_i²`` (the squared singular values kept; 1 at full rank). A layer keeps
-``q_l = min_m e_m`` — its worst mode. The projection is
+* **Layer sensitivities** (:class:`SensitivityProjector`, basis ``"sensitivities"``): the measured
+  per-sample logit changes of single-layer, single-mode truncations (:mod:`lrviz.sensitivity`) are
+  added up, ``z = z₀ + γ·Σ Δz[layer, mode, rank]``, and the projected top-1 is the share of samples
+  whose true class still ranks first. ``γ`` is fitted to the anchor plans measured with the
+  sensitivities and to every quick evaluation (:meth:`SensitivityProjector.calibrate`); the ~95 %
+  band combines the calibration set's sampling error with the fit's residual. This is what the
+  budget solver (:mod:`lrviz.budget`) optimises and what the CLI and dashboard show once
+  sensitivities are measured.
+* **Energy proxy** (:func:`project_accuracy`, basis ``"energy proxy"``): data-free, from the spectra
+  alone, shown until sensitivities exist. A layer planned at ranks ``r`` keeps ``q_l = min_m e_m``,
+  the worst of its modes' retained energies ``e_m = Σ_{i≤r_m} s_i² / Σ_i s_i²``, and
 
-    projected_top1 = chance + (base_top1 − chance) · Π_l q_l ** exponent
+      projected_top1 = chance + (base_top1 − chance) · Π_l q_l ** α
 
-with ``chance = 1 / num_classes`` and ``exponent`` = :data:`DEFAULT_EXPONENT` (1). Properties:
+  with ``chance = 1 / num_classes`` and ``α`` = :data:`DEFAULT_EXPONENT` until :func:`fit_exponent`
+  fits it to measured points. It equals ``base_top1`` at full rank, never rises when a rank falls,
+  and ignores which layers matter more, the data and fine-tuning: an ordering device and a rough
+  scale. :func:`retention_curve` is the proxy along the ``energy:F`` plans (the dashboard's curve).
 
-* equals ``base_top1`` when every layer is at full rank (all ``q_l = 1``);
-* never increases when any rank decreases (every ``e_m`` is non-decreasing in its rank);
-* tends to ``chance`` as the ranks go to 1 in many layers.
-
-What it ignores: which layers matter more to the output (depth, residual paths, BatchNorm), the data
-distribution, and fine-tuning, which typically recovers much of the drop. Treat it as an ordering
-device and a rough scale, and check it against measured evaluations — :func:`fit_exponent` calibrates
-the one free parameter from measured points when some exist.
+Both cost well under a millisecond per plan.
 """
 
 from __future__ import annotations
@@ -34,246 +34,57 @@ import numpy as np
 
 from .analysis import ModelAnalysis
 from .errors import LrvizError
+from .evaluate import Z95
 from .plan import RankPlan
-from .spectra import energy_curve
+from .spectra import retained_energy
 
-__all__ = ["DEFAULT_EXPONENT", "ProjectionResult", "layer_retention", "project_accuracy", "fit_exponent"]
-
-#: Exponent applied to the product of per-layer retained energies.
-DEFAULT_EXPONENT = 1.0
-
-BASIS = "energy proxy"
-DESCRIPTION = (
-    "data-free energy proxy: chance + (base − chance) · Π_layers q^α, where q is a layer's retained "
-    "spectral energy (worst mode) at the planned ranks"
-)
-
-
-@dataclass(frozen=True)
-class ProjectionResult:
-    """A projected accuracy.
-
-    Attributes
-    ----------
-    top1 : float
-        Projected top-1 accuracy (fraction).
-    base_top1 : float
-        Accuracy of the uncompressed model the projection starts from.
-    chance : float
-        ``1 / num_classes``.
-    retained : float
-        ``Π_l q_l`` (before the exponent), in ``[0, 1]``.
-    exponent : float
-    per_layer : dict[str, float]
-        ``q_l`` of every planned layer.
-    basis : str
-        What the projection is based on (``"energy proxy"``).
-    """
-
-    top1: float
-    base_top1: float
-    chance: float
-    retained: float
-    exponent: float
-    per_layer: dict[str, float] = field(default_factory=dict, compare=False)
-    basis: str = BASIS
-
-    @property
-    def drop(self) -> float:
-        """Projected loss of accuracy (``base_top1 − top1``)."""
-        return self.base_top1 - self.top1
-
-    @property
-    def description(self) -> str:
-        return DESCRIPTION.replace("α", f"α (α = {self.exponent:.3g})")
-
-
-def _retained(values: np.ndarray, rank: int) -> float:
-    if rank <= 0:
-        return 0.0
-    e = energy_curve(values)
-    return float(e[min(rank, len(e)) - 1])
-
-
-def layer_retention(analysis: ModelAnalysis, plan: RankPlan) -> dict[str, float]:
-    """``q_l`` = the smallest retained energy over a layer's modes, for every planned layer.
-
-    Layers of the plan that have no spectrum (cost-only analyses) count as fully retained.
-    """
-    out: dict[str, float] = {}
-    for lp in plan.layers:
-        sp = analysis.spectra.get(lp.name)
-        if sp is None:
-            out[lp.name] = 1.0
-            continue
-        modes = sp.modes
-        if len(modes) != len(lp.ranks):
-            raise LrvizError(f"plan layer {lp.name!r} has {len(lp.ranks)} ranks but its spectrum has modes {modes}")
-        q = 1.0
-        for mode, r, full in zip(modes, lp.ranks, lp.full_ranks):
-            if r >= full:
-                continue  # mode not factored: nothing is lost
-            q = min(q, _retained(sp.values[mode], int(r)))
-        out[lp.name] = q
-    return out
-
-
-def project_accuracy(
-    analysis: ModelAnalysis,
-    plan: RankPlan,
-    base_top1: float,
-    num_classes: int,
-    exponent: float = DEFAULT_EXPONENT,
-) -> ProjectionResult:
-    """Project the top-1 accuracy of ``plan`` from the baseline accuracy (see module docstring).
-
-    Parameters
-    ----------
-    analysis : ModelAnalysis
-        With spectra (layers without a spectrum count as fully retained).
-    plan : RankPlan
-    base_top1 : float
-        Measured (or assumed) accuracy of the original model, a fraction in ``[0, 1]``.
-    num_classes : int
-        For the chance level ``1 / num_classes``.
-    exponent : float
-        ``α ≥ 0``; larger = more pessimistic.
-
-    Returns
-    -------
-    ProjectionResult
-    """
-    if not 0.0 <= float(base_top1) <= 1.0:
-        raise LrvizError(f"base_top1 must be a fraction in [0, 1]; got {base_top1}")
-    if int(num_classes) < 1:
-        raise LrvizError(f"num_classes must be positive; got {num_classes}")
-    if not (exponent >= 0 and math.isfinite(exponent)):
-        raise LrvizError(f"exponent must be a finite number ≥ 0; got {exponent}")
-    chance = 1.0 / int(num_classes)
-    per_layer = layer_retention(analysis, plan)
-    retained = float(np.prod(list(per_layer.values()))) if per_layer else 1.0
-    base = float(base_top1)
-    top1 = chance + (base - chance) * retained ** float(exponent)
-    if base < chance:  # a model below chance: the proxy cannot say anything useful, keep the base
-        top1 = base
-    return ProjectionResult(
-        top1=float(top1),
-        base_top1=base,
-        chance=chance,
-        retained=retained,
-        exponent=float(exponent),
-        per_layer=per_layer,
-    )
-
-
-def fit_exponent(
-    points: Iterable[tuple[float, float]],
-    base_top1: float,
-    num_classes: int,
-    bounds: tuple[float, float] = (0.05, 20.0),
-) -> float | None:
-    """Least-squares exponent α from measured points ``(retained, measured_top1)``.
-
-    Fits ``log((top1 − chance)/(base − chance)) = α · log(retained)`` through the origin, using only
-    points where both logs are defined (retained in (0, 1), measured accuracy above chance and below
-    the base). Returns None when no point is usable; the result is clipped to ``bounds``.
-    """
-    chance = 1.0 / int(num_classes)
-    span = float(base_top1) - chance
-    if span <= 0:
-        return None
-    xs, ys = [], []
-    for retained, top1 in points:
-        if not (0.0 < retained < 1.0):
-            continue
-        rel = (float(top1) - chance) / span
-        if not (0.0 < rel < 1.0):
-            continue
-        xs.append(math.log(retained))
-        ys.append(math.log(rel))
-    if not xs:
-        return None
-    x, y = np.asarray(xs), np.asarray(ys)
-    alpha = float((x * y).sum() / (x * x).sum())
-    return float(min(max(alpha, bounds[0]), bounds[1]))
-
-
-def measured_pairs(measured: Iterable[Mapping]) -> list[tuple[float, float]]:
-    """``(retained, top1)`` pairs from dicts with those keys (helper for :func:`fit_exponent`)."""
-    return [(float(m["retained"]), float(m["top1"])) for m in measured if "retained" in m and "top1" in m]
-
-
-def retention_curve(analysis: ModelAnalysis, fractions: Iterable[float] | None = None):
-    """Params ratio and retained product ``Π q_l`` of the ``energy:F`` plans for a range of F.
-
-    Data-free and independent of the baseline accuracy, so it can be cached per model; turn it into
-    accuracies with :func:`curve_top1`. Returns a DataFrame ``fraction, params_ratio, retained``.
-    """
-    import pandas as pd
-
-    from .plan import make_plan, plan_cost
-
-    if not analysis.has_spectra or not analysis.layers:
-        return pd.DataFrame(columns=["fraction", "params_ratio", "retained"])
-    if fractions is None:
-        fractions = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0]
-    rows = []
-    for f in fractions:
-        plan = make_plan(analysis, f"energy:{f:g}")
-        q = layer_retention(analysis, plan)
-        rows.append({"fraction": f, "params_ratio": plan_cost(analysis, plan).params_ratio, "retained": float(np.prod(list(q.values())))})
-    return pd.DataFrame(rows).sort_values("params_ratio")
-
-
-def curve_top1(curve, base_top1: float, num_classes: int, exponent: float = DEFAULT_EXPONENT):
-    """Add a ``top1`` column (the projection) to a :func:`retention_curve` frame (returns a copy)."""
-    chance = 1.0 / int(num_classes)
-    out = curve.copy()
-    out["top1"] = chance + (float(base_top1) - chance) * out["retained"].astype(float) ** float(exponent)
-    return out
-
-
-# ==================================================================================================
-# Projection from measured layer sensitivities
-# ==================================================================================================
+__all__ = ["Projection", "SensitivityProjector", "SENS_BASIS", "BASIS", "DESCRIPTION", "DEFAULT_EXPONENT", "DEFAULT_REL_ERROR",
+           "CURVE_FRACTIONS", "layer_retention", "project_accuracy", "fit_exponent", "measured_pairs", "retention_curve",
+           "curve_top1"]
 
 SENS_BASIS = "sensitivities"
+BASIS = "energy proxy"
 
 #: Relative model error assumed before any measured point has been seen: the band is
 #: ±(this × projected drop), combined with the sampling error of the calibration set.
 DEFAULT_REL_ERROR = 0.3
 
-Z95 = 1.959963984540054
+#: Exponent applied to the product of per-layer retained energies (energy proxy).
+DEFAULT_EXPONENT = 1.0
 
+DESCRIPTION = (
+    "data-free energy proxy: chance + (base − chance) · Π_layers q^α, where q is a layer's retained "
+    "spectral energy (worst mode) at the planned ranks"
+)
 
-def _logit(p: float) -> float:
-    p = min(max(float(p), 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
-
-
-def _sigmoid(v: float) -> float:
-    return 1.0 / (1.0 + math.exp(-v))
+#: Energy fractions of the plans :func:`retention_curve` runs along.
+CURVE_FRACTIONS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0)
 
 
 @dataclass(frozen=True)
 class Projection:
-    """A projected accuracy with its uncertainty band.
+    """A projected accuracy with its band, on either basis.
 
     Attributes
     ----------
     top1 : float
         Projected top-1 (fraction) on the evaluation data (see ``base_top1``).
     interval : (float, float)
-        ~95 % band: sampling error of the calibration set plus the model error (fitted to measured
-        points when there are at least two, else :data:`DEFAULT_REL_ERROR` × drop).
-    loss : float or None
-        Projected mean cross-entropy on the calibration set (sensitivity basis only).
+        ~95 % band. Sensitivities: sampling error of the calibration set plus the model error (fitted
+        to measured points when there are at least two, else :data:`DEFAULT_REL_ERROR` × drop).
+        Energy proxy, whose error is unknown: ``[top1 − drop/2, base_top1]``.
     base_top1 : float
         Accuracy of the uncompressed model the projection is anchored to.
     basis : str
-        ``"sensitivities"`` or ``"energy proxy"``.
+        ``"sensitivities"`` (:data:`SENS_BASIS`) or ``"energy proxy"`` (:data:`BASIS`).
     detail : str
         One line saying what the number is based on.
+    loss, calib_top1 : float or None
+        Sensitivities: projected mean cross-entropy and top-1 on the calibration set itself.
+    retained, exponent, chance : float or None
+        Energy proxy: ``Π_l q_l`` (before the exponent), ``α`` and ``1 / num_classes``.
+    per_layer : dict[str, float]
+        Energy proxy: ``q_l`` of every planned layer.
     """
 
     top1: float
@@ -283,14 +94,38 @@ class Projection:
     detail: str = ""
     loss: float | None = None
     calib_top1: float | None = None
+    retained: float | None = None
+    exponent: float | None = None
+    chance: float | None = None
+    per_layer: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def drop(self) -> float:
+        """Projected loss of accuracy (``base_top1 − top1``)."""
         return self.base_top1 - self.top1
+
+    @property
+    def description(self) -> str:
+        """:attr:`detail` (the name the dashboard's energy-proxy caption reads)."""
+        return self.detail
 
     def to_dict(self) -> dict:
         return {"projected_top1": self.top1, "interval": [self.interval[0], self.interval[1]], "base_top1": self.base_top1,
                 "basis": self.basis, "detail": self.detail, "projected_loss": self.loss}
+
+
+# ==================================================================================================
+# Projection from measured layer sensitivities
+# ==================================================================================================
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))
 
 
 class SensitivityProjector:
@@ -305,8 +140,9 @@ class SensitivityProjector:
     — first-order additivity of small perturbations, in logit space, per sample, so interactions
     between layers that hurt *different* samples are kept. Accuracy is the fraction of samples whose
     projected logits still rank the true class first; the loss is their cross-entropy. ``γ = 1``
-    until measured points exist; :meth:`calibrate` fits ``γ`` (perturbations of many layers compound,
-    so γ > 1 is typical at high compression) and the model error of the band.
+    until measured points exist; :meth:`calibrate` fits ``γ`` and the model error of the band. On the
+    demo model the truncation errors of many layers add up *sub*-linearly: the fitted γ is 0.59–0.61
+    (from the anchors, on test or on training images), i.e. the sum over-predicts a joint change.
 
     When the projection is asked for another evaluation set than the calibration set (a different
     ``base_top1``), the change is carried over in log-odds: ``logit(p) = logit(base) +
@@ -322,11 +158,12 @@ class SensitivityProjector:
         self._memo: dict[tuple[str, int, int], np.ndarray] = {}
 
     # --- core ------------------------------------------------------------------------------------
-    def _delta(self, name: str, mode: int, rank: int) -> np.ndarray | None:
-        c = self.sens.curve(name, mode)
+    def _delta(self, name: str, index: int, rank: int) -> np.ndarray | None:
+        """``Δz`` of the mode at position ``index`` of layer ``name`` truncated to ``rank`` (None: not measured or full)."""
+        c = self.sens.curve(name, index)
         if c is None or rank >= c.full:
             return None
-        key = (name, mode, int(rank))
+        key = (name, index, int(rank))
         d = self._memo.get(key)
         if d is None:
             d = c.delta_at(rank)
@@ -357,15 +194,10 @@ class SensitivityProjector:
         return out
 
     def logits(self, plan: RankPlan, gain: float | None = None) -> np.ndarray:
+        """Projected kept logits of the calibration samples, ``z⁰ + γ·Σ Δz`` (N × M); score them with
+        :meth:`lrviz.sensitivity.Sensitivities.top1_of` / ``loss_of``."""
         g = self.gain if gain is None else float(gain)
         return self.sens.base_logits + g * self.total_delta(plan)
-
-    def calib_top1(self, plan: RankPlan, gain: float | None = None) -> float:
-        """Projected accuracy on the calibration set itself."""
-        return self.sens.top1_of(self.logits(plan, gain))
-
-    def calib_loss(self, plan: RankPlan, gain: float | None = None) -> float:
-        return self.sens.loss_of(self.logits(plan, gain))
 
     def _transfer(self, p_cal: float, base_top1: float | None) -> float:
         b_cal = self.sens.base_top1
@@ -394,7 +226,7 @@ class SensitivityProjector:
         lo, hi = max(top1 - half, 0.0), min(top1 + half, 1.0)
         fit = f"γ = {self.gain:.2f} fitted to {self.n_fit} measured plan(s)" if self.n_fit else "γ = 1 (not yet calibrated by a measurement)"
         detail = (f"additive per-sample logit changes of single-layer truncations, measured on {n} calibration images; {fit}")
-        return Projection(top1, (lo, hi), base, SENS_BASIS, detail, loss, p_cal)
+        return Projection(top1, (lo, hi), base, SENS_BASIS, detail, loss=loss, calib_top1=p_cal)
 
     # --- calibration ---------------------------------------------------------------------------
     @classmethod
@@ -484,3 +316,148 @@ class _FreeLayer:
     @property
     def is_dense(self) -> bool:
         return self.ranks == self.full_ranks
+
+
+# ==================================================================================================
+# Data-free energy proxy
+# ==================================================================================================
+
+
+def layer_retention(analysis: ModelAnalysis, plan: RankPlan) -> dict[str, float]:
+    """``q_l`` = the smallest retained energy over a layer's modes, for every planned layer.
+
+    Layers of the plan that have no spectrum (cost-only analyses) count as fully retained.
+    """
+    out: dict[str, float] = {}
+    for lp in plan.layers:
+        sp = analysis.spectra.get(lp.name)
+        if sp is None:
+            out[lp.name] = 1.0
+            continue
+        modes = sp.modes
+        if len(modes) != len(lp.ranks):
+            raise LrvizError(f"plan layer {lp.name!r} has {len(lp.ranks)} ranks but its spectrum has modes {modes}")
+        q = 1.0
+        for mode, r, full in zip(modes, lp.ranks, lp.full_ranks):
+            if r >= full:
+                continue  # mode not factored: nothing is lost
+            q = min(q, retained_energy(sp.values[mode], int(r)))
+        out[lp.name] = q
+    return out
+
+
+def project_accuracy(
+    analysis: ModelAnalysis,
+    plan: RankPlan,
+    base_top1: float,
+    num_classes: int,
+    exponent: float = DEFAULT_EXPONENT,
+) -> Projection:
+    """Project the top-1 accuracy of ``plan`` from the baseline accuracy (see module docstring).
+
+    Parameters
+    ----------
+    analysis : ModelAnalysis
+        With spectra (layers without a spectrum count as fully retained).
+    plan : RankPlan
+    base_top1 : float
+        Measured (or assumed) accuracy of the original model, a fraction in ``[0, 1]``.
+    num_classes : int
+        For the chance level ``1 / num_classes``.
+    exponent : float
+        ``α ≥ 0``; larger = more pessimistic.
+
+    Returns
+    -------
+    Projection
+        Basis ``"energy proxy"``, with ``retained``, ``exponent``, ``chance`` and ``per_layer``.
+    """
+    if not 0.0 <= float(base_top1) <= 1.0:
+        raise LrvizError(f"base_top1 must be a fraction in [0, 1]; got {base_top1}")
+    if int(num_classes) < 1:
+        raise LrvizError(f"num_classes must be positive; got {num_classes}")
+    if not (exponent >= 0 and math.isfinite(exponent)):
+        raise LrvizError(f"exponent must be a finite number ≥ 0; got {exponent}")
+    chance = 1.0 / int(num_classes)
+    per_layer = layer_retention(analysis, plan)
+    retained = float(np.prod(list(per_layer.values()))) if per_layer else 1.0
+    base = float(base_top1)
+    top1 = chance + (base - chance) * retained ** float(exponent)
+    if base < chance:  # a model below chance: the proxy cannot say anything useful, keep the base
+        top1 = base
+    top1 = float(top1)
+    drop = base - top1
+    return Projection(top1, (max(top1 - 0.5 * drop, 0.0), max(base, top1)), base, BASIS,
+                      DESCRIPTION.replace("α", f"α (α = {float(exponent):.3g})"), retained=retained, exponent=float(exponent),
+                      chance=chance, per_layer=per_layer)
+
+
+def fit_exponent(
+    points: Iterable[tuple[float, float]],
+    base_top1: float,
+    num_classes: int,
+    bounds: tuple[float, float] = (0.05, 20.0),
+) -> float | None:
+    """Least-squares exponent α from measured points ``(retained, measured_top1)``.
+
+    Fits ``log((top1 − chance)/(base − chance)) = α · log(retained)`` through the origin, using only
+    points where both logs are defined (retained in (0, 1), measured accuracy above chance and below
+    the base). Returns None when no point is usable; the result is clipped to ``bounds``.
+    """
+    chance = 1.0 / int(num_classes)
+    span = float(base_top1) - chance
+    if span <= 0:
+        return None
+    xs, ys = [], []
+    for retained, top1 in points:
+        if not (0.0 < retained < 1.0):
+            continue
+        rel = (float(top1) - chance) / span
+        if not (0.0 < rel < 1.0):
+            continue
+        xs.append(math.log(retained))
+        ys.append(math.log(rel))
+    if not xs:
+        return None
+    x, y = np.asarray(xs), np.asarray(ys)
+    alpha = float((x * y).sum() / (x * x).sum())
+    return float(min(max(alpha, bounds[0]), bounds[1]))
+
+
+def measured_pairs(measured: Iterable[Mapping]) -> list[tuple[float, float]]:
+    """``(retained, top1)`` pairs from dicts with those keys (helper for :func:`fit_exponent`)."""
+    return [(float(m["retained"]), float(m["top1"])) for m in measured if "retained" in m and "top1" in m]
+
+
+def retention_curve(analysis: ModelAnalysis, fractions: Iterable[float] = CURVE_FRACTIONS):
+    """The ``energy:F`` plans for a range of F, with their cost and retained product ``Π q_l``.
+
+    Data-free and independent of the baseline accuracy, so it can be cached per model. Returns a
+    DataFrame ``fraction, params_ratio, macs_ratio, retained, plan`` (``plan`` the
+    :class:`~lrviz.plan.RankPlan`), sorted by params ratio, empty without spectra. Turn it into the
+    energy proxy's accuracies with :func:`curve_top1`; for the sensitivity projection along the same
+    curve, project each ``plan`` with a :class:`SensitivityProjector`.
+    """
+    import pandas as pd
+
+    from .plan import make_plan, plan_cost
+
+    columns = ["fraction", "params_ratio", "macs_ratio", "retained", "plan"]
+    if not analysis.has_spectra or not analysis.layers:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for f in fractions:
+        plan = make_plan(analysis, f"energy:{f:g}")
+        cost = plan_cost(analysis, plan)
+        q = layer_retention(analysis, plan)
+        rows.append({"fraction": f, "params_ratio": cost.params_ratio, "macs_ratio": cost.macs_ratio,
+                     "retained": float(np.prod(list(q.values()))), "plan": plan})
+    return pd.DataFrame(rows, columns=columns).sort_values("params_ratio")
+
+
+def curve_top1(curve, base_top1: float, num_classes: int, exponent: float = DEFAULT_EXPONENT):
+    """Add a ``top1`` column (the projection) to a :func:`retention_curve` frame (returns a copy)."""
+    chance = 1.0 / int(num_classes)
+    out = curve.copy()
+    out["top1"] = chance + (float(base_top1) - chance) * out["retained"].astype(float) ** float(exponent)
+    return out

@@ -44,9 +44,9 @@ from typing import Any
 
 import torch
 
-from .errors import LrvizError
+from .errors import LrvizError, short_cause
 
-__all__ = ["Pt2Check", "check_archive", "load_program", "quiet_torch"]
+__all__ = ["Pt2Check", "check_archive", "load_program", "quiet_torch", "user_input_shape"]
 
 #: Largest total uncompressed size accepted, relative to the archive's size on disk (zip bombs).
 MAX_INFLATION = 4
@@ -252,8 +252,137 @@ def _check_payload_config(path: str, entry: str, data: bytes, payload_re: re.Pat
     return names
 
 
+def _open_zip(file: Path, p: str) -> zipfile.ZipFile:
+    """Step 1: the file exists, is not empty and is a zip archive."""
+    if not file.is_file():
+        raise LrvizError(
+            f"exported program {p!r} does not exist; check the path (a .pt2 file written by torch.export.save)"
+        )
+    if file.stat().st_size == 0:
+        raise LrvizError(f"{p!r} is empty (0 bytes); a .pt2 file is written by torch.export.save")
+    try:
+        return zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise LrvizError(
+            f"{p!r} is not a torch.export program (not a zip archive: {exc}); a .pt2 file is written by "
+            "torch.export.save(torch.export.export(model, (x,)), FILE)"
+        ) from None
+
+
+def _list_entries(zf: zipfile.ZipFile, p: str, size: int) -> tuple[str, dict[str, zipfile.ZipInfo]]:
+    """Step 2: the archive's top folder and its files by name below it; refuses zip bombs, archives
+    without one top folder and unsafe paths."""
+    infos = zf.infolist()
+    if not infos:
+        raise _refuse(p, "the archive is empty", _REEXPORT)
+    total = sum(i.file_size for i in infos)
+    if total > MAX_INFLATION * size + INFLATION_SLACK:
+        raise _refuse(p, f"it inflates to {total / 2**20:.0f} MiB from {size / 2**20:.1f} MiB (a zip bomb?)", _REEXPORT)
+    prefixes = {i.filename.split("/", 1)[0] for i in infos}
+    if len(prefixes) != 1 or any("/" not in i.filename for i in infos):
+        raise _refuse(p, "its entries do not share one top folder", _REEXPORT)
+    rel: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename.split("/", 1)[1]
+        if info.is_dir():
+            continue
+        if name.startswith("/") or ".." in name.split("/") or "\\" in name:
+            raise _refuse(p, f"entry {info.filename[:80]!r} has an unsafe path", _REEXPORT)
+        rel[name] = info
+    return prefixes.pop(), rel
+
+
+def _check_format(rel: dict[str, zipfile.ZipInfo], read, p: str) -> None:
+    """Step 3: a ``pt2`` archive, not a ``torch.save`` pickle renamed to ``.pt2`` nor the legacy format."""
+    if any(name in rel for name in _TORCH_SAVE_MARKERS):
+        raise LrvizError(
+            f"{p!r} is a torch.save file (a pickle), not a torch.export program; if it is a state_dict, "
+            "pass it with --weights FILE next to its architecture name (lrviz reads it with "
+            "weights_only=True); lrviz never unpickles a .pt2"
+        )
+    if rel.get("archive_format") is None:
+        legacy = "serialized_exported_program.json" in rel
+        what = "it is in the legacy torch.export format, which stores pickles" if legacy else "it has no archive_format entry"
+        raise _refuse(p, what, _REEXPORT)
+    fmt = read("archive_format").decode("utf-8", "replace").strip()
+    if fmt != "pt2":
+        raise _refuse(p, f"archive_format is {fmt[:20]!r}, not 'pt2'", _REEXPORT)
+
+
+@dataclass
+class _Entries:
+    """What :func:`_classify` sorted the archive's entries into."""
+
+    kept: dict[str, bytes] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    #: payload file names each config folder's configs name
+    refs: dict[str, set[str]] = field(default_factory=lambda: {"data/weights/": set(), "data/constants/": set()})
+    #: payload entry -> its folder, checked against ``refs`` once every config is read
+    payloads: dict[str, str] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+
+
+def _classify(rel: dict[str, zipfile.ZipInfo], read, p: str) -> _Entries:
+    """Step 4: sort every entry; the graph JSON and the weights/constants configs are checked as they are read."""
+    found = _Entries()
+    for name in sorted(rel):
+        if name in _FORMAT_ENTRIES or name.startswith(".data/"):
+            found.kept[name] = read(name)
+        elif m := _MODEL_RE.match(name):
+            data = read(name)
+            _check_program_json(p, name, data)
+            found.kept[name] = data
+            found.models.append(m.group(1))
+        elif _WEIGHTS_CFG_RE.match(name):
+            data = read(name)
+            found.refs["data/weights/"] |= _check_payload_config(p, name, data, _WEIGHT_PAYLOAD_RE)
+            found.kept[name] = data
+        elif _CONSTANTS_CFG_RE.match(name):
+            data = read(name)
+            found.refs["data/constants/"] |= _check_payload_config(p, name, data, _CONSTANT_PAYLOAD_RE)
+            found.kept[name] = data
+        elif _SAMPLE_RE.match(name):
+            found.kept[name] = b""  # torch's loader reads an empty entry as "no example inputs"
+            found.dropped.append(name)
+        elif name.startswith("extra/"):
+            found.dropped.append(name)
+        elif name.startswith("data/weights/") or name.startswith("data/constants/"):
+            found.payloads[name] = name.rpartition("/")[0] + "/"
+        else:
+            found.unknown.append(name)
+    return found
+
+
+def _check_payloads(found: _Entries, read, p: str) -> None:
+    """Step 5: nothing unknown, at least one program, every payload a raw tensor a config names
+    (then read), every program with its configs, every named payload present."""
+    if found.unknown:
+        unknown = found.unknown
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise _refuse(p, f"it holds entries lrviz does not open ({shown})", _REEXPORT)
+    if not found.models:
+        raise _refuse(p, "it holds no program (models/<name>.json)", _REEXPORT)
+    for name, folder in found.payloads.items():
+        if name[len(folder):] not in found.refs[folder]:
+            raise _refuse(p, f"entry {name!r} is not a raw tensor named by the archive's configs", _REEXPORT)
+        found.kept[name] = read(name)
+    for model in found.models:
+        for needed in (f"data/weights/{model}_weights_config.json", f"data/constants/{model}_constants_config.json"):
+            if needed not in found.kept:
+                raise _refuse(p, f"program {model!r} has no {needed}", _REEXPORT)
+        found.kept.setdefault(f"data/sample_inputs/{model}.pt", b"")
+    for folder, names in found.refs.items():
+        missing = sorted(n for n in names if folder + n not in found.kept)
+        if missing:
+            raise LrvizError(f"{p!r} is damaged: its configs name payloads that are missing ({missing[:5]})")
+
+
 def check_archive(path: str | Path) -> Pt2Check:
     """Inspect a ``.pt2`` archive without loading it, and return the entries that are safe to load.
+
+    Open the zip (step 1), list its entries (2), check its format (3), sort and check every entry (4),
+    then the payloads and their configs against each other (5).
 
     Parameters
     ----------
@@ -274,50 +403,8 @@ def check_archive(path: str | Path) -> Pt2Check:
     """
     p = str(path)
     file = Path(path)
-    if not file.is_file():
-        raise LrvizError(
-            f"exported program {p!r} does not exist; check the path (a .pt2 file written by torch.export.save)"
-        )
-    size = file.stat().st_size
-    if size == 0:
-        raise LrvizError(f"{p!r} is empty (0 bytes); a .pt2 file is written by torch.export.save")
-    try:
-        zf = zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise LrvizError(
-            f"{p!r} is not a torch.export program (not a zip archive: {exc}); a .pt2 file is written by "
-            "torch.export.save(torch.export.export(model, (x,)), FILE)"
-        ) from None
-    with zf:
-        infos = zf.infolist()
-        if not infos:
-            raise _refuse(p, "the archive is empty", _REEXPORT)
-        total = sum(i.file_size for i in infos)
-        if total > MAX_INFLATION * size + INFLATION_SLACK:
-            raise _refuse(p, f"it inflates to {total / 2**20:.0f} MiB from {size / 2**20:.1f} MiB (a zip bomb?)", _REEXPORT)
-        prefixes = {i.filename.split("/", 1)[0] for i in infos}
-        if len(prefixes) != 1 or any("/" not in i.filename for i in infos):
-            raise _refuse(p, "its entries do not share one top folder", _REEXPORT)
-        prefix = prefixes.pop()
-        rel: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            name = info.filename.split("/", 1)[1]
-            parts = name.split("/")
-            if info.is_dir():
-                continue
-            if name.startswith("/") or ".." in parts or "\\" in name:
-                raise _refuse(p, f"entry {info.filename[:80]!r} has an unsafe path", _REEXPORT)
-            rel[name] = info
-        if any(name in rel for name in _TORCH_SAVE_MARKERS):
-            raise LrvizError(
-                f"{p!r} is a torch.save file (a pickle), not a torch.export program; if it is a state_dict, "
-                "pass it with --weights FILE next to its architecture name (lrviz reads it with "
-                "weights_only=True); lrviz never unpickles a .pt2"
-            )
-        if rel.get("archive_format") is None:
-            legacy = "serialized_exported_program.json" in rel
-            what = "it is in the legacy torch.export format, which stores pickles" if legacy else "it has no archive_format entry"
-            raise _refuse(p, what, _REEXPORT)
+    with _open_zip(file, p) as zf:
+        prefix, rel = _list_entries(zf, p, file.stat().st_size)
 
         def read(name: str) -> bytes:
             try:
@@ -325,62 +412,23 @@ def check_archive(path: str | Path) -> Pt2Check:
             except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
                 raise LrvizError(f"{p!r} is damaged: entry {name!r} cannot be read ({exc})") from None
 
-        fmt = read("archive_format").decode("utf-8", "replace").strip()
-        if fmt != "pt2":
-            raise _refuse(p, f"archive_format is {fmt[:20]!r}, not 'pt2'", _REEXPORT)
+        _check_format(rel, read, p)
+        found = _classify(rel, read, p)
+        _check_payloads(found, read, p)
+    return Pt2Check(prefix=prefix, models=tuple(found.models), kept=found.kept, dropped=tuple(found.dropped))
 
-        kept: dict[str, bytes] = {}
-        dropped: list[str] = []
-        refs: dict[str, set[str]] = {"data/weights/": set(), "data/constants/": set()}
-        models: list[str] = []
-        payloads: dict[str, str] = {}
-        unknown: list[str] = []
-        for name in sorted(rel):
-            if name in _FORMAT_ENTRIES or name.startswith(".data/"):
-                kept[name] = read(name)
-            elif m := _MODEL_RE.match(name):
-                data = read(name)
-                _check_program_json(p, name, data)
-                kept[name] = data
-                models.append(m.group(1))
-            elif _WEIGHTS_CFG_RE.match(name):
-                data = read(name)
-                refs["data/weights/"] |= _check_payload_config(p, name, data, _WEIGHT_PAYLOAD_RE)
-                kept[name] = data
-            elif _CONSTANTS_CFG_RE.match(name):
-                data = read(name)
-                refs["data/constants/"] |= _check_payload_config(p, name, data, _CONSTANT_PAYLOAD_RE)
-                kept[name] = data
-            elif _SAMPLE_RE.match(name):
-                kept[name] = b""  # torch's loader reads an empty entry as "no example inputs"
-                dropped.append(name)
-            elif name.startswith("extra/"):
-                dropped.append(name)
-            elif name.startswith("data/weights/") or name.startswith("data/constants/"):
-                folder, _, leaf = name.rpartition("/")
-                payloads[name] = folder + "/"
-            else:
-                unknown.append(name)
-        if unknown:
-            shown = ", ".join(repr(u) for u in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-            raise _refuse(p, f"it holds entries lrviz does not open ({shown})", _REEXPORT)
-        if not models:
-            raise _refuse(p, "it holds no program (models/<name>.json)", _REEXPORT)
-        for name, folder in payloads.items():
-            leaf = name[len(folder):]
-            if leaf not in refs[folder]:
-                raise _refuse(p, f"entry {name!r} is not a raw tensor named by the archive's configs", _REEXPORT)
-            kept[name] = read(name)
-        for model in models:
-            for needed in (f"data/weights/{model}_weights_config.json", f"data/constants/{model}_constants_config.json"):
-                if needed not in kept:
-                    raise _refuse(p, f"program {model!r} has no {needed}", _REEXPORT)
-            kept.setdefault(f"data/sample_inputs/{model}.pt", b"")
-        for folder, names in refs.items():
-            missing = sorted(n for n in names if folder + n not in kept)
-            if missing:
-                raise LrvizError(f"{p!r} is damaged: its configs name payloads that are missing ({missing[:5]})")
-    return Pt2Check(prefix=prefix, models=tuple(models), kept=kept, dropped=tuple(dropped))
+
+def user_input_shape(program: torch.export.ExportedProgram) -> list[Any]:
+    """Shape of a program's first user input, as recorded when it was exported; ``[]`` when unknown.
+
+    Static dimensions are ints; dynamic ones (e.g. a ``torch.export.Dim`` batch) are symbolic.
+    """
+    user_inputs = list(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if user_inputs and node.op == "placeholder" and node.name == user_inputs[0]:
+            val = node.meta.get("val")
+            return list(val.shape) if val is not None and hasattr(val, "shape") else []
+    return []
 
 
 def _rebuild(check: Pt2Check) -> io.BytesIO:
@@ -423,8 +471,7 @@ def load_program(path: str | Path) -> torch.export.ExportedProgram:
     except LrvizError:
         raise
     except Exception as exc:  # torch raises many types on a malformed graph; the user needs one line
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise LrvizError(
-            f"could not read {str(path)!r} as an exported program ({type(exc).__name__}: {first}); a .pt2 "
+            f"could not read {str(path)!r} as an exported program ({short_cause(exc)}); a .pt2 "
             "file must be written by torch.export.save(torch.export.export(model, ...), FILE)"
         ) from None

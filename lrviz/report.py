@@ -1,8 +1,10 @@
 """A self-contained HTML report of a compression result (works offline: plotly.js is embedded once).
 
-Used by the dashboard's Present page; usable on its own::
+The Present page shows the same headline cards (:func:`headline_cards`) and figures
+(:func:`report_figures`, drawn by :mod:`lrviz.figures`) as the report it builds; usable on its own::
 
-    html = build_report("ResNet-20 on Fashion-MNIST", headline_rows, figures=[("Per-layer params", fig)])
+    cards, bars = headline_cards(cost)
+    html = build_report("ResNet-20 on Fashion-MNIST", cards, figures=list(report_figures(cost, bars).values()))
     Path("report.html").write_text(html, encoding="utf-8")
 """
 
@@ -18,7 +20,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["build_report", "png_data_uri"]
+from . import figures as fg
+from .cost import CostReport
+from .fmt import human, percent, percent_range, points, size_mb
+
+__all__ = ["METHOD_NOTES", "build_report", "headline_cards", "png_data_uri", "report_figures"]
+
+#: How the report's numbers are made (after the model and plan lines).
+METHOD_NOTES = (
+    "MACs: multiply-accumulates at batch 1 of conv and linear layers; FLOPs = 2 × MACs; size = parameters × 4 bytes.",
+    "Accuracies: fraction of correctly classified images of a fixed subset, with 95 % Wilson score intervals.",
+    "Latency: median CPU time of one forward pass at batch 1, original and compressed timed in interleaved rounds.",
+)
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -47,6 +60,50 @@ def png_data_uri(image: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def headline_cards(cost: CostReport, r0=None, r1=None, lat0=None, lat1=None) -> tuple[list[dict], list[dict]]:
+    """Before/after headline numbers: ``(cards, bars)``.
+
+    ``cards`` (``label``, ``value``, ``delta``) are the size and FLOPs, plus the accuracy of the
+    original (``r0``) and compressed (``r1``) models and their latencies (``LatencyResult``) when
+    measured; ``bars`` (``metric``, ``before``, ``after``) feed :func:`lrviz.figures.before_after_figure`.
+    """
+    cards = [
+        {"label": "Model size (float32)", "value": f"{size_mb(cost.params):.2f} → {size_mb(cost.params_planned):.2f} MB",
+         "delta": f"{cost.params_ratio:.2f}× smaller"},
+        {"label": "FLOPs per image (2 × MACs)", "value": f"{human(cost.flops)} → {human(cost.flops_planned)}", "delta": f"{cost.macs_ratio:.2f}× fewer"},
+    ]
+    bars = [{"metric": "size", "before": cost.params, "after": cost.params_planned},
+            {"metric": "FLOPs", "before": cost.flops, "after": cost.flops_planned}]
+    if r0 is not None and r1 is not None:
+        cards.append({"label": f"Top-1 accuracy ({r1.n} images)", "value": f"{percent(r0.top1)} → {percent(r1.top1)}",
+                      "delta": f"{points(r1.top1 - r0.top1)} (95 % CI after: {percent_range(*r1.top1_ci)})"})
+        bars.append({"metric": "accuracy", "before": r0.top1, "after": r1.top1})
+    if lat0 is not None and lat1 is not None:
+        speed = lat0.median_ms / max(lat1.median_ms, 1e-9)
+        cards.append({"label": "CPU latency (batch 1, median)", "value": f"{lat0.median_ms:.2f} → {lat1.median_ms:.2f} ms",
+                      "delta": f"{speed:.2f}× faster" if speed >= 1 else f"{1 / speed:.2f}× slower (small layers: factor overhead)"})
+        bars.append({"metric": "latency", "before": lat0.median_ms, "after": lat1.median_ms})
+    return cards, bars
+
+
+def report_figures(cost: CostReport, bars: Sequence[Mapping], *, analysis=None, sweep: pd.DataFrame | None = None,
+                   sweep_metric: str | None = None, base_top1: float | None = None,
+                   projection: Mapping[str, Any] | None = None) -> dict[str, tuple[str, Any]]:
+    """The report's figures in order, ``key → (title, figure)``: ``bars`` (before/after), ``layers``
+    (per-layer params), and when given ``sweep`` (measured sweep rows), ``projection`` (keyword
+    arguments of :func:`lrviz.figures.projection_figure`) and ``spectra`` (the analysis's heat-map).
+    The Present page draws its charts from the same dictionary."""
+    out = {"bars": ("Compressed relative to original", fg.before_after_figure(bars)),
+           "layers": ("Per-layer parameters", fg.layer_cost_figure(cost, "params"))}
+    if sweep is not None and sweep["top1"].notna().any():
+        out["sweep"] = ("Accuracy vs compression ratio", fg.sweep_figure(sweep, base_top1, sweep_metric))
+    if projection is not None:
+        out["projection"] = ("Quick evaluations and projection", fg.projection_figure(**projection))
+    if analysis is not None and analysis.has_spectra:
+        out["spectra"] = ("Normalised spectra", fg.spectra_heatmap(analysis))
+    return out
 
 
 def _esc(x: Any) -> str:

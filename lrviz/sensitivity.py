@@ -1,32 +1,26 @@
 """Layer sensitivity: what truncating one layer (one mode) at a time does to the model's output.
 
-For every decomposable layer and every channel mode (Tucker-2: ``out`` and ``in``; SVD: the one
-rank) the model is run on a fixed calibration set with *only that mode* of *only that layer*
-truncated, at a grid of ranks (:func:`rank_grid`). What is kept is not just accuracy: the change of
-every sample's logits, ``Δz[l, m, r] = z(l, m, r) − z₀`` (for models with many classes only the true
-class and the original's top classes, see :data:`MAX_CLASSES`). That is what the projection
-(:mod:`lrviz.project`) adds up to predict any plan without evaluating it, and what the budget
-solver (:mod:`lrviz.budget`) optimises.
+For every decomposable layer and every channel mode (Tucker-2: ``"out"`` and ``"in"``; SVD:
+``"matrix"``, see :func:`lrviz.layers.layer_modes`) the model is run on a fixed calibration set with
+*only that mode* of *only that layer* truncated, at a grid of ranks (:func:`rank_grid`). What is kept
+is not just accuracy: the change of every sample's logits, ``Δz[l, m, r] = z(l, m, r) − z₀`` (for
+models with many classes only the true class and the original's top classes, see
+:data:`MAX_CLASSES`). That is what the projection (:mod:`lrviz.project`) adds up to predict any plan
+without evaluating it, and what the budget solver (:mod:`lrviz.budget`) optimises. Joint *anchor*
+truncations (a uniform rank fraction on every layer but the output one, :func:`anchor_ranks`) are
+measured too, so the projection's gain is calibrated out of the box.
 
 A truncated mode is exactly what :func:`lrviz.compress` builds (the same cached bases and
 :func:`lrviz.build_layer`), so at full rank the curve equals the original and at any grid rank a
-single-layer plan's projection equals its measurement.
-
-Results are cached on disk (``~/.cache/lrviz/sensitivity/<key>``, one file per layer, so a cancelled
-run resumes where it stopped). The key hashes the model's weights and architecture, the exact
-calibration tensors (so the dataset, split, transform and subset are all covered), the grid and
-:data:`FORMAT_VERSION`. Several processes (or dashboard sessions) may measure the same key at once:
-every file is written atomically (temporary file + ``os.replace``), each layer is measured under an
-exclusive ``fcntl.flock`` lock of its own (a layer another process is measuring is taken up after
-the others, usually from the cache by then), and a cache file that cannot be read is measured again.
+single-layer plan's projection equals its measurement. Only the part of the network downstream of
+the truncated layer is recomputed for each rank (:mod:`lrviz.downstream`). Results are cached on
+disk, one file per layer, safe for concurrent processes (:mod:`lrviz.sensitivity_cache`).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import hashlib
-import json
 import logging
 import math
 import os
@@ -42,16 +36,22 @@ import torch.nn as nn
 
 from .cost import record_io
 from .decompose import FactorCache, build_layer
+from .downstream import DownstreamRunner, forward_logits
 from .errors import LrvizError
-from .layers import TUCKER2, LayerInfo, find_layers, get_module, layer_modes, set_module
-from .storage import FileLock, atomic_write, cache_root
+from .layers import LayerInfo, find_layers, get_module, layer_modes, set_module
+from .plan import uniform_rank
+from .sensitivity_cache import SensitivityCache, cache_key, model_fingerprint, sensitivity_dir
+from .sensitivity_cache import LOCK_DIR, _layer_file, _load_layer  # noqa: F401 (the cache's layout, read by tests/test_concurrency.py)
 
 __all__ = [
     "MAX_CLASSES",
     "DEFAULT_POINTS",
+    "DEFAULT_ANCHORS",
     "ModeCurve",
     "Sensitivities",
     "rank_grid",
+    "anchor_ranks",
+    "cross_entropy",
     "model_fingerprint",
     "sensitivity_dir",
     "measure_sensitivity",
@@ -59,8 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 2  # 2: the SVD mode is "matrix" (was "rank")
 
 #: Logits kept per sample: the true class and the original model's top classes (all when fewer).
 MAX_CLASSES = 16
@@ -72,17 +70,6 @@ DEFAULT_POINTS = 16
 
 #: Uniform rank fractions of the joint "anchor" truncations measured after the layers.
 DEFAULT_ANCHORS = (0.75, 0.55, 0.4)
-
-
-#: Most memory the upstream values kept for downstream-only passes may take (else whole passes).
-FRONTIER_BYTES = 2 * 2**30
-
-ANCHORS_FILE = "anchors.json"
-#: Lock files of a cache key's folder (one per cache file; ``fcntl.flock``, see :class:`lrviz.storage.FileLock`).
-LOCK_DIR = ".locks"
-_BUSY = object()
-
-
 
 
 def rank_grid(full: int, points: int = DEFAULT_POINTS) -> list[int]:
@@ -99,29 +86,11 @@ def rank_grid(full: int, points: int = DEFAULT_POINTS) -> list[int]:
     return sorted(r for r in ranks if 1 <= r < full)
 
 
-def sensitivity_dir() -> Path:
-    """Root of the on-disk cache (``$LRVIZ_CACHE_DIR/sensitivity`` or ``~/.cache/lrviz/sensitivity``)."""
-    return cache_root() / "sensitivity"
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the model's architecture (module tree) and every parameter and buffer."""
-    h = hashlib.sha256()
-    h.update(repr(model).encode())
-    for name, t in list(model.state_dict().items()):
-        h.update(name.encode())
-        t = t.detach().to("cpu").contiguous()
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    h.update(str(tuple(x.shape)).encode())
-    h.update(x.detach().to(torch.float32).contiguous().numpy().tobytes())
-    h.update(y.detach().to(torch.int64).contiguous().numpy().tobytes())
-    return h.hexdigest()
+def anchor_ranks(infos: Sequence[LayerInfo], order: Sequence[str], fraction: float) -> dict[str, list[int]]:
+    """Ranks of an anchor: :func:`lrviz.plan.uniform_rank` (``ceil(fraction·R)``) on every mode of
+    every layer except the last one run (``order``: the layers in forward order)."""
+    last = order[-1] if order else None
+    return {l.name: [uniform_rank(f, fraction) for f in l.full_ranks] for l in infos if l.name != last}
 
 
 @dataclass(eq=False)
@@ -130,7 +99,11 @@ class ModeCurve:
 
     Attributes
     ----------
-    layer, mode : str
+    layer : str
+    mode : str
+        ``"out"``, ``"in"`` or ``"matrix"`` (:data:`lrviz.layers.MODE_OUT`, ...).
+    index : int
+        The mode's position in :func:`lrviz.layers.layer_modes` (= in a plan's ranks).
     full : int
     ranks : ndarray of int, shape (G + 1,)
         The measured grid plus the full rank (last).
@@ -180,6 +153,7 @@ class Sensitivities:
         log-sum-exp of the logits not kept (−inf when all are kept); held fixed in the loss.
     num_classes : int
     curves : dict[(layer, mode index), ModeCurve]
+        Keyed by layer name and :attr:`ModeCurve.index`.
     layers : tuple of str
         Layers measured (all decomposable layers of the model, in order), complete or not.
     complete : bool
@@ -188,6 +162,14 @@ class Sensitivities:
         Description of the calibration data.
     seconds : float
         Time spent measuring in this call (0 when everything came from the cache).
+    cached_layers : int
+        Layers read from the disk cache in this call.
+    anchors : list of dict
+        The joint anchor truncations, each ``fraction, ranks, full, top1, loss``.
+    partial_layers : tuple of str
+        Layers measured in this call by downstream-only passes (:class:`lrviz.downstream.DownstreamRunner`);
+        the other measured layers ran whole forward passes (untraceable model, ``partial=False``, or
+        upstream values too large to keep).
     """
 
     key: str
@@ -202,6 +184,7 @@ class Sensitivities:
     seconds: float = 0.0
     cached_layers: int = 0
     anchors: list = field(default_factory=list)
+    partial_layers: tuple[str, ...] = ()
 
     @property
     def n(self) -> int:
@@ -221,8 +204,10 @@ class Sensitivities:
     def base_loss(self) -> float:
         return self.loss_of(self.base_logits)
 
-    def curve(self, layer: str, mode: int) -> ModeCurve | None:
-        return self.curves.get((layer, int(mode)))
+    def curve(self, layer: str, index: int) -> ModeCurve | None:
+        """The curve of ``layer``'s mode at position ``index`` of :func:`lrviz.layers.layer_modes`
+        (its rank's position in the plan's ranks), or None when not measured."""
+        return self.curves.get((layer, int(index)))
 
     def table(self) -> pd.DataFrame:
         """One row per measured point: ``layer, mode, rank, full, top1, loss, drop`` (top-1 points lost)."""
@@ -264,53 +249,12 @@ def cross_entropy(logits: np.ndarray, label_pos: np.ndarray, rest_lse: np.ndarra
 # ----------------------------------------------------------------------------------------------
 
 
-def _collect(dataset, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from .data import make_loader, subset
-
-    data = subset(dataset, limit, seed=seed)
-    if len(data) == 0:
-        raise LrvizError("The calibration set is empty; there is nothing to measure.")
-    xs, ys = [], []
-    for x, y in make_loader(data, batch_size=512):
-        xs.append(torch.as_tensor(x))
-        ys.append(torch.as_tensor(y).long())
-    return torch.cat(xs), torch.cat(ys)
-
-
-def _forward(model: nn.Module, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    outs = []
-    for i in range(0, x.shape[0], batch_size):
-        out = model(x[i : i + batch_size].to(device))
-        if not isinstance(out, torch.Tensor) or out.ndim != 2:
-            raise LrvizError("The model must return logits of shape N x num_classes.")
-        outs.append(out.float().cpu())
-    return torch.cat(outs)
-
-
-def _layer_file(folder: Path, name: str) -> Path:
-    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
-    return folder / f"layer-{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}.npz"
-
-
 def measure_sensitivity(
-    model: nn.Module,
-    dataset,
-    *,
-    limit: int | None = 1000,
-    seed: int = 0,
-    layers: Sequence[str] | None = None,
-    grid_points: int = DEFAULT_POINTS,
-    batch_size: int = 500,
-    device: str | torch.device | None = None,
-    factors: FactorCache | None = None,
-    cache: bool = True,
-    cache_root: str | os.PathLike | None = None,
-    data_name: str = "",
-    progress: Callable[[int, int, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    cache_only: bool = False,
-    anchors: Sequence[float] = DEFAULT_ANCHORS,
-    partial: bool = True,
+    model: nn.Module, dataset, *, limit: int | None = 1000, seed: int = 0, layers: Sequence[str] | None = None,
+    grid_points: int = DEFAULT_POINTS, batch_size: int = 500, device: str | torch.device | None = None,
+    factors: FactorCache | None = None, cache: bool = True, cache_root: str | os.PathLike | None = None, data_name: str = "",
+    progress: Callable[[int, int, str], None] | None = None, should_stop: Callable[[], bool] | None = None,
+    cache_only: bool = False, anchors: Sequence[float] = DEFAULT_ANCHORS, partial: bool = True,
 ) -> Sensitivities:
     """Measure (or load from the disk cache) every layer's per-mode sensitivity curve.
 
@@ -319,22 +263,20 @@ def measure_sensitivity(
     model : nn.Module
         Never modified (a private copy is truncated).
     dataset : Dataset
-        Calibration data; the first ``limit`` items of a fixed permutation (:func:`lrviz.data.subset`).
-    limit : int or None
-        Calibration images (None = all).
+        Calibration data: the first ``limit`` items (None = all) of a fixed permutation seeded by
+        ``seed`` (:func:`lrviz.data.subset`).
     layers : sequence of str, optional
         Measure only these decomposable layers (default: all).
-    grid_points : int
-        Rank grid density (:func:`rank_grid`).
-    batch_size : int
+    grid_points, batch_size : int
+        Rank grid density (:func:`rank_grid`); images per forward pass.
     device : optional
         Default: CUDA when available, else CPU.
     factors : FactorCache, optional
         Shared bases of ``model`` (computed when absent).
-    cache : bool
-        Read and write the disk cache.
-    cache_root : path, optional
-        Default :func:`sensitivity_dir`.
+    cache, cache_root, cache_only : bool, path, bool
+        Read and write the disk cache (:mod:`lrviz.sensitivity_cache`; root default
+        :func:`sensitivity_dir`); ``cache_only`` measures nothing and returns what the cache holds
+        (``complete=False`` when layers are missing).
     data_name : str
         Description of the data, stored with the result.
     progress : callable, optional
@@ -343,21 +285,48 @@ def measure_sensitivity(
         Polled between forward passes; when it returns True the run stops and the result has
         ``complete=False`` (layers finished so far are cached and reused next time).
     anchors : sequence of float
-        Uniform rank fractions of *joint* truncations (every measured layer but the last one run,
-        usually the classifier) also measured once, so the projection's gain is calibrated out of the
-        box (:meth:`lrviz.project.SensitivityProjector.from_sensitivities`).
+        Uniform rank fractions of joint truncations (:func:`anchor_ranks`) measured once the layers
+        are complete, so the projection's gain is calibrated out of the box
+        (:meth:`lrviz.project.SensitivityProjector.from_sensitivities`).
     partial : bool
-        Recompute only the part of the network downstream of the truncated layer (``torch.fx``; the
-        upstream part runs once per layer). Same numbers as whole forward passes (tested), faster;
-        models that cannot be traced fall back to whole passes.
-    cache_only : bool
-        Measure nothing: return what the cache holds (``complete=False`` when layers are missing).
-
-    Returns
-    -------
-    Sensitivities
+        Recompute only the part of the network downstream of the truncated layer
+        (:mod:`lrviz.downstream`; same numbers as whole forward passes, faster).
     """
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    infos = _layers_to_measure(model, layers, batch_size, grid_points)
+    x, y = _collect(dataset, limit, seed)
+    work = copy.deepcopy(model).to(dev).eval()
+    factors = _factors_for(model, factors)
+    idx, base, label_pos, rest, num_classes = _reference(work, x, y, batch_size, dev)
+    key, key_src = cache_key(model, x, y, grid_points, MAX_CLASSES)
+    store = SensitivityCache((Path(cache_root) if cache_root is not None else sensitivity_dir()) / key, key_src, base.shape, cache)
+    result = Sensitivities(key, base, label_pos, rest, num_classes, {}, tuple(l.name for l in infos), True,
+                           data_name or f"{len(y)} images")
+    t0 = time.perf_counter()
+    measurer = _Measurer(work, x, idx, result, factors, batch_size, dev, partial, grid_points, should_stop)
+    found: dict[str, list[ModeCurve]] = {}
+
+    def record(info: LayerInfo, curves: list[ModeCurve], cached: bool) -> None:
+        found[info.name] = curves
+        result.cached_layers += int(cached)
+        if progress is not None:
+            progress(len(found), len(infos), info.name)
+
+    result.complete = store.obtain(infos, measurer.layer, record, cache_only=cache_only, should_stop=should_stop)
+    result.curves = {(info.name, c.index): c for info in infos for c in found.get(info.name, ())}  # layer order
+    if result.complete and anchors and not cache_only:
+        got = store.anchors(lambda: measurer.anchors(infos, anchors), should_stop)  # None: stopped
+        result.complete = got is not None
+        result.anchors = got or []
+    elif cache_only:
+        result.anchors = store.load_anchors() or []
+    result.seconds, result.partial_layers = measurer.seconds, tuple(measurer.partial_layers)
+    log.info("sensitivity %s: %d layers (%d cached) in %.1fs", key, len(infos), result.cached_layers, time.perf_counter() - t0)
+    return result
+
+
+def _layers_to_measure(model: nn.Module, layers: Sequence[str] | None, batch_size, grid_points: int) -> list[LayerInfo]:
+    """The decomposable layers to measure (all, or those named), after checking the arguments."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LrvizError(f"batch_size must be a positive integer, got {batch_size!r}")
     infos, _ = find_layers(model)
@@ -370,19 +339,43 @@ def measure_sensitivity(
             raise LrvizError(f"not decomposable layers of this model: {unknown}")
         infos = [by_name[n] for n in layers]
     rank_grid(2, grid_points)  # validates
+    return infos
 
-    x, y = _collect(dataset, limit, seed)
-    work = copy.deepcopy(model).to(dev).eval()
+
+def _collect(dataset, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The calibration images and labels, as two tensors."""
+    from .data import make_loader, subset
+
+    data = subset(dataset, limit, seed=seed)
+    if len(data) == 0:
+        raise LrvizError("The calibration set is empty; there is nothing to measure.")
+    xs, ys = [], []
+    for x, y in make_loader(data, batch_size=512):
+        xs.append(torch.as_tensor(x))
+        ys.append(torch.as_tensor(y).long())
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _factors_for(model: nn.Module, factors: FactorCache | None) -> FactorCache:
     if factors is None:
-        factors = FactorCache(model)
-    else:
-        factors.check(model)  # a cache made for another model would measure the wrong layers
+        return FactorCache(model)
+    factors.check(model)  # a cache made for another model would measure the wrong layers
+    return factors
+
+
+def _reference(work: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dev):
+    """The original model's output on the calibration set, reduced to the kept classes.
+
+    Returns ``idx`` (N, M), the kept classes of every sample (all when there are at most
+    :data:`MAX_CLASSES`, else the true class and the original's top ones); ``base`` (N, M), their
+    logits (float32); ``label_pos`` (N,), the true class's column; ``rest`` (N,), the log-sum-exp of
+    the logits not kept (−inf when all are); and the number of classes.
+    """
     with torch.inference_mode():
-        z0 = _forward(work, x, batch_size, dev)
+        z0 = forward_logits(work, x, batch_size, dev)
     k = z0.shape[1]
     if int(y.min()) < 0 or int(y.max()) >= k:
         raise LrvizError(f"labels range {int(y.min())}..{int(y.max())} but the model has {k} outputs; use a model trained for this data")
-    # kept classes: all when few, else the true class + the original's top ones
     if k <= MAX_CLASSES:
         idx = torch.arange(k).expand(len(y), k)
         label_pos = y.clone()
@@ -396,347 +389,97 @@ def measure_sensitivity(
         keep = torch.zeros_like(z0, dtype=torch.bool).scatter_(1, idx, True)
         rest = torch.where(keep, torch.full_like(z0, -math.inf), z0).logsumexp(dim=1)
     base = z0.gather(1, idx).numpy().astype(np.float32)
-    label_pos_np = label_pos.numpy().astype(np.int64)
-    rest_np = rest.numpy().astype(np.float64)
+    return idx, base, label_pos.numpy().astype(np.int64), rest.numpy().astype(np.float64), int(k)
 
-    key_src = json.dumps({
-        "v": FORMAT_VERSION, "model": model_fingerprint(model), "data": _data_fingerprint(x, y),
-        "grid": int(grid_points), "max_classes": MAX_CLASSES,
-    }, sort_keys=True)
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-    folder = Path(cache_root) / key if cache_root is not None else sensitivity_dir() / key
 
-    result = Sensitivities(key, base, label_pos_np, rest_np, int(k), {}, tuple(l.name for l in infos), True,
-                           data_name or f"{len(y)} images")
-    total = len(infos)
-    t0 = time.perf_counter()
-    spent = 0.0
-    runner = None
-    found: dict[str, list[ModeCurve]] = {}
+class _Measurer:
+    """The truncated forward passes of one run: every grid rank of every mode of a layer
+    (:meth:`layer`) and the joint anchors (:meth:`anchors`), scored against ``sens`` (its reference
+    logits); the time spent is :attr:`seconds`, the layers measured downstream-only :attr:`partial_layers`."""
 
-    def load(info: LayerInfo) -> list[ModeCurve] | None:
-        return _load_layer(_layer_file(folder, info.name), info, base.shape) if cache else None
+    def __init__(self, work, x, idx, sens: Sensitivities, factors: FactorCache, batch_size: int, dev, partial: bool,
+                 points: int, should_stop):
+        self.work, self.x, self.idx, self.sens, self.factors = work, x, idx, sens, factors
+        self.batch_size, self.dev, self.partial, self.points, self.should_stop = batch_size, dev, partial, points, should_stop
+        self.runner: DownstreamRunner | None = None
+        self.seconds = 0.0
+        self.partial_layers: list[str] = []
 
-    def measure(info: LayerInfo) -> list[ModeCurve] | None:
-        nonlocal runner, spent
-        t1 = time.perf_counter()
-        if runner is None:
-            runner = _SuffixRunner(work, x, batch_size, dev, partial)
-        curves = _measure_layer(runner, info, factors, base, idx, label_pos_np, rest_np, should_stop, grid_points)
-        spent += time.perf_counter() - t1
-        if curves is not None and cache:
-            _save_layer(_layer_file(folder, info.name), info, curves, key_src)
-        return curves
+    def _stopped(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
 
-    def record(info: LayerInfo, curves: list[ModeCurve], cached: bool) -> None:
-        found[info.name] = curves
-        result.cached_layers += int(cached)
-        if progress is not None:
-            progress(len(found), total, info.name)
+    def _kept(self, logits: torch.Tensor) -> np.ndarray:
+        return logits.gather(1, self.idx).numpy().astype(np.float32)
 
-    def locked(info: LayerInfo, wait: bool):
-        """Load or measure ``info`` holding its lock; ``_BUSY`` when another process holds it and
-        ``wait`` is False, None when stopped."""
-        lock = _lock(folder, _layer_file(folder, info.name).name)
-        if not lock.acquire(blocking=wait, should_stop=should_stop):
-            return _BUSY if not wait else None
+    def layer(self, info: LayerInfo) -> list[ModeCurve] | None:
+        """``info``'s curves, one per mode with a non-empty grid (None when stopped)."""
+        t = time.perf_counter()
+        if self.runner is None:
+            self.runner = DownstreamRunner(self.work, self.x, self.batch_size, self.dev, self.partial)
+        model = self.runner.model
+        original = get_module(model, info.name)
+        out: list[ModeCurve] = []
         try:
-            curves = load(info)  # another process may have finished it while this one waited
-            if curves is not None:
-                return curves, True
-            curves = measure(info)
-            return None if curves is None else (curves, False)
-        finally:
-            lock.release()
-
-    # Pass 1 in layer order; a layer that another process (or session) is measuring right now is
-    # left for pass 2, which waits for its lock and then usually finds it in the cache. Each layer
-    # is measured once, whoever takes its lock first.
-    deferred: list[LayerInfo] = []
-    stopped = False
-    for info in infos:
-        curves = load(info)
-        if curves is not None:
-            record(info, curves, True)
-            continue
-        if cache_only:
-            result.complete = False
-            continue
-        if should_stop is not None and should_stop():
-            stopped = True
-            break
-        if cache:
-            got = locked(info, wait=False)
-        else:
-            curves = measure(info)
-            got = None if curves is None else (curves, False)
-        if got is _BUSY:
-            deferred.append(info)
-            continue
-        if got is None:
-            stopped = True
-            break
-        record(info, *got)
-    for info in deferred if not stopped else ():
-        got = locked(info, wait=True)
-        if got is None:
-            stopped = True
-            break
-        record(info, *got)
-    if stopped:
-        result.complete = False
-    for info in infos:  # curves in layer order, whatever order they were obtained in
-        for c in found.get(info.name, ()):
-            result.curves[(info.name, c.index)] = c
-    if result.complete and anchors and not cache_only:
-        apath = folder / ANCHORS_FILE
-        got = _load_anchors(apath) if cache else None
-        lock = _lock(folder, ANCHORS_FILE) if cache and got is None else None
-        if lock is not None and not lock.acquire(should_stop=should_stop):
-            result.complete = False
-        else:
-            try:
-                if lock is not None:
-                    got = _load_anchors(apath)
-                if got is None:
-                    if should_stop is not None and should_stop():
-                        result.complete = False
-                    else:
-                        t1 = time.perf_counter()
-                        got = _measure_anchors(work, infos, factors, x, base, idx, label_pos_np, rest_np, batch_size, dev, anchors)
-                        spent += time.perf_counter() - t1
-                        if cache:
-                            atomic_write(apath, json.dumps(got).encode())
-            finally:
-                if lock is not None:
-                    lock.release()
-        if got is not None:
-            result.anchors = got
-    if cache_only:
-        got = _load_anchors(folder / ANCHORS_FILE)
-        if got is not None:
-            result.anchors = got
-    result.seconds = spent
-    log.info("sensitivity %s: %d layers (%d cached) in %.1fs", key, len(infos), result.cached_layers, time.perf_counter() - t0)
-    return result
-
-
-class _SuffixRunner:
-    """Forward passes that recompute only what depends on one layer (``torch.fx``).
-
-    Everything upstream of the truncated layer (and every branch that does not depend on it, such as
-    a residual path around it) is the same for every rank of that layer, so it runs once per layer:
-    the values the downstream part reads (the *frontier*) are kept, and each rank runs only the
-    downstream nodes (:class:`torch.fx.Interpreter` with a pre-filled environment). Falls back to
-    whole forward passes when the model cannot be traced.
-    """
-
-    def __init__(self, work: nn.Module, x: torch.Tensor, batch_size: int, dev, partial: bool = True):
-        self.work, self.x, self.batch_size, self.dev = work, x, batch_size, dev
-        self.gm = None
-        if partial:
-            try:
-                self.gm = torch.fx.symbolic_trace(work)
-            except Exception as exc:  # dynamic control flow etc.: whole forward passes instead
-                log.info("torch.fx cannot trace the model (%s): sensitivities use whole forward passes", exc)
-        self.envs: list[dict] | None = None
-
-    @property
-    def model(self) -> nn.Module:
-        return self.gm if self.gm is not None else self.work
-
-    def begin(self, name: str) -> None:
-        """Run the original model once, keeping the frontier values of layer ``name``'s downstream part."""
-        self.envs = None
-        if self.gm is None:
-            return
-        graph = self.gm.graph
-        starts = [n for n in graph.nodes if n.op == "call_module" and n.target == name]
-        down: set = set()
-        stack = list(starts)
-        while stack:
-            n = stack.pop()
-            if n not in down:
-                down.add(n)
-                stack.extend(n.users)
-        out_nodes = [n for n in graph.nodes if n.op == "output"]
-        if not starts or not out_nodes or out_nodes[0] not in down:
-            return
-        frontier = {a for n in down for a in n.all_input_nodes if a not in down}
-        rest = [n for n in graph.nodes if n not in down and n not in frontier]
-
-        gm = self.gm
-
-        class _Keep(torch.fx.Interpreter):
-            def run_node(self, n):
-                v = super().run_node(n)
-                if n in frontier:
-                    kept[n] = v
-                return v
-
-        envs = []
-        batches = range(0, self.x.shape[0], self.batch_size)
-        with torch.inference_mode():
-            for i in batches:
-                kept: dict = {}
-                _Keep(gm).run(self.x[i : i + self.batch_size].to(self.dev))
-                if not envs:  # memory guard: keeping the frontier of every batch must stay small
-                    size = sum(v.numel() * v.element_size() for v in kept.values() if isinstance(v, torch.Tensor))
-                    if size * len(batches) > FRONTIER_BYTES:
-                        log.info("layer %s: upstream values too large to keep (%.1f GB): whole forward passes", name,
-                                 size * len(batches) / 1e9)
-                        return
-                env = dict.fromkeys(rest)
-                env.update(kept)
-                envs.append(env)
-        self.envs = envs
-
-    def logits(self) -> torch.Tensor:
-        if self.envs is None:
-            return _forward(self.model, self.x, self.batch_size, self.dev)
-        outs = []
-        for i, env in zip(range(0, self.x.shape[0], self.batch_size), self.envs):
-            out = torch.fx.Interpreter(self.gm).run(self.x[i : i + self.batch_size].to(self.dev), initial_env=dict(env))
-            outs.append(out.float().cpu())
-        return torch.cat(outs)
-
-    def end(self) -> None:
-        self.envs = None
-
-
-def _measure_layer(runner: _SuffixRunner, info: LayerInfo, factors, base, idx, label_pos, rest, should_stop, points):
-    model = runner.model
-    original = get_module(model, info.name)
-    fac = factors.get(info.name)
-    out: list[ModeCurve] = []
-    full = info.full_ranks
-    dev = runner.dev
-    try:
-        runner.begin(info.name)
-        for m, mname in enumerate(layer_modes(info.kind)):
-            grid = rank_grid(full[m], points)
-            if not grid:
-                continue
-            deltas, top1s, losses = [], [], []
-            for r in grid:
-                if should_stop is not None and should_stop():
+            if self.runner.begin(info.name):
+                self.partial_layers.append(info.name)
+            for m, mode in enumerate(layer_modes(info.kind)):
+                grid = rank_grid(info.full_ranks[m], self.points)
+                if not grid:
+                    continue  # a mode of one channel: nothing to truncate
+                curve = self._mode_curve(model, info, m, mode, grid)
+                if curve is None:
                     return None
-                ranks = list(full)
-                ranks[m] = r
-                set_module(model, info.name, build_layer(fac, tuple(ranks)).to(dev).eval())
-                with torch.inference_mode():
-                    z = runner.logits().gather(1, idx).numpy().astype(np.float32)
-                deltas.append(z - base)
-                top1s.append(float((z.argmax(1) == label_pos).mean()))
-                losses.append(float(cross_entropy(z, label_pos, rest).mean()))
-            b_top1 = float((base.argmax(1) == label_pos).mean())
-            b_loss = float(cross_entropy(base, label_pos, rest).mean())
-            deltas.append(np.zeros_like(base))
-            out.append(ModeCurve(info.name, mname, m, int(full[m]), np.asarray(grid + [int(full[m])], dtype=np.int64),
-                                 np.stack(deltas).astype(np.float32), np.asarray(top1s + [b_top1]), np.asarray(losses + [b_loss])))
-    finally:
-        set_module(model, info.name, original)
-        runner.end()
-    return out
+                out.append(curve)
+        finally:
+            set_module(model, info.name, original)
+            self.runner.end()
+            self.seconds += time.perf_counter() - t
+        return out
 
+    def _mode_curve(self, model: nn.Module, info: LayerInfo, m: int, mode: str, grid: list[int]) -> ModeCurve | None:
+        """Mode ``m`` of ``info`` truncated to every rank of ``grid``, the others at full rank (None when stopped)."""
+        full = int(info.full_ranks[m])
+        deltas, top1s, losses = [], [], []
+        for r in grid:
+            if self._stopped():
+                return None
+            ranks = list(info.full_ranks)
+            ranks[m] = r
+            set_module(model, info.name, build_layer(self.factors.get(info.name), tuple(ranks)).to(self.dev).eval())
+            with torch.inference_mode():
+                z = self._kept(self.runner.logits())
+            deltas.append(z - self.sens.base_logits)
+            top1s.append(self.sens.top1_of(z))
+            losses.append(self.sens.loss_of(z))
+        deltas.append(np.zeros_like(self.sens.base_logits))  # the full rank: the original
+        return ModeCurve(info.name, mode, m, full, np.asarray(grid + [full], dtype=np.int64), np.stack(deltas).astype(np.float32),
+                         np.asarray(top1s + [self.sens.base_top1]), np.asarray(losses + [self.sens.base_loss]))
 
-def anchor_ranks(infos: Sequence[LayerInfo], order: Sequence[str], fraction: float) -> dict[str, list[int]]:
-    """Ranks of an anchor: ``ceil(fraction·R)`` on every mode of every layer except the last one run."""
-    last = order[-1] if order else None
-    out = {}
-    for l in infos:
-        if l.name == last:
-            continue
-        out[l.name] = [max(1, math.ceil(fraction * f - 1e-9)) for f in l.full_ranks]
-    return out
+    def anchors(self, infos: Sequence[LayerInfo], fractions: Sequence[float]) -> list[dict]:
+        """The joint anchor truncations (:func:`anchor_ranks`), one whole forward pass each."""
+        t = time.perf_counter()
+        names = {l.name for l in infos}
+        order = [n for n in record_io(self.work, tuple(self.x.shape[1:])) if n in names]  # forward (call) order
+        full = {l.name: list(l.full_ranks) for l in infos}
+        out = []
+        for f in fractions:
+            ranks = anchor_ranks(infos, order, float(f))
+            z = self._kept(self._joint_logits(ranks))
+            out.append({"fraction": float(f), "ranks": ranks, "full": {n: full[n] for n in ranks}, "top1": self.sens.top1_of(z),
+                        "loss": self.sens.loss_of(z)})
+        self.seconds += time.perf_counter() - t
+        return out
 
-
-def _measure_anchors(work, infos, factors, x, base, idx, label_pos, rest, batch_size, dev, fractions) -> list[dict]:
-    names = {l.name for l in infos}
-    order = [n for n in record_io(work, tuple(x.shape[1:])) if n in names]  # forward (call) order
-    by_name = {l.name: l for l in infos}
-    out = []
-    for f in fractions:
-        ranks = anchor_ranks(infos, order, float(f))
-        originals = {n: get_module(work, n) for n in ranks}
+    def _joint_logits(self, ranks: dict[str, list[int]]) -> torch.Tensor:
+        originals = {n: get_module(self.work, n) for n in ranks}
         try:
             for n, r in ranks.items():
-                set_module(work, n, build_layer(factors.get(n), tuple(r)).to(dev).eval())
+                set_module(self.work, n, build_layer(self.factors.get(n), tuple(r)).to(self.dev).eval())
             with torch.inference_mode():
-                z = _forward(work, x, batch_size, dev).gather(1, idx).numpy().astype(np.float32)
+                return forward_logits(self.work, self.x, self.batch_size, self.dev)
         finally:
             for n, mod in originals.items():
-                set_module(work, n, mod)
-        out.append({"fraction": float(f), "ranks": ranks, "full": {n: list(by_name[n].full_ranks) for n in ranks}, "top1": float((z.argmax(1) == label_pos).mean()),
-                    "loss": float(cross_entropy(z, label_pos, rest).mean())})
-    return out
-
-
-def _load_anchors(path: Path) -> list | None:
-    """The cached anchors, or None when missing or unreadable (then they are measured again)."""
-    try:
-        got = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError, UnicodeDecodeError):
-        log.warning("ignoring unreadable sensitivity cache file %s", path)
-        return None
-    if got is None:
-        return None
-    ok = isinstance(got, list) and all(isinstance(a, dict) and {"fraction", "ranks", "top1", "loss"} <= set(a) for a in got)
-    if not ok:
-        log.warning("ignoring malformed sensitivity cache file %s", path)
-        return None
-    return got
-
-
-def _lock(folder: Path, name: str) -> FileLock:
-    """The inter-process lock of one cache file (``<folder>/.locks/<name>.lock``)."""
-    locks = folder / LOCK_DIR
-    locks.mkdir(parents=True, exist_ok=True)
-    return FileLock(locks / f"{name}.lock")
-
-
-def _save_layer(path: Path, info: LayerInfo, curves: list[ModeCurve], key_src: str) -> None:
-    """Write one layer's curves atomically (unique temporary file + ``os.replace``): a reader, or a
-    process that dies halfway, never leaves a torn file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"meta": np.frombuffer(json.dumps({"layer": info.name, "shape": list(info.weight_shape), "kind": info.kind,
-                                                 "key": key_src, "modes": [c.mode for c in curves],
-                                                 "index": [c.index for c in curves]}).encode(), dtype=np.uint8)}
-    for j, c in enumerate(curves):
-        arrays[f"ranks{j}"] = c.ranks
-        arrays[f"delta{j}"] = c.delta.astype(np.float16) if np.abs(c.delta).max(initial=0) < 6e4 else c.delta
-        arrays[f"top1{j}"] = c.top1
-        arrays[f"loss{j}"] = c.loss
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def _load_layer(path: Path, info: LayerInfo, logits_shape: tuple[int, ...] | None = None) -> list[ModeCurve] | None:
-    """One layer's cached curves, or None when missing, for another layer, or unreadable in any way
-    (a torn, truncated or tampered file is measured again and overwritten, never fatal).
-
-    ``logits_shape`` ``(N, M)``: the kept logits' shape the stored changes must have.
-    """
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(bytes(z["meta"]).decode())
-            if meta["layer"] != info.name or tuple(meta["shape"]) != tuple(info.weight_shape):
-                return None
-            out = []
-            for j, (mode, index) in enumerate(zip(meta["modes"], meta["index"])):
-                c = ModeCurve(info.name, mode, int(index), int(info.full_ranks[int(index)]), z[f"ranks{j}"].astype(np.int64),
-                              z[f"delta{j}"].astype(np.float32), z[f"top1{j}"], z[f"loss{j}"])
-                g = len(c.ranks)
-                if (c.delta.ndim != 3 or c.delta.shape[0] != g or c.top1.shape != (g,) or c.loss.shape != (g,)
-                        or (logits_shape is not None and tuple(c.delta.shape[1:]) != tuple(logits_shape))
-                        or g == 0 or int(c.ranks[-1]) != c.full):
-                    raise ValueError(f"inconsistent arrays for mode {mode!r}")
-                out.append(c)
-            return out
-    except Exception as exc:  # BadZipFile, EOFError, zlib errors, missing keys, bad JSON, ...: recompute
-        log.warning("ignoring unreadable sensitivity cache file %s (%s: %s)", path, type(exc).__name__, exc)
-        return None
+                set_module(self.work, n, mod)
 
 
 def load_sensitivity(*args, **kwargs) -> Sensitivities:

@@ -3,14 +3,14 @@
 For a k×k conv kernel ``W`` of shape ``(C_out, C_in, kh, kw)`` lrviz uses the two channel-mode
 unfoldings of Tucker-2 (Kim et al. 2016):
 
-* mode-0: ``W.flatten(1)``                 — ``C_out × (C_in·kh·kw)``, its rank bounds R_out;
-* mode-1: ``W.transpose(0, 1).flatten(1)`` — ``C_in × (C_out·kh·kw)``, its rank bounds R_in.
+* ``"out"`` (the mode-0 unfolding): ``W.flatten(1)``                 — ``C_out × (C_in·kh·kw)``, its rank bounds R_out;
+* ``"in"`` (the mode-1 unfolding):  ``W.transpose(0, 1).flatten(1)`` — ``C_in × (C_out·kh·kw)``, its rank bounds R_in.
 
 A 1×1 conv or a Linear is the matrix ``C_out × C_in`` (``"matrix"``).
 
 Grouped convs (``groups = G``) are decomposed group by group with one rank shared by all groups (see
 :mod:`lrviz.layers`), so each mode has ``G`` per-group unfoldings ``A_g`` (shape ``(C_out/G) ×
-(C_in/G·kh·kw)`` for mode-0, etc.). The layer's spectrum of a mode is their **root-mean-square
+(C_in/G·kh·kw)`` for ``"out"``, etc.). The layer's spectrum of a mode is their **root-mean-square
 spectrum**::
 
     s_i = sqrt( (1/G) · Σ_g σ_i(A_g)² )          i = 1 .. min(rows, cols)
@@ -37,7 +37,7 @@ import torch
 
 from .layers import MODE_IN, MODE_MATRIX, MODE_OUT, TUCKER2, LayerInfo
 
-__all__ = ["LayerSpectrum", "unfoldings", "singular_values", "energy_curve", "energy_rank", "layer_spectrum"]
+__all__ = ["LayerSpectrum", "unfoldings", "singular_values", "energy_curve", "retained_energy", "energy_rank", "layer_spectrum"]
 
 
 def unfoldings(weight: torch.Tensor, kind: str, groups: int = 1) -> dict[str, torch.Tensor]:
@@ -49,7 +49,7 @@ def unfoldings(weight: torch.Tensor, kind: str, groups: int = 1) -> dict[str, to
         ``(C_out, C_in/groups, kh, kw)`` for convs (the module's weight), ``(out_features,
         in_features)`` for Linear.
     kind : str
-        ``"tucker2"`` → ``{"out", "in"}`` (mode-0, mode-1); otherwise ``{"matrix"}``.
+        ``"tucker2"`` → ``{"out", "in"}``; otherwise ``{"matrix"}`` (see :func:`lrviz.layers.layer_modes`).
     groups : int
         Conv groups. With ``groups > 1`` every value is a stack ``(groups, rows, cols)`` of the
         per-group unfoldings.
@@ -132,6 +132,15 @@ def energy_curve(s: np.ndarray) -> np.ndarray:
     if tot <= 0:
         return np.ones_like(s2)
     return np.cumsum(s2) / tot
+
+
+def retained_energy(s: np.ndarray, rank: int) -> float:
+    """Retained energy of ``s`` truncated to ``rank``: ``Σ_{i≤r} s_i² / Σ s_i²`` (0 at rank 0, 1 at or
+    above the full rank)."""
+    if rank <= 0:
+        return 0.0
+    e = energy_curve(s)
+    return float(e[min(int(rank), len(e)) - 1])
 
 
 def energy_rank(s: np.ndarray, fraction: float) -> int:

@@ -1,7 +1,7 @@
 """Files on disk that must survive hostile neighbours and concurrent writers.
 
-Three small tools used by the dashboard's upload store (:mod:`lrviz.dashboard`) and the
-sensitivity disk cache (:mod:`lrviz.sensitivity`):
+Small tools used by the dashboard's upload store, the sensitivity disk cache
+(:mod:`lrviz.sensitivity`) and the command line's output files (:mod:`lrviz.outputs`):
 
 * :func:`cache_root` — lrviz's cache folder (``$LRVIZ_CACHE_DIR`` or ``~/.cache/lrviz``);
 * :func:`private_dir` — a folder only the current user can enter (mode ``0700``), refusing a
@@ -106,7 +106,7 @@ def private_dir(path: str | os.PathLike, fix_mode: bool = True) -> Path:
     return p
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], mode: int = 0o600) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], mode: int | None = 0o600) -> Path:
     """Write ``path`` atomically: a unique temporary file in the same folder, ``fsync``, ``os.replace``.
 
     Parameters
@@ -115,8 +115,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Non
         Target; its folder must exist.
     data : bytes or callable
         The content, or ``writer(file)`` that writes it to a binary file object.
-    mode : int
-        Permission bits of the new file (default ``0600``: the owner only).
+    mode : int or None
+        Permission bits of the new file (default ``0600``: the owner only); None: what any new file
+        gets (``0666`` less the umask), for outputs the user asked for.
 
     Returns
     -------
@@ -124,6 +125,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Non
         ``path``.
     """
     path = Path(path)
+    if mode is None:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -143,6 +146,20 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Non
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only for this fallback)
+    os.umask(old)
+    return old
 
 
 class FileLock:

@@ -3,6 +3,11 @@
 :func:`finetune` recovers the accuracy of a decomposed model: SGD with Nesterov momentum, a small
 learning rate with cosine decay, optional knowledge distillation from the uncompressed model
 (Hinton et al. 2015), validation after every epoch, early stopping, best weights kept.
+
+:func:`train_model` trains a network from scratch under one of the :data:`REGIMES` of He, Jiang & Wu
+(2024) — ``plain``, ``ortho`` (soft orthogonality, :func:`soft_orthogonality`) or ``overparam``
+(full-rank Tucker-2 form, :class:`OverparamConv2d`, folded back by :func:`fold`) — with a checkpoint
+after every epoch that ``resume`` continues.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -108,86 +113,144 @@ def finetune(
     keep : {"best", "last"}
         Return the best validation epoch's weights (default) or the last epoch's.
     """
+    _check_finetune_args(keep, epochs, lr)
+    device = _device(device)
+    net = copy.deepcopy(model).to(device)
+    if teacher is not None:
+        teacher = copy.deepcopy(teacher).to(device).eval()
+    loader = _shuffled_loader(train_set, train_limit, batch_size, seed)
+    steps_per_epoch = max(1, len(loader))
+    total_steps = max(1, epochs * steps_per_epoch)
+    opt = _sgd(net, lr, weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, total_steps))
+    best = _BestWeights(net, _validate(net, val_set, val_limit, device))
+    loss_fn = _distilled(teacher, distill_alpha, temperature)
+    history: list[EpochLog] = []
+    cancelled = stopped_early = False
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        loss_sum, seen, cancelled = _finetune_epoch(net, loader, opt, sched, loss_fn, epoch, device, max_grad_norm,
+                                                    progress, should_stop)
+        if cancelled and seen == 0:
+            break
+        vres = _validate(net, val_set, val_limit, device)
+        history.append(_epoch_log(epoch, loss_sum / max(seen, 1), vres, opt, t0, progress))
+        stopped_early = not best.offer(net, epoch, vres) and best.bad_epochs >= patience
+        if stopped_early or cancelled:
+            break
+    if keep == "best":
+        net.load_state_dict(best.state)
+    net.eval()
+    best_epoch = best.epoch if keep == "best" else len(history)
+    return FinetuneResult(net, tuple(history), best_epoch, best.top1, stopped_early, cancelled)
+
+
+def _check_finetune_args(keep: str, epochs: int, lr: float) -> None:
     if keep not in ("best", "last"):
         raise LrvizError(f"keep must be 'best' or 'last'; got {keep!r}")
     if epochs < 0:
         raise LrvizError(f"epochs must be ≥ 0; got {epochs}")
     if lr <= 0:
         raise LrvizError(f"learning rate must be > 0; got {lr}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    net = copy.deepcopy(model).to(device)
-    if teacher is not None:
-        teacher = copy.deepcopy(teacher).to(device).eval()
-    data = subset(train_set, train_limit, seed=seed) if train_limit else train_set
-    loader = make_loader(data, batch_size=batch_size, shuffle=True, seed=seed)
-    steps_per_epoch = max(1, len(loader))
-    total_steps = max(1, epochs * steps_per_epoch)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
 
-    history: list[EpochLog] = []
-    best_state = copy.deepcopy(net.state_dict())
-    best_top1: float | None = None
-    best_epoch = 0
-    best_key = None
-    if val_set is not None:
-        r0 = evaluate(net, val_set, limit=val_limit, device=device)
-        best_top1, best_key = r0.top1, (r0.top1, -r0.loss)
-    bad_epochs = 0
-    cancelled = stopped_early = False
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        run_loss, seen = 0.0, 0
-        for step, (x, y) in enumerate(loader, 1):
-            if should_stop is not None and should_stop():
-                cancelled = True
-                break
-            x, y = x.to(device), y.to(device)
-            out = net(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_out = teacher(x)
-                loss = distillation_loss(out, t_out, y, distill_alpha, temperature)
-            else:
-                loss = F.cross_entropy(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            # a freshly truncated net can have large gradients: clip so a small lr stays small
-            torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
-            opt.step()
-            sched.step()
-            run_loss += float(loss.detach()) * len(y)
-            seen += len(y)
-            if progress is not None and (step % 10 == 0 or step == steps_per_epoch):
-                progress({"event": "step", "epoch": epoch, "step": step, "steps": steps_per_epoch, "loss": float(loss.detach())})
-        if cancelled and seen == 0:
-            break
-        vres = evaluate(net, val_set, limit=val_limit, device=device) if val_set is not None else None
-        val = vres.top1 if vres is not None else None
-        rec = EpochLog(epoch, run_loss / max(seen, 1), val, opt.param_groups[0]["lr"], time.perf_counter() - t0)
-        history.append(rec)
-        log.info("epoch %d: train loss %.4f, val top-1 %s", epoch, rec.train_loss, val)
-        if progress is not None:
-            progress({"event": "epoch", **rec.__dict__})
+
+def _device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _shuffled_loader(train_set, limit: int | None, batch_size: int, seed: int):
+    """Training batches, reshuffled each epoch by a generator seeded with ``seed`` (a subset first
+    when ``limit`` is given)."""
+    data = subset(train_set, limit, seed=seed) if limit else train_set
+    return make_loader(data, batch_size=batch_size, shuffle=True, seed=seed)
+
+
+def _sgd(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.SGD:
+    return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
+def _cosine(step: int, total: int) -> float:
+    """Cosine decay from 1 to 0 over ``total`` steps (the learning rate's, and the regularisers' λ)."""
+    return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def _validate(net: nn.Module, val_set, val_limit: int | None, device):
+    return evaluate(net, val_set, limit=val_limit, device=device) if val_set is not None else None
+
+
+class _BestWeights:
+    """The best validation epoch so far — highest top-1, then lowest loss — and a copy of its weights.
+
+    Epoch 0 is the model before fine-tuning. Without validation every epoch counts as the best.
+    """
+
+    def __init__(self, net: nn.Module, vres) -> None:
+        self.state = copy.deepcopy(net.state_dict())
+        self.epoch = 0
+        self.top1 = vres.top1 if vres is not None else None
+        self.key = (vres.top1, -vres.loss) if vres is not None else None
+        self.bad_epochs = 0  # epochs since the best one, for early stopping
+
+    def offer(self, net: nn.Module, epoch: int, vres) -> bool:
+        """Keep ``net``'s weights when ``epoch`` validated better (returns True); else count one more
+        bad epoch (returns False)."""
         key = (vres.top1, -vres.loss) if vres is not None else None
-        if key is None or best_key is None or key > best_key:  # best accuracy, then lowest loss
-            best_state, best_top1, best_key, best_epoch, bad_epochs = copy.deepcopy(net.state_dict()), val, key, epoch, 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= patience:
-                stopped_early = True
-                break
-        if cancelled:
-            break
-    if keep == "best":
-        net.load_state_dict(best_state)
-    else:
-        best_epoch = len(history)
-    net.eval()
-    return FinetuneResult(net, tuple(history), best_epoch, best_top1, stopped_early, cancelled)
+        if key is None or self.key is None or key > self.key:
+            self.state, self.key, self.epoch = copy.deepcopy(net.state_dict()), key, epoch
+            self.top1 = vres.top1 if vres is not None else None
+            self.bad_epochs = 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+
+def _epoch_log(epoch: int, train_loss: float, vres, opt, t0: float, progress) -> EpochLog:
+    """Record an epoch: logged, and reported as an ``"epoch"`` event."""
+    rec = EpochLog(epoch, train_loss, vres.top1 if vres is not None else None, opt.param_groups[0]["lr"],
+                   time.perf_counter() - t0)
+    log.info("epoch %d: train loss %.4f, val top-1 %s", epoch, rec.train_loss, rec.val_top1)
+    if progress is not None:
+        progress({"event": "epoch", **rec.__dict__})
+    return rec
+
+
+def _distilled(teacher: nn.Module | None, alpha: float, temperature: float):
+    """The fine-tuning loss ``loss(x, out, y)``: cross-entropy, or :func:`distillation_loss` against
+    ``teacher``'s logits."""
+    if teacher is None:
+        return lambda x, out, y: F.cross_entropy(out, y)
+
+    def loss(x, out, y):
+        with torch.no_grad():
+            t_out = teacher(x)
+        return distillation_loss(out, t_out, y, alpha, temperature)
+
+    return loss
+
+
+def _finetune_epoch(net, loader, opt, sched, loss_fn, epoch: int, device, max_grad_norm: float, progress, should_stop):
+    """One epoch of clipped SGD steps; returns ``(summed loss, images seen, cancelled)``."""
+    net.train()
+    run_loss, seen = 0.0, 0
+    steps = max(1, len(loader))
+    for step, (x, y) in enumerate(loader, 1):
+        if should_stop is not None and should_stop():
+            return run_loss, seen, True
+        x, y = x.to(device), y.to(device)
+        loss = loss_fn(x, net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        # a freshly truncated net can have large gradients: clip so a small lr stays small
+        torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+        opt.step()
+        sched.step()
+        run_loss += float(loss.detach()) * len(y)
+        seen += len(y)
+        if progress is not None and (step % 10 == 0 or step == steps):
+            progress({"event": "step", "epoch": epoch, "step": step, "steps": steps, "loss": float(loss.detach())})
+    return run_loss, seen, False
 
 
 # ================================================================================================
@@ -355,11 +418,6 @@ class TrainConfig:
             raise LrvizError(f"epochs must be ≥ 1; got {self.epochs}")
 
 
-def _lam_scale(step: int, total: int) -> float:
-    """λ schedule: cosine decay from 1 to 0 over training (regularise early, fit late)."""
-    return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-
-
 def train_model(
     model: nn.Module,
     train_set,
@@ -380,65 +438,29 @@ def train_model(
     epoch is written there (``torch.save`` of tensors and numbers only — loadable with
     ``weights_only=True``), and ``resume=True`` continues from it.
     """
-    from .data import make_loader, subset
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(device)
     torch.manual_seed(config.seed)
     net = overparameterize(model) if config.regime == "overparam" else copy.deepcopy(model)
     net = net.to(device)
-    data = subset(train_set, config.train_limit, seed=config.seed) if config.train_limit else train_set
-    loader = make_loader(data, batch_size=config.batch_size, shuffle=True, seed=config.seed)
+    loader = _shuffled_loader(train_set, config.train_limit, config.batch_size, config.seed)
     steps = len(loader)
     total = steps * config.epochs
     warm = max(1, int(config.warmup_epochs * steps))
-    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
-
-    def lr_at(s):
-        if s < warm:
-            return (s + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    opt = _sgd(net, config.lr, config.weight_decay)
+    # linear warm-up, then cosine decay
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else _cosine(s - warm, max(1, total - warm)))
     history: list[dict] = []
     start_epoch = 1
     if resume and checkpoint and Path(checkpoint).exists():
-        ck = torch.load(checkpoint, map_location=device, weights_only=True)
-        if ck.get("config") != asdict(config):
-            raise LrvizError(f"checkpoint {checkpoint} was written with another configuration: {ck.get('config')}")
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng"])
-        history = [dict(zip(ck["history_keys"], row)) for row in ck["history"].tolist()]
-        start_epoch = int(ck["epoch"]) + 1
-        log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
+        history, start_epoch = _resume(checkpoint, config, net, opt, sched, device)
     # the shuffling generator must also continue where it stopped
     loader.generator.manual_seed(config.seed + start_epoch)
-
     step = (start_epoch - 1) * steps
     for epoch in range(start_epoch, config.epochs + 1):
         loader.generator.manual_seed(config.seed + epoch)
         t0 = time.perf_counter()
-        net.train()
-        sum_loss = sum_reg = 0.0
-        n = 0
-        for i, (x, y) in enumerate(loader, 1):
-            if should_stop is not None and should_stop():
-                raise KeyboardInterrupt("training cancelled")
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
-            s = _lam_scale(step, total)
-            reg = regularizer(net, config.regime, config.lam_ortho * s, config.lam_group * s)
-            opt.zero_grad(set_to_none=True)
-            (loss + reg).backward()
-            opt.step()
-            sched.step()
-            step += 1
-            sum_loss += float(loss.detach()) * len(y)
-            sum_reg += float(reg.detach()) * len(y)
-            n += len(y)
-            if progress is not None and (i % 20 == 0 or i == steps):
-                progress({"event": "step", "epoch": epoch, "step": i, "steps": steps, "loss": float(loss.detach()), "reg": float(reg.detach())})
+        sum_loss, sum_reg, n, step = _train_epoch(net, loader, opt, sched, config, step, total, epoch, device,
+                                                  progress, should_stop)
         rec = {"epoch": epoch, "train_loss": sum_loss / n, "reg": sum_reg / n, "lr": opt.param_groups[0]["lr"],
                "seconds": time.perf_counter() - t0, "val_top1": float("nan")}
         if val_set is not None:
@@ -449,9 +471,57 @@ def train_model(
         if progress is not None:
             progress({"event": "epoch", **rec})
         if checkpoint:
-            keys = list(history[0])
-            torch.save({"config": asdict(config), "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "history_keys": keys,
-                        "history": torch.tensor([[float(h[k]) for k in keys] for h in history], dtype=torch.float64)}, checkpoint)
+            _save_checkpoint(checkpoint, config, epoch, net, opt, sched, history)
     out = fold(net) if config.regime == "overparam" else net
     return out.eval(), history
+
+
+def _train_epoch(net, loader, opt, sched, config: TrainConfig, step: int, total: int, epoch: int, device, progress, should_stop):
+    """One epoch of SGD on cross-entropy + the regime's penalty (its λ cosine-decayed over all steps);
+    returns the summed loss and penalty, the images seen and the global step reached."""
+    net.train()
+    sum_loss = sum_reg = 0.0
+    n = 0
+    steps = len(loader)
+    for i, (x, y) in enumerate(loader, 1):
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt("training cancelled")
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
+        s = _cosine(step, total)
+        reg = regularizer(net, config.regime, config.lam_ortho * s, config.lam_group * s)
+        opt.zero_grad(set_to_none=True)
+        (loss + reg).backward()
+        opt.step()
+        sched.step()
+        step += 1
+        sum_loss += float(loss.detach()) * len(y)
+        sum_reg += float(reg.detach()) * len(y)
+        n += len(y)
+        if progress is not None and (i % 20 == 0 or i == steps):
+            progress({"event": "step", "epoch": epoch, "step": i, "steps": steps, "loss": float(loss.detach()), "reg": float(reg.detach())})
+    return sum_loss, sum_reg, n, step
+
+
+def _save_checkpoint(path: str, config: TrainConfig, epoch: int, net, opt, sched, history: list[dict]) -> None:
+    """The state after ``epoch``: tensors and numbers only, so it loads with ``weights_only=True``."""
+    keys = list(history[0])
+    torch.save({"config": asdict(config), "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "history_keys": keys,
+                "history": torch.tensor([[float(h[k]) for k in keys] for h in history], dtype=torch.float64)}, path)
+
+
+def _resume(path: str, config: TrainConfig, net, opt, sched, device) -> tuple[list[dict], int]:
+    """Restore a checkpoint written by :func:`_save_checkpoint` (same configuration only); returns the
+    history so far and the next epoch."""
+    ck = torch.load(path, map_location=device, weights_only=True)
+    if ck.get("config") != asdict(config):
+        raise LrvizError(f"checkpoint {path} was written with another configuration: {ck.get('config')}")
+    net.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    torch.set_rng_state(ck["rng"])
+    history = [dict(zip(ck["history_keys"], row)) for row in ck["history"].tolist()]
+    start_epoch = int(ck["epoch"]) + 1
+    log.info("resumed from %s at epoch %d", path, start_epoch)
+    return history, start_epoch

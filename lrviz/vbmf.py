@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from .errors import LrvizError
+
 __all__ = ["VBMFResult", "evbmf", "weaken_rank", "TAU_BAR_COEF"]
 
 TAU_BAR_COEF = 2.5129  # τ̄ = 2.5129·sqrt(α), Nakajima et al. 2013
@@ -148,8 +150,6 @@ def weaken_rank(r_vbmf: int, full: int, k: float) -> int:
     ``k=0`` keeps the full rank ``R``. Returns an int in ``[r_vbmf, R]``.
     """
     if not 0.0 <= k <= 1.0:
-        from .errors import LrvizError
-
         raise LrvizError(f"VBMF weakening factor must be in [0, 1]; got {k}")
     r = full - k * (full - r_vbmf)
     return int(min(full, max(r_vbmf, math.ceil(r - 1e-9))))

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -28,10 +29,17 @@ import torch  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import lrviz  # noqa: E402
-from lrviz import dashboard as dsh  # noqa: E402
+from lrviz import fmt, sources  # noqa: E402
 from lrviz.budget import STRATEGY_LABELS  # noqa: E402
+from lrviz.errors import LrvizError  # noqa: E402
+from lrviz.sensitivity import model_fingerprint  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
+if str(APP.parent) not in sys.path:
+    sys.path.insert(0, str(APP.parent))  # the app's pages/ helpers, importable as app.py imports them
+
+from pages._jobs import BackgroundJob, ResultStore  # noqa: E402
+from pages._state import slider_key  # noqa: E402
 PAGES = ["pages/model.py", "pages/spectra.py", "pages/ranks.py", "pages/compare.py", "pages/finetune.py", "pages/present.py"]
 QUICK_N = 200
 #: Quick-evaluation size of the tests with layer sensitivities (the smallest the sidebar offers).
@@ -88,7 +96,7 @@ def ratio_shown(at: AppTest, label: str) -> float:
 
 @pytest.fixture(scope="module")
 def analysis():
-    loaded, _ = dsh.load_source(dsh.builtin_source("demo"))
+    loaded, _ = sources.load_source(sources.builtin_source("demo"))
     return lrviz.analyze(loaded.module, loaded.input_size, loaded.name)
 
 
@@ -97,10 +105,10 @@ def demo_sensitivities():
     """All layers of the demo on SENS_N sample images, as the Ranks page measures them (disk cache)."""
     from lrviz.sensitivity import measure_sensitivity
 
-    loaded, _ = dsh.load_source(dsh.builtin_source("demo"))
-    ds = dsh.load_dataset(dsh.dataset_source("fashion-mnist-sample", loaded.input_size), "test")
+    loaded, _ = sources.load_source(sources.builtin_source("demo"))
+    ds = sources.load_dataset(sources.dataset_source("fashion-mnist-sample", loaded.input_size), "test")
     t = time.perf_counter()
-    sens = measure_sensitivity(dsh.inference_copy(loaded.module), ds, limit=SENS_N)
+    sens = measure_sensitivity(sources.inference_copy(loaded.module), ds, limit=SENS_N)
     print(f"\ndemo sensitivities on {SENS_N} images: {time.perf_counter() - t:.1f} s ({sens.cached_layers} layers from the cache)")
     assert sens.complete and sens.anchors
     return sens
@@ -123,7 +131,7 @@ def test_slider_move_updates_cost_and_projection_and_is_fast():
     analysis_obj, model_obj = ctx_of(at).analysis, ctx_of(at).loaded
     before = (metric(at, "Params"), metric(at, "MACs / image"), metric(at, "FLOPs / image"), metric(at, "Projected top-1"))
     assert before[3] == "90.0%"  # full rank: projection equals the baseline
-    at.slider(key=dsh.slider_key(mid, "layer2.0.conv2", 0)).set_value(4)
+    at.slider(key=slider_key(mid, "layer2.0.conv2", 0)).set_value(4)
     ok(at.run())
     after = (metric(at, "Params"), metric(at, "MACs / image"), metric(at, "FLOPs / image"), metric(at, "Projected top-1"))
     assert all(a != b for a, b in zip(before, after)), (before, after)
@@ -133,7 +141,7 @@ def test_slider_move_updates_cost_and_projection_and_is_fast():
     walls, renders = [], []
     names = ["layer2.1.conv1", "layer2.1.conv2", "layer3.0.conv1", "layer3.1.conv2", "layer3.2.conv1"]
     for name in names:
-        at.slider(key=dsh.slider_key(mid, name, 1)).set_value(8)
+        at.slider(key=slider_key(mid, name, 1)).set_value(8)
         t = time.perf_counter()
         ok(at.run())
         walls.append(1000 * (time.perf_counter() - t))
@@ -174,9 +182,9 @@ def test_presets_set_the_ranks_of_make_plan(analysis, button, setting, spec):
     for lp in expected.layers:
         for i, (r, full) in enumerate(zip(lp.ranks, lp.full_ranks)):
             if full > 1:
-                assert at.slider(key=dsh.slider_key(mid, lp.name, i)).value == r, (spec, lp.name, i)
+                assert at.slider(key=slider_key(mid, lp.name, i)).value == r, (spec, lp.name, i)
     cost = lrviz.plan_cost(analysis, expected)
-    assert metric(at, "Params") == dsh.human(cost.params_planned)
+    assert metric(at, "Params") == fmt.human(cost.params_planned)
 
 
 def test_quick_evaluation_gives_an_accuracy_with_interval():
@@ -279,11 +287,26 @@ def test_background_job_stops_when_asked():
             time.sleep(0.01)
         return "stopped"
 
-    job = dsh.BackgroundJob(target).start()
+    job = BackgroundJob(target).start()
     time.sleep(0.1)
     assert job.running
     job.stop()
     assert job.wait(5) and job.result == "stopped" and job.error is None and job.snapshot()
+
+
+def test_result_store_is_bounded():
+    s = ResultStore(max_items=2)
+    for i in range(3):
+        s.put(i, i)
+    assert 0 not in s and s.get(2) == 2 and len(s) == 2
+
+
+def test_background_job_reports_errors():
+    def boom(progress, should_stop):
+        raise LrvizError("bad plan")
+
+    job = BackgroundJob(boom).start()
+    assert job.wait(5) and job.error == "bad plan" and job.result is None
 
 
 def test_present_measures_and_builds_report():
@@ -339,7 +362,7 @@ def test_bad_program_upload_shows_an_error():
 def test_sessions_do_not_change_the_cached_model():
     a1 = new_app()
     model = ctx_of(a1).loaded.module
-    before = dsh.state_fingerprint(model)
+    before = model_fingerprint(model)
     flags = [m.training for m in model.modules()]
     a2 = new_app()
     assert ctx_of(a2).loaded.module is model  # one cached object shared by the sessions
@@ -350,14 +373,14 @@ def test_sessions_do_not_change_the_cached_model():
         at.button(key="quick_eval").click()
         ok(at.run())
         goto(at, "pages/present.py")
-    assert dsh.state_fingerprint(model) == before
+    assert model_fingerprint(model) == before
     assert [m.training for m in model.modules()] == flags  # train/eval flags restored
 
 
 def test_program_upload_is_analysed_but_not_decomposed(tmp_path):
     from lrviz.export import save_program
 
-    loaded, _ = dsh.load_source(dsh.builtin_source("demo"))
+    loaded, _ = sources.load_source(sources.builtin_source("demo"))
     data = save_program(loaded.module, loaded.input_size, tmp_path / "demo.pt2").read_bytes()
     at = new_app()
     at.radio(key="model_kind").set_value("program")
@@ -365,7 +388,7 @@ def test_program_upload_is_analysed_but_not_decomposed(tmp_path):
     at.file_uploader(key="pt2_upload").set_value(("demo.pt2", data, "application/octet-stream"))
     ok(at.run())
     assert not at.error, [e.value for e in at.error]
-    assert metric(at, "Parameters") == dsh.human(sum(p.numel() for p in loaded.module.parameters()))
+    assert metric(at, "Parameters") == fmt.human(sum(p.numel() for p in loaded.module.parameters()))
     at.button(key="model_eval_btn").click()
     ok(at.run())
     assert "%" in metric(at, "Top-1 on Fashion-MNIST sample (2,000)")
@@ -437,7 +460,7 @@ def test_ranks_with_sensitivities_projects_with_an_interval_and_calibrates(demo_
     # slider moves keep using the cached projector (no refit, no reload)
     store = at.session_state["_lrviz_ctx"]
     mid = store.model_id
-    at.slider(key=dsh.slider_key(mid, "layer3.0.conv2", 0)).set_value(8)
+    at.slider(key=slider_key(mid, "layer3.0.conv2", 0)).set_value(8)
     ok(at.run())
     assert re.fullmatch(r"[\d.]+% \([\d.]+–[\d.]+%\)", metric(at, "Projected top-1"))
     assert at.session_state["_ranks_render_ms"] < 3000
@@ -459,14 +482,14 @@ def test_solver_preset_meets_the_budget(demo_sensitivities, target_metric, ratio
     state = at.session_state["_plans"][ctx_of(at).model_id]
     assert state["label"].startswith(f"solve:{target_metric}:{ratio:g}")
     a = ctx_of(at).analysis
-    cost = lrviz.plan_cost(a, dsh.plan_from_ranks(a, state["ranks"]))
+    cost = lrviz.plan_cost(a, lrviz.make_plan(a, "full").with_ranks(state["ranks"]))
     assert (cost.params_ratio if target_metric == "params" else cost.macs_ratio) >= ratio - 1e-9
     mid = ctx_of(at).model_id
     for name, ranks in state["ranks"].items():
         full = a.layer(name).full_ranks
         for i, (r, f) in enumerate(zip(ranks, full)):
             if f > 1:
-                assert at.slider(key=dsh.slider_key(mid, name, i)).value == r
+                assert at.slider(key=slider_key(mid, name, i)).value == r
             if snap:
                 assert r == f or r % 8 == 0, (name, ranks)
 

@@ -47,10 +47,10 @@ def errors(at: AppTest) -> str:
 
 
 def _hostile_pt2(tmp_path: Path, marker: Path) -> bytes:
-    from lrviz import dashboard as dsh
+    from lrviz import sources
     from lrviz.export import save_program
 
-    loaded, _ = dsh.load_source(dsh.builtin_source("demo"))
+    loaded, _ = sources.load_source(sources.builtin_source("demo"))
     clean = save_program(loaded.module, loaded.input_size, tmp_path / "demo.pt2")
     with zipfile.ZipFile(clean) as z:
         entries = {i.filename: z.read(i) for i in z.infolist()}

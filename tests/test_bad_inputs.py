@@ -203,7 +203,7 @@ def test_half_precision_weights_load_as_float32(corpus, tmp_path, caplog, dtype)
     torch.save(low, path)
     rounded = tmp_path / "rounded.pt"
     torch.save({k: v.float() if v.is_floating_point() else v for k, v in low.items()}, rounded)
-    with caplog.at_level(logging.INFO, logger="lrviz.models"):
+    with caplog.at_level(logging.INFO, logger="lrviz.weights"):
         m = load_model("demo", weights=str(path))
     name = str(dtype).removeprefix("torch.")
     assert any(f"{name} tensors to the model's float32" in r.getMessage() for r in caplog.records)
@@ -475,15 +475,13 @@ def test_bad_json_target(capsys, caplog, tmp_path, where):
 
 
 def test_json_write_failure_keeps_the_old_file(capsys, caplog, tmp_path, monkeypatch):
-    import lrviz.cli
-
     target = tmp_path / "a.json"
     target.write_text('{"old": true}')
 
     def broken_replace(src, dst):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(lrviz.cli.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)  # the rename at the end of every atomic write
     rc, out, err, caught, loud = run(capsys, caplog, "analyze", "demo", "--json", target)
     assert rc == 2 and err.splitlines()[-1].startswith("lrviz: error: cannot write --json")
     assert target.read_text() == '{"old": true}'
@@ -712,7 +710,7 @@ def test_real_processes_print_one_line(corpus, folders, tmp_path):
 
 @pytest.mark.parametrize("name", ["code.pkl", "code.pt", "truncated.pt", "text.pt", "resnet18.pt", "int8.pt", "list.pt"])
 def test_dashboard_load_source_raises_lrviz_error(corpus, tmp_path, name):
-    from lrviz import dashboard
+    from lrviz import sources as dashboard
 
     upload = f"upload-{Path(name).stem}.pt"
     src = dashboard.state_dict_source("demo", corpus["files"][name].read_bytes(), upload, directory=tmp_path)
@@ -730,7 +728,7 @@ def test_dashboard_load_source_raises_lrviz_error(corpus, tmp_path, name):
     ("synthetic:1,28,28", "synthetic:C,H,W,K,N"),
 ])
 def test_dashboard_load_dataset_raises_lrviz_error(folders, spec, msg):
-    from lrviz import dashboard
+    from lrviz import sources as dashboard
 
     with pytest.raises(LrvizError, match=msg) as info:
         dashboard.load_dataset(dashboard.dataset_source(spec.format(d=folders), (1, 28, 28)))

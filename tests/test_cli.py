@@ -44,6 +44,12 @@ def test_compress_writes_program_plan_metrics(tmp_path, capsys):
     rc, stdout, _ = run(capsys, "compress", *MODEL, "--plan", "uniform:0.5", "--out", str(out), "--data", DATA)
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    p, m, acc = metrics["params"], metrics["macs"], metrics["accuracy"]
+    assert (f"plan uniform:0.5: params {p['original']:,} -> {p['compressed']:,} ({p['original'] / p['compressed']:.2f}x), "
+            f"MACs {m['original']:,} -> {m['compressed']:,} ({m['original'] / m['compressed']:.2f}x)") in stdout
+    assert f"top-1 original {acc['original']['top1']:.2%}, compressed {acc['compressed']['top1']:.2%} (n=96)" in stdout
+    assert f"wrote {out / 'model.pt2'}, {out / 'plan.json'}, {out / 'metrics.json'}" in stdout
+    assert sorted(f.name for f in out.iterdir()) == ["metrics.json", "model.pt2", "plan.json"]
     assert metrics["params"]["compressed"] < metrics["params"]["original"]
     assert metrics["macs"]["compressed"] < metrics["macs"]["original"]
     assert set(metrics["accuracy"]) == {"original", "compressed"}
@@ -62,6 +68,7 @@ def test_compress_writes_program_plan_metrics(tmp_path, capsys):
     assert rc == 0
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["top1"] == pytest.approx(metrics["accuracy"]["compressed"]["top1"])
+    assert f"model on {DATA} (n=96): top-1 {e['top1']:.2%}" in stdout
     rc, stdout, _ = run(capsys, "analyze", str(out / "model.pt2"))
     assert rc == 0 and f"{metrics['params']['compressed']:,} params" in stdout
 
@@ -73,7 +80,10 @@ def test_evaluate_json_and_plan(tmp_path, capsys):
     assert set(e) == {"top1", "top1_ci", "top5", "loss", "n"} and e["n"] == 50
     lo, hi = e["top1_ci"]
     assert lo <= e["top1"] <= hi
+    assert (f"helpers:tiny_net on {DATA} (n=50): top-1 {e['top1']:.2%} [95% CI {lo:.2%}, {hi:.2%}], "
+            f"top-5 {e['top5']:.2%}, loss {e['loss']:.4f}") in out
     rc, out, _ = run(capsys, "evaluate", *MODEL, "--plan", "full", "--data", DATA, "--limit", "50", "--json", str(tmp_path / "f.json"))
+    assert rc == 0 and f"helpers:tiny_net + plan full on {DATA} (n=50): top-1 {e['top1']:.2%}" in out
     assert json.loads((tmp_path / "f.json").read_text())["top1"] == pytest.approx(e["top1"])
 
 
@@ -99,7 +109,8 @@ def test_user_errors_exit_2_with_one_line(capsys, argv, msg):
 
 
 def test_compressing_a_program_is_refused(tmp_path, capsys):
-    run(capsys, "compress", *MODEL, "--plan", "full", "--out", str(tmp_path / "o"))
+    rc, _, _ = run(capsys, "compress", *MODEL, "--plan", "full", "--out", str(tmp_path / "o"))
+    assert rc == 0 and (tmp_path / "o" / "model.pt2").is_file()
     rc, _, err = run(capsys, "compress", str(tmp_path / "o" / "model.pt2"), "--plan", "vbmf", "--out", str(tmp_path / "p"))
     assert rc == 2 and "no modules to decompose" in err
 
@@ -149,17 +160,53 @@ def test_sensitivity_project_solve_sweep(tmp_path, capsys):
     proj = json.loads(pj.read_text())
     assert set(proj) >= {"projected_top1", "interval", "params", "macs", "basis"} and proj["basis"] == "sensitivities"
     assert proj["interval"][0] <= proj["projected_top1"] <= proj["interval"][1]
+    lo, hi = proj["interval"]
+    assert f"projected top-1 {proj['projected_top1']:.2%} [{lo:.2%}, {hi:.2%}]" in out
+    assert f"{proj['params_ratio']:.2f}x fewer params ({proj['params']:,})" in out
     rc, out, _ = run(capsys, "project", *MODEL, *data, "--plan", "uniform:0.5", "--basis", "proxy", "--json", str(pj))
-    assert rc == 0 and json.loads(pj.read_text())["basis"] == "proxy"
+    assert rc == 0 and json.loads(pj.read_text())["basis"] == "proxy" and "basis: proxy" in out
     plan_json = tmp_path / "plan.json"
     rc, out, _ = run(capsys, "solve", *MODEL, *data, "--target", "params:2", "--out", str(plan_json))
     assert rc == 0 and "solved params:2" in out and json.loads(plan_json.read_text())["schema"] == "lrviz.plan/1"
+    solved = float(out.split("solved params:2: ")[1].split("x fewer params")[0])
+    assert solved >= 2  # the solver meets its target
     rc, out, _ = run(capsys, "evaluate", *MODEL, *data, "--plan", str(plan_json))
-    assert rc == 0
+    assert rc == 0 and f"helpers:tiny_net + plan {plan_json} on synthetic:3,16,16,10,64 (n=64): top-1 " in out
     sw = tmp_path / "sw.json"
     rc, out, _ = run(capsys, "sweep", *MODEL, *data, "--targets", "1.5,2", "--metric", "macs", "--json", str(sw))
     assert rc == 0
     rows = json.loads(sw.read_text())["rows"]
     assert len(rows) == 6 and {r["strategy"] for r in rows} == {"solver", "uniform", "vbmf"}
+    assert out.splitlines()[0].split() == ["strategy", "target", "params_ratio", "macs_ratio", "projected", "top1"]
+    assert len(out.strip().splitlines()) == 1 + len(rows)
+    for r in rows:
+        if r["strategy"] == "solver":
+            assert r["macs_ratio"] >= r["target"] and 0 <= r["top1"] <= 1
     rc, _, err = run(capsys, "solve", *MODEL, *data, "--target", "flops:lots")
     assert rc == 2 and "target" in err
+
+
+def test_models_lists_builtin_and_torchvision(capsys):
+    rc, out, _ = run(capsys, "models")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0] == "builtin:" and any(l.split()[0] == "demo" for l in lines[1:3])
+    assert "torchvision classification models:" in lines
+    tv = lines[lines.index("torchvision classification models:") + 1]
+    assert {"resnet18", "vgg11_bn", "mobilenet_v2"} <= set(tv.strip().split(", "))
+
+
+def test_train_writes_weights_history_and_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, stdout, err = run(capsys, "train", *MODEL, "--regime", "ortho", "--epochs", "1", "--data", "synthetic:3,16,16,10,64",
+                          "--out", str(out), "--batch-size", "32", "--val-limit", "32")
+    assert rc == 0, err
+    assert sorted(f.name for f in out.iterdir()) == ["checkpoint.pt", "history.json", "model.pt"]
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert set(state) == set(__import__("helpers").tiny_net().state_dict())
+    doc = json.loads((out / "history.json").read_text())
+    assert doc["model"] == "helpers:tiny_net" and doc["config"]["regime"] == "ortho" and doc["config"]["epochs"] == 1
+    (h,) = doc["history"]
+    assert h["epoch"] == 1 and h["reg"] > 0 and 0 <= h["val_top1"] <= 1
+    assert f"wrote {out / 'model.pt'} (state_dict, regime ortho); final val top-1 {h['val_top1']:.2%}" in stdout
+    assert "[train] epoch 1/1" in err

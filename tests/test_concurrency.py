@@ -12,6 +12,7 @@
 import hashlib
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,10 +22,9 @@ import pytest
 import torch
 
 from lrviz import FactorCache, analyze, compress, make_plan
-from lrviz import dashboard as dsh
+from lrviz import sources
 from lrviz.data import get_dataset
 from lrviz.evaluate import evaluate
-from lrviz.models import load_model
 from lrviz.sensitivity import LOCK_DIR, _layer_file, _load_layer, load_sensitivity, measure_sensitivity
 from lrviz.storage import FileLock
 
@@ -48,7 +48,7 @@ def tensor_hash(module: torch.nn.Module) -> str:
 
 @pytest.fixture(scope="module")
 def shared_demo():
-    loaded, _ = dsh.load_source(dsh.builtin_source("demo"))
+    loaded, _ = sources.load_source(sources.builtin_source("demo"))
     analysis = analyze(loaded.module, loaded.input_size, loaded.name)
     return loaded, analysis, get_dataset("fashion-mnist-sample")
 
@@ -65,14 +65,14 @@ def _plans(analysis, seed: int, count: int):
             ranks = {}
             for l in analysis.layers:
                 ranks[l.name] = tuple(int(torch.randint(1, f + 1, (1,), generator=g)) for f in l.full_ranks)
-            out.append(dsh.plan_from_ranks(analysis, ranks))
+            out.append(make_plan(analysis, "full").with_ranks(ranks))
     return out
 
 
 def test_two_sessions_editing_plans_leave_the_shared_model_unchanged(shared_demo):
     loaded, analysis, ds = shared_demo
     module = loaded.module  # what st.cache_resource hands to every session
-    original = dsh.inference_copy(module)  # the shared eval-mode copy used for the original's inference
+    original = sources.inference_copy(module)  # the shared eval-mode copy used for the original's inference
     factors = FactorCache(module)  # the shared cache of bases (cached_factors)
     before, before_orig = tensor_hash(module), tensor_hash(original)
     flags = [m.training for m in module.modules()]
@@ -86,7 +86,7 @@ def test_two_sessions_editing_plans_leave_the_shared_model_unchanged(shared_demo
         try:
             start.wait()
             for plan in plans[s]:
-                model = dsh.planned_model(module, plan, factors)  # Ranks page: planned model from cached factors
+                model = compress(module, plan, factors)  # Ranks page: planned model from cached factors
                 model.eval()
                 with torch.inference_mode():
                     y = model(x)
@@ -132,7 +132,12 @@ def test_two_apptest_sessions_moving_sliders_leave_the_cached_model_unchanged():
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    app = str(Path(__file__).resolve().parents[1] / "app.py")
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # the app's pages/ helpers, importable as app.py imports them
+    from pages._state import slider_key
+
+    app = str(root / "app.py")
     sessions = [AppTest.from_file(app, default_timeout=120).run() for _ in range(2)]
     for at in sessions:
         at.select_slider(key="quick_n").set_value(100).run()
@@ -145,7 +150,7 @@ def test_two_apptest_sessions_moving_sliders_leave_the_cached_model_unchanged():
     layers = [l for l in ctxs[0].analysis.layers if l.kind == "tucker2" and min(l.full_ranks) > 4][:6]
     for i, l in enumerate(layers):
         for s, at in enumerate(sessions):  # the two sessions move different sliders, turn by turn
-            at.slider(key=dsh.slider_key(mid, l.name, (i + s) % 2)).set_value(1 + (s + i) % 4).run()
+            at.slider(key=slider_key(mid, l.name, (i + s) % 2)).set_value(1 + (s + i) % 4).run()
             assert not at.exception, [e.value for e in at.exception]
     for at in sessions:
         at.button(key="quick_eval").click().run()

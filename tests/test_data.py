@@ -1,4 +1,4 @@
-"""Tests for lrviz.data."""
+"""Tests for lrviz.data and the dataset kinds behind it (lrviz.data_*)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lrviz import data
+from lrviz import data, data_fashion_mnist
 from lrviz.data import available_datasets, get_dataset, make_loader, register_dataset, subset
 from lrviz.errors import LrvizError
 
@@ -41,8 +41,8 @@ def isolated_search(tmp_path, monkeypatch):
     """No system folder, an empty cache and no env var: only what the test provides."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (empty / "system",))
-    monkeypatch.setattr(data, "cache_dir", lambda: empty / "cache")
+    monkeypatch.setattr(data_fashion_mnist, "SYSTEM_DATA_DIRS", (empty / "system",))
+    monkeypatch.setattr(data_fashion_mnist, "cache_dir", lambda: empty / "cache")
     monkeypatch.delenv("LRVIZ_DATA_DIR", raising=False)
     return empty
 
@@ -119,7 +119,7 @@ def test_fashion_mnist_offline_error(isolated_search, monkeypatch):
         calls.append(target)
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(data, "_download_fashion_mnist", offline)
+    monkeypatch.setattr(data_fashion_mnist, "_download_fashion_mnist", offline)
     with pytest.raises(LrvizError, match="offline") as info:
         get_dataset("fashion-mnist")
     msg = str(info.value)
@@ -136,7 +136,7 @@ def test_fashion_mnist_download_is_used_when_missing(isolated_search, monkeypatc
         raw.mkdir(parents=True)
         _write_tiny_fmnist(raw, n=3)
 
-    monkeypatch.setattr(data, "_download_fashion_mnist", fake_download)
+    monkeypatch.setattr(data_fashion_mnist, "_download_fashion_mnist", fake_download)
     assert len(get_dataset("fashion-mnist")) == 3
 
 
@@ -343,22 +343,26 @@ def test_make_loader():
 
 
 def test_bundled_sample_matches_full_test_set():
-    import numpy as np
-
+    """The bundled sample is what its recipe (lrviz.data_fashion_mnist's docstring) draws from the
+    full test set: the first 200 of each class in a seed-0 permutation, in test-set order."""
     from lrviz.data import SAMPLE_PATH
 
     sample = get_dataset("fashion-mnist-sample")
     assert len(sample) == 2000 and sample.input_size == (1, 28, 28)
     assert np.bincount(sample.targets).tolist() == [200] * 10
     assert SAMPLE_PATH.stat().st_size <= 2 * 1024 * 1024
-    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+    with pytest.raises(LrvizError, match="test-set sample only"):
+        get_dataset("fashion-mnist-sample", "train")
+    if not FMNIST_DIR.is_dir():
         pytest.skip("full Fashion-MNIST not installed")
     full = get_dataset("fashion-mnist")
     with np.load(SAMPLE_PATH) as z:
         idx = z["indices"]
-    for i in (0, 777, 1999):
+    labels = np.asarray(full.targets)
+    order = np.random.default_rng(0).permutation(len(labels))
+    recipe = np.sort(np.concatenate([order[labels[order] == c][:200] for c in range(10)]))
+    assert np.array_equal(idx, recipe)
+    for i in range(len(sample)):  # every image and label, after the same transform
         x, y = sample[i]
         fx, fy = full[int(idx[i])]
         assert y == fy and torch.equal(x, fx)
-    with pytest.raises(LrvizError, match="test-set sample only"):
-        get_dataset("fashion-mnist-sample", "train")

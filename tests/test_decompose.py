@@ -112,10 +112,15 @@ def test_impossible_ranks_are_rejected():
     f = factorize(info_of(conv), conv)
     with pytest.raises(LrvizError, match=r"rank 0 is impossible; allowed 1..6"):
         build_layer(f, (0, 2))
-    with pytest.raises(LrvizError, match=r"rank 7 is impossible; allowed 1..6"):
+    with pytest.raises(LrvizError, match=r"rank 7 is above the full rank 6; allowed 1..6"):
         build_layer(f, (7, 2))
-    with pytest.raises(LrvizError, match=r"needs ranks \(r_out, r_in\)"):
+    with pytest.raises(LrvizError, match=r"needs integer ranks \[r_out, r_in\]"):
         build_layer(f, (3,))
+    with pytest.raises(LrvizError, match=r"needs integer ranks"):
+        build_layer(f, (2.5, 2))  # one validator for plans and layers: never truncated to 2
+    grouped = nn.Conv2d(8, 12, 3, groups=2)
+    with pytest.raises(LrvizError, match=r"rank 7 is above the full rank 6; allowed 1..6 per group \(2 groups\)"):
+        build_layer(factorize(info_of(grouped), grouped), (7, 2))
 
 
 class Net(nn.Module):

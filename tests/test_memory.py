@@ -12,7 +12,7 @@ from lrviz.data import get_dataset
 from lrviz.errors import LrvizError
 from lrviz.evaluate import evaluate
 from lrviz.layers import find_layers
-from lrviz.spectra import GRAM_BLOCK_BYTES, singular_values
+from lrviz.spectra import GRAM_BLOCK_BYTES
 
 MiB = 2**20
 
@@ -61,30 +61,43 @@ def test_analysis_estimate_is_the_largest_layers_gram_work():
     assert e.bytes == max(m0, m1)
 
 
-def _peak_growth(fn) -> int | None:
-    """Peak resident growth while ``fn`` runs (Linux: VmHWM after resetting it), or None."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return None
+#: Run in a fresh process, so that memory freed by earlier tests cannot be reused and hide the peak.
+_PEAK_CHILD = """
+import sys, torch
+torch.set_num_threads(2)
+from lrviz.spectra import singular_values
 
-    def read(key):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+def read(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
 
-    before = read("VmRSS:")
-    fn()
-    return read("VmHWM:") - before
+a = torch.randn(2048, 12288)  # float32 product path: 2048² · 12288 > GRAM_FP64_MAX_WORK
+singular_values(torch.randn(64, 256))  # warm up: one-time allocations of the first call
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident size
+except OSError:
+    sys.exit(3)
+before = read("VmRSS:")
+singular_values(a)
+print(read("VmHWM:") - before)
+"""
 
 
 def test_analysis_estimate_matches_the_measured_peak_of_a_large_spectrum():
-    a = torch.randn(2048, 12288)  # float32 product path: 2048² · 12288 > GRAM_FP64_MAX_WORK
+    import subprocess
+    import sys
+
     (info,), _ = find_layers(nn.Sequential(nn.Linear(12288, 2048, bias=False)))
     est = memory.estimate_analysis(nn.Sequential(nn.Linear(12288, 2048, bias=False)), [info]).bytes
-    grown = _peak_growth(lambda: singular_values(a))
-    if grown is None:
+    if not os.path.exists("/proc/self/clear_refs"):
         pytest.skip("no /proc/self/clear_refs to measure a peak")
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    p = subprocess.run([sys.executable, "-c", _PEAK_CHILD], capture_output=True, text=True, env=env, timeout=300)
+    if p.returncode == 3:
+        pytest.skip("/proc/self/clear_refs cannot be written")
+    assert p.returncode == 0, p.stderr
+    grown = int(p.stdout.split()[-1])
     assert 0.6 * est <= grown <= 1.4 * est, (grown / MiB, est / MiB)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrviz import models
+from lrviz import models, weights
 from lrviz.errors import LrvizError
 from lrviz.models import (
     LoadedModel,
@@ -199,7 +199,7 @@ def test_pretrained_offline_gives_clear_message(monkeypatch, tmp_path):
         calls.append(url)
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(models, "_download_file", offline)
+    monkeypatch.setattr(weights, "_download_file", offline)
     with pytest.raises(LrvizError, match=r"pretrained weights for resnet18 need internet") as info:
         load_model("resnet18", weights="pretrained")
     msg = str(info.value)
@@ -214,7 +214,7 @@ def test_pretrained_from_cache_works_offline(monkeypatch, tmp_path):
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     enum = torchvision.models.get_model_weights("resnet18").DEFAULT
-    cached = models._hub_cache_path(enum.url)
+    cached = weights.hub_cache_path(enum.url)
     cached.parent.mkdir(parents=True)
     torch.manual_seed(123)
     reference = torchvision.models.resnet18().state_dict()
@@ -223,7 +223,7 @@ def test_pretrained_from_cache_works_offline(monkeypatch, tmp_path):
     def offline(url, dst):
         raise AssertionError("must not download when cached")
 
-    monkeypatch.setattr(models, "_download_file", offline)
+    monkeypatch.setattr(weights, "_download_file", offline)
     m = load_model("resnet18", weights="pretrained", input_size=SMALL)
     assert "pretrained" in m.source
     assert _same_state(m.module.state_dict(), reference)

@@ -60,7 +60,11 @@ def test_plan_json_errors(resnet, tmp_path):
     wide = find_layers(torchvision.models.wide_resnet50_2(num_classes=10))[0]
     with pytest.raises(LrvizError, match="wrong architecture"):
         RankPlan.from_dict(d, wide)
-    assert other  # resnet34 has the same first layers: a plan from 18 loads where names/shapes agree
+    # every layer of resnet18 is a layer of resnet34 with the same name and shape: the plan loads there,
+    # ranks unchanged, and covers 21 of its 37 decomposable layers (the others stay dense)
+    on34 = RankPlan.from_dict(d, other)
+    assert on34.ranks() == make_plan(a, "uniform:0.3").ranks() and (len(on34.layers), len(other)) == (21, 37)
+    assert on34["layer1.0.conv1"].ranks == (20, 20)  # ceil(0.3 * 64)
 
 
 def test_unknown_and_bad_specs(resnet):

@@ -72,6 +72,21 @@ def _edit_json(entries: dict[str, bytes], name: str, edit) -> None:
     entries[name] = json.dumps(doc).encode()
 
 
+def _pickled_weight_archive(clean: Path, path: Path, marker: Path, payload: str = "weight_0") -> Path:
+    """A copy of ``clean`` whose first weight is flagged ``use_pickle`` and stored (as ``payload``) as a
+    pickle that creates ``marker`` when it is unpickled."""
+    entries = _entries(clean)
+    pre = _prefix(entries)
+
+    def flag(doc):
+        doc["config"]["0.weight"]["use_pickle"] = True
+        doc["config"]["0.weight"]["path_name"] = payload
+
+    _edit_json(entries, f"{pre}/data/weights/model_weights_config.json", flag)
+    entries[f"{pre}/data/weights/{payload}"] = pickle.dumps(_Touch(marker))
+    return _write(path, entries)
+
+
 def test_clean_export_loads_identically(clean):
     ours = load_program(clean)
     ref = torch.export.load(str(clean))
@@ -85,17 +100,7 @@ def test_clean_export_loads_identically(clean):
 
 def test_pickled_weight_runs_code_in_torch_but_not_in_lrviz(clean, tmp_path):
     marker = tmp_path / "pwned-weight"
-    entries = _entries(clean)
-    pre = _prefix(entries)
-    cfg = f"{pre}/data/weights/model_weights_config.json"
-
-    def flag(doc):
-        doc["config"]["0.weight"]["use_pickle"] = True
-        doc["config"]["0.weight"]["path_name"] = "weight_99"
-
-    _edit_json(entries, cfg, flag)
-    entries[f"{pre}/data/weights/weight_99"] = pickle.dumps(_Touch(marker))
-    bad = _write(tmp_path / "pickled_weight.pt2", entries)
+    bad = _pickled_weight_archive(clean, tmp_path / "pickled_weight.pt2", marker, payload="weight_99")
 
     with pytest.raises(Exception):  # the payload is no tensor, so torch fails *after* running it
         torch.export.load(str(bad))
@@ -281,15 +286,7 @@ def test_garbage_files_one_clear_error_no_torch_logs(clean, tmp_path, caplog, ca
 
 def test_cli_on_hostile_pt2_prints_one_line(clean, tmp_path):
     marker = tmp_path / "pwned-cli"
-    entries = _entries(clean)
-    pre = _prefix(entries)
-
-    def flag(doc):
-        doc["config"]["0.weight"]["use_pickle"] = True
-
-    _edit_json(entries, f"{pre}/data/weights/model_weights_config.json", flag)
-    entries[f"{pre}/data/weights/weight_0"] = pickle.dumps(_Touch(marker))
-    bad = _write(tmp_path / "cli.pt2", entries)
+    bad = _pickled_weight_archive(clean, tmp_path / "cli.pt2", marker)
     files = _garbage_files(tmp_path, clean)
     for path in (bad, files["state_dict renamed"], files["random bytes"]):
         proc = subprocess.run([sys.executable, "-m", "lrviz.cli", "analyze", str(path)], capture_output=True, text=True,
@@ -302,18 +299,10 @@ def test_cli_on_hostile_pt2_prints_one_line(clean, tmp_path):
 
 
 def test_dashboard_upload_of_hostile_pt2(clean, tmp_path):
-    from lrviz import dashboard
+    from lrviz import sources as dashboard
 
     marker = tmp_path / "pwned-upload"
-    entries = _entries(clean)
-    pre = _prefix(entries)
-
-    def flag(doc):
-        doc["config"]["0.weight"]["use_pickle"] = True
-
-    _edit_json(entries, f"{pre}/data/weights/model_weights_config.json", flag)
-    entries[f"{pre}/data/weights/weight_0"] = pickle.dumps(_Touch(marker))
-    bad = _write(tmp_path / "up.pt2", entries)
+    bad = _pickled_weight_archive(clean, tmp_path / "up.pt2", marker)
     source = dashboard.program_source(bad.read_bytes(), "model.pt2", directory=tmp_path / "uploads")
     with pytest.raises(LrvizError, match="pickle"):
         dashboard.load_source(source)

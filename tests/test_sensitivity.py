@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from lrviz import FactorCache, LrvizError, RankPlan, analyze, compress, make_plan, plan_cost
-from lrviz.budget import candidate_ranks, parse_target, solve, solve_many, strategy_plan, sweep
-from lrviz.data import get_dataset
+from lrviz.budget import SWEEP_COLUMNS, candidate_ranks, parse_target, solve, solve_many, strategy_plan, sweep
+from lrviz.data import DatasetSubset, get_dataset
 from lrviz.evaluate import evaluate
 from lrviz.models import load_model
+from lrviz.plan import plan_for_ratio
 from lrviz.project import SensitivityProjector
 from lrviz.sensitivity import measure_sensitivity, rank_grid
 
@@ -143,7 +144,7 @@ def test_calibration_fits_the_gain(demo, sens):
     p = SensitivityProjector(sens)
     full = make_plan(a, "full")
     plans = [full.with_ranks({n: tuple(max(1, math.ceil(f * r)) for r in a.layer(n).full_ranks) for n in LAYERS}) for f in (0.5, 0.3, 0.15)]
-    truth = [p.calib_top1(pl, gain=0.6) for pl in plans]
+    truth = [sens.top1_of(p.logits(pl, gain=0.6)) for pl in plans]
     fitted = p.calibrate(list(zip(plans, truth)))
     assert fitted.n_fit == 3 and fitted.rel_error is not None
     assert [fitted.project(pl).top1 for pl in plans] == pytest.approx(truth, abs=0.011)
@@ -185,7 +186,7 @@ def test_solver_beats_uniform_on_its_objective(demo, sens):
         uni = full.with_ranks({n: tuple(max(1, math.ceil(f * r)) for r in a.layer(n).full_ranks) for n in LAYERS})
         if plan_cost(a, uni).params_ratio >= res.params_ratio:
             break
-    assert p.calib_loss(res.plan) <= p.calib_loss(uni) + 1e-9
+    assert sens.loss_of(p.logits(res.plan)) <= sens.loss_of(p.logits(uni)) + 1e-9
 
 
 def test_parse_target_and_candidates():
@@ -207,6 +208,7 @@ def test_sweep_rows_are_measured_plans(demo, sens):
     ok = df[df.target == 1.2]
     assert ok.params_ratio.ge(1.2 * 0.9).all() and ok.top1.notna().all()
     assert ok.projected.notna().tolist() == [True, False]  # uniform truncates layers that were not measured
+    assert list(df.columns) == SWEEP_COLUMNS
     row = ok[ok.strategy == "solver"].iloc[0]
     plan = make_plan(a, "full").with_ranks({k: tuple(v) for k, v in json.loads(row.ranks).items()})
     assert evaluate(compress(lm.module, plan, fc), ds, limit=100).top1 == pytest.approx(row.top1)
@@ -219,16 +221,38 @@ def test_sweep_rows_are_measured_plans(demo, sens):
 def test_plan_for_ratio_macs(demo):
     lm, a, ds, fc = demo
     for fam in ("uniform", "vbmf", "energy"):
-        plan = strategy_plan(a, fam, "macs", 2.0)
-        assert plan is not None and plan_cost(a, plan).macs_ratio == pytest.approx(2.0, rel=0.1)
+        plan = plan_for_ratio(a, fam, 2.0, metric="macs")
+        assert plan.spec.startswith(f"{fam}:") and plan_cost(a, plan).macs_ratio == pytest.approx(2.0, rel=0.1)
+        assert strategy_plan(a, fam, "macs", 2.0).spec.startswith(f"{fam}:")
+    # weakened VBMF stops at the EVBMF ranks: out of reach is an error naming the closest ratio; the sweep's None
+    with pytest.raises(LrvizError, match=r"vbmf ranks: cannot reach a 50x params reduction within ±10% \(closest \d+\.\d\dx; weakened"):
+        plan_for_ratio(a, "vbmf", 50.0)
+    assert strategy_plan(a, "vbmf", "params", 50.0) is None
+    with pytest.raises(LrvizError, match="unknown family 2.0"):
+        plan_for_ratio(a, 2.0, "uniform")  # (analysis, family, target)
 
 
-def test_sweep_with_short_finetune(demo):
+def test_sweep_with_short_finetune(demo, monkeypatch):
+    import lrviz.train
+
     lm, a, ds, fc = demo
-    df = sweep(a, lm.module, ds, [1.5], strategies=("uniform",), factors=fc, limit=100, finetune_epochs=1, train_set=ds,
-               finetune_limit=128)
+    evaluation = DatasetSubset(ds, list(range(0, len(ds), 2)))  # disjoint halves of the sample
+    training = DatasetSubset(ds, list(range(1, len(ds), 2)))
+    seen = []
+    real = lrviz.train.finetune
+    monkeypatch.setattr(lrviz.train, "finetune", lambda net, data, **kw: seen.append((data, kw)) or real(net, data, **kw))
+    df = sweep(a, lm.module, evaluation, [6.0], strategies=("uniform",), factors=fc, limit=200, finetune_epochs=1,
+               train_set=training, finetune_limit=256)
+    assert list(df.columns) == SWEEP_COLUMNS and len(df) == 1
     row = df.iloc[0]
-    assert row.spec.startswith("uniform:") and 0 <= row.top1 <= 1 and 0 <= row.finetuned <= 1 and math.isnan(row.projected)
+    assert row.spec.startswith("uniform:") and row.n == 200 and math.isnan(row.projected)
+    plan = make_plan(a, row.spec)  # the row's plan, measured before fine-tuning
+    assert evaluate(compress(lm.module, plan, fc), evaluation, limit=200).top1 == pytest.approx(row.top1)
+    # fine-tuned on the training half only (never on the evaluated images), one epoch of 256 images, last weights
+    (data, kw), = seen
+    assert data is training and set(data.indices).isdisjoint(evaluation.indices)
+    assert kw["epochs"] == 1 and kw["train_limit"] == 256 and kw["val_set"] is None and kw["keep"] == "last"
+    assert row.top1 < 0.5 and row.finetuned >= row.top1 + 0.05  # a collapsed plan recovers (0.20 -> 0.32 measured)
     with pytest.raises(LrvizError, match="training set"):
         sweep(a, lm.module, ds, [1.5], strategies=("uniform",), finetune_epochs=1)
 
@@ -239,6 +263,7 @@ def test_downstream_only_passes_equal_whole_passes(demo):
               batch_size=32)  # two batches: the kept upstream values are per batch
     fast = measure_sensitivity(lm.module, ds, partial=True, **kw)
     slow = measure_sensitivity(lm.module, ds, partial=False, **kw)
+    assert fast.partial_layers == tuple(kw["layers"]) and slow.partial_layers == ()  # which path ran
     assert fast.curves.keys() == slow.curves.keys()
     for k in fast.curves:
         np.testing.assert_allclose(fast.curves[k].delta, slow.curves[k].delta, atol=1e-5)
@@ -266,21 +291,23 @@ def test_untraceable_model_falls_back_to_whole_passes():
     ds = get_dataset("synthetic:1,28,28,10,40")
     fast = measure_sensitivity(net, ds, limit=40, cache=False, anchors=(), partial=True)
     slow = measure_sensitivity(net, ds, limit=40, cache=False, anchors=(), partial=False)
+    assert fast.partial_layers == () == slow.partial_layers  # asked for downstream-only passes, fell back to whole ones
+    assert fast.curves.keys() == slow.curves.keys() == {("conv", 0), ("head", 0)}  # conv's input mode has 1 channel
     for k in fast.curves:
         np.testing.assert_allclose(fast.curves[k].delta, slow.curves[k].delta, atol=1e-6)
 
 
 def test_frontier_memory_guard_falls_back(demo, monkeypatch):
-    import lrviz.sensitivity as sm
+    import lrviz.downstream as dm
 
     lm, a, ds, fc = demo
     kw = dict(limit=32, layers=["layer2.0.conv1"], factors=fc, cache=False, anchors=())
     ref = measure_sensitivity(lm.module, ds, partial=False, **kw)
-    monkeypatch.setattr(sm, "FRONTIER_BYTES", 1)  # nothing may be kept: whole passes
+    monkeypatch.setattr(dm, "FRONTIER_BYTES", 1)  # nothing may be kept: whole passes
     seen = []
-    orig = sm._forward
-    monkeypatch.setattr(sm, "_forward", lambda *a_, **k_: seen.append(1) or orig(*a_, **k_))
+    orig = dm.forward_logits
+    monkeypatch.setattr(dm, "forward_logits", lambda *a_, **k_: seen.append(1) or orig(*a_, **k_))
     got = measure_sensitivity(lm.module, ds, partial=True, **kw)
-    assert len(seen) > 2  # the fallback ran whole forward passes
+    assert got.partial_layers == () and len(seen) == len(rank_grid(32)) + len(rank_grid(16))  # one whole pass per rank
     for k in ref.curves:
         np.testing.assert_allclose(got.curves[k].delta, ref.curves[k].delta, atol=1e-5)

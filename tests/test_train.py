@@ -138,9 +138,87 @@ def test_finetuning_recovers_a_truncated_model():
     assert evaluate(cut, test).top1 == hurt.top1
 
 
-def test_distillation_path_runs_and_cancel_returns_best():
+def _scripted_validation(monkeypatch, results):
+    """Replace the validation inside finetune by scripted (top-1, loss) results, one per call (the first
+    is the model before fine-tuning); returns the weights each call saw."""
+    import lrviz.train
+    from lrviz.evaluate import EvalResult
+
+    results, seen = iter(results), []
+
+    def fake_evaluate(net, dataset, *, limit=None, device=None):
+        seen.append(copy.deepcopy(net.state_dict()))
+        top1, loss = next(results)
+        return EvalResult(top1, (top1, top1), None, loss, len(dataset), 0.0)
+
+    monkeypatch.setattr(lrviz.train, "evaluate", fake_evaluate)
+    return seen
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetune_returns_the_best_validation_epoch_and_stops_early(monkeypatch):
     train = get_dataset("synthetic:3,12,12,4,64", "train")
+    # before, epochs 1..5: epoch 2 is best; 3 and 4 are worse, so patience 2 stops before epoch 5
+    seen = _scripted_validation(monkeypatch, [(0.50, 1.0), (0.60, 0.9), (0.80, 0.5), (0.70, 0.6), (0.65, 0.7), (0.99, 0.1)])
+    res = finetune(tiny(), train, epochs=5, lr=0.05, batch_size=32, val_set=train, patience=2, device="cpu")
+    assert [h.val_top1 for h in res.history] == [0.60, 0.80, 0.70, 0.65]
+    assert res.best_epoch == 2 and res.best_val_top1 == 0.80 and res.stopped_early and not res.cancelled
+    assert _same(res.model.state_dict(), seen[2])  # seen[0]: before fine-tuning
+    assert not _same(res.model.state_dict(), seen[4])  # not the last epoch's
+    # equal top-1: the lower loss wins; keep="last" returns the last epoch's weights
+    seen = _scripted_validation(monkeypatch, [(0.5, 1.0), (0.7, 0.9), (0.7, 0.8), (0.7, 0.85)])
+    res = finetune(tiny(), train, epochs=3, lr=0.05, batch_size=32, val_set=train, device="cpu")
+    assert res.best_epoch == 2 and _same(res.model.state_dict(), seen[2])
+    seen = _scripted_validation(monkeypatch, [(0.5, 1.0), (0.7, 0.9), (0.6, 0.8), (0.6, 0.85)])
+    res = finetune(tiny(), train, epochs=3, lr=0.05, batch_size=32, val_set=train, device="cpu", keep="last")
+    assert res.best_epoch == 3 and _same(res.model.state_dict(), seen[3])
+
+
+def test_cancelling_returns_the_best_weights_so_far(monkeypatch):
+    train = get_dataset("synthetic:3,12,12,4,64", "train")  # batch 16: 4 steps an epoch
+    seen = _scripted_validation(monkeypatch, [(0.5, 1.0), (0.7, 0.9), (0.6, 0.8), (0.65, 0.7)])
+    polls = iter(range(100))
+    # polled before every step: the 10th poll (2 steps into epoch 3) cancels; epoch 3 is still validated
+    res = finetune(tiny(), train, epochs=5, lr=0.05, batch_size=16, val_set=train, device="cpu",
+                   should_stop=lambda: next(polls) >= 9)
+    assert res.cancelled and len(res.history) == 3 and res.best_epoch == 1
+    assert _same(res.model.state_dict(), seen[1])
+    # cancelled before the first step: the input weights come back, no epoch is recorded
+    net = tiny()
+    seen = _scripted_validation(monkeypatch, [(0.5, 1.0)])
+    res = finetune(net, train, epochs=2, val_set=train, device="cpu", should_stop=lambda: True)
+    assert res.cancelled and res.history == () and res.best_epoch == 0
+    assert _same(res.model.state_dict(), net.state_dict())
+
+
+def test_distillation_changes_the_loss_that_is_minimised():
+    from lrviz.data import make_loader
+    from lrviz.train import distillation_loss
+
+    train = get_dataset("synthetic:3,12,12,4,64", "train")
+    torch.manual_seed(1)
     teacher = tiny().eval()
-    calls = []
-    res = finetune(tiny(), train, epochs=2, teacher=teacher, progress=calls.append, should_stop=lambda: len(calls) > 0, device="cpu")
-    assert res.cancelled
+    torch.manual_seed(2)
+    student = tiny()
+    x, y = next(iter(make_loader(train, batch_size=64, shuffle=True, seed=0)))  # finetune's one batch
+    with torch.no_grad():
+        s, t = student(x), teacher(x)
+    ce = F.cross_entropy(s, y).item()
+    # (1 − α)·CE + α·T²·KL(p_teacher ‖ p_student), α = 0.5, T = 4, written out
+    p_t, log_p_s = F.softmax(t / 4, 1), F.log_softmax(s / 4, 1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(1).mean().item()
+    want = 0.5 * ce + 0.5 * 16 * kl
+    assert distillation_loss(s, t, y, 0.5, 4.0).item() == pytest.approx(want, rel=1e-5)
+
+    def first_step_loss(**kw):
+        events = []
+        finetune(student, train, epochs=1, batch_size=64, progress=events.append, device="cpu", **kw)
+        return next(e["loss"] for e in events if e["event"] == "step")  # before the step's update
+
+    assert first_step_loss() == pytest.approx(ce, rel=1e-5)
+    assert first_step_loss(teacher=teacher) == pytest.approx(want, rel=1e-5)
+    assert first_step_loss(teacher=teacher, distill_alpha=0.0) == pytest.approx(ce, rel=1e-5)
+    assert abs(want - ce) > 0.01  # the teacher really changes what is minimised

@@ -1,0 +1,331 @@
+"""What the pages measure and project: evaluations, this session's quick evaluations, the accuracy
+projection (energy proxy or layer sensitivities) and the background sensitivity measurement.
+
+Not a page. Results computed with a progress bar live in the shared result store
+(:func:`pages._state.result_store`), keyed by ``(model key, data key, plan key, images)``; layer
+sensitivities per ``(model key, data key, images)`` in the same store (loading them costs one forward
+pass, measuring them is a :class:`pages._jobs.BackgroundJob` whose partial results are cached on
+disk). The sensitivity projector calibrated to them plus this session's quick evaluations is kept per
+session and refitted only when those change (never on a slider move).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+
+from lrviz import RankPlan, compress, fmt, plan_cost, project
+from lrviz.errors import LrvizError
+from lrviz.keys import plan_key
+from lrviz.project import SensitivityProjector
+from pages._jobs import BackgroundJob
+from pages._state import BASE_OVERRIDE_KEY, EXPONENT_KEY, MEASURED_KEY, Context, result_store
+
+#: Above this many MACs × images an evaluation (or a sensitivity look-up) is not started automatically.
+AUTO_BASELINE_BUDGET = 5e10
+SENS_JOB = "_sens_job"
+SENS_ERROR = "_sens_error"
+
+
+# ---- evaluations --------------------------------------------------------------------------------------
+
+
+def eval_key(ctx: Context, plan_id: str, n: int | None) -> tuple:
+    return (ctx.source.key, ctx.data_key, plan_id, n)
+
+
+def cached_eval(ctx: Context, plan_id: str, n: int | None):
+    return result_store().get(eval_key(ctx, plan_id, n))
+
+
+def run_eval(ctx: Context, plan, n: int | None, label: str):
+    """Evaluate the original model (``plan=None``) or a planned model on ``n`` images, with progress.
+
+    Returns the ``EvalResult`` (from the shared store when already measured) or None after showing
+    an error.
+    """
+    from lrviz.evaluate import evaluate
+
+    key = eval_key(ctx, "original" if plan is None else plan_key(plan), n)
+    hit = result_store().get(key)
+    if hit is not None:
+        return hit
+    if ctx.eval_problem:
+        st.error(f"Cannot evaluate: {ctx.eval_problem}")
+        return None
+    total = len(ctx.dataset) if n is None else min(n, len(ctx.dataset))
+    bar = st.progress(0.0, text=f"Evaluating {label} on {total} images…")
+    try:
+        if plan is None:
+            model = ctx.original
+        else:
+            bar.progress(0.0, text=f"Building {label} from cached factors…")
+            model = compress(ctx.module, plan, ctx.factors)
+        res = evaluate(model, ctx.dataset, limit=n,
+                       progress=lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=f"Evaluating {label}: {d}/{t} images"))
+    except LrvizError as exc:
+        bar.empty()
+        st.error(f"Evaluation failed: {exc}")
+        return None
+    bar.empty()
+    result_store().put(key, res)
+    return res
+
+
+def cheap(ctx: Context, n: int | None = None) -> bool:
+    """Whether a pass of the original model over ``n`` (default: quick) images runs without asking."""
+    n = ctx.quick_n if n is None else n
+    return ctx.eval_problem is None and ctx.analysis.macs * n <= AUTO_BASELINE_BUDGET
+
+
+def baseline(ctx: Context, n: int | None = None, auto: bool = True):
+    """Accuracy of the original model on the quick subset: stored, or measured now when cheap."""
+    n = ctx.quick_n if n is None else n
+    res = cached_eval(ctx, "original", n)
+    if res is None and auto and cheap(ctx, n):
+        res = run_eval(ctx, None, n, "original model")
+    return res
+
+
+def fmt_ci(res) -> str:
+    """``"91.2% (95 % CI 89.0–93.1%, n=500)"`` of an ``EvalResult``."""
+    return f"{fmt.percent(res.top1)} (95 % CI {fmt.percent_range(*res.top1_ci)}, n={res.n})"
+
+
+# ---- this session's quick evaluations ----------------------------------------------------------------
+
+
+def measured(ctx: Context) -> list[dict]:
+    """Quick evaluations of this session for the current model and data (list of dicts)."""
+    allm = st.session_state.setdefault(MEASURED_KEY, {})
+    return allm.setdefault((ctx.model_id, ctx.data_key, ctx.quick_n), [])
+
+
+def record_measurement(ctx: Context, plan, res, label: str, proj=None) -> bool:
+    """Add a quick evaluation of this session (once per plan); True when it was new.
+
+    ``proj`` is the projection shown when it was measured (energy proxy or sensitivities): kept as
+    ``projected`` (and, for the sensitivity basis, ``projected_calib`` — the same projection on the
+    calibration images, comparable to the measurement). The plan's JSON is kept so that the
+    sensitivity projector can be calibrated to the point.
+    """
+    rows = measured(ctx)
+    pid = plan_key(plan)
+    if any(r["plan_key"] == pid for r in rows):
+        return False
+    cost = plan_cost(ctx.analysis, plan)
+    retained = 1.0
+    for v in project.layer_retention(ctx.analysis, plan).values():
+        retained *= v
+    sens_basis = proj is not None and getattr(proj, "basis", None) == project.SENS_BASIS
+    rows.append({
+        "plan_key": pid, "plan_json": plan.to_json(), "label": label, "params_ratio": cost.params_ratio,
+        "macs_ratio": cost.macs_ratio, "top1": res.top1, "lo": res.top1_ci[0], "hi": res.top1_ci[1], "n": res.n,
+        "projected": None if proj is None else proj.top1, "basis": None if proj is None else proj.basis,
+        "projected_calib": proj.calib_top1 if sens_basis else None, "retained": retained,
+    })
+    return True
+
+
+def measured_plans(ctx: Context) -> dict:
+    """``plan_key → RankPlan`` of this session's quick evaluations (parsed once, kept per session)."""
+    cache = st.session_state.setdefault("_measured_plans", {})
+    out = {}
+    for r in measured(ctx):
+        pk, text = r["plan_key"], r.get("plan_json")
+        if text is None:
+            continue
+        if pk not in cache:
+            try:
+                cache[pk] = RankPlan.from_json(text, ctx.analysis.layers)
+            except LrvizError:
+                cache[pk] = None
+        if cache[pk] is not None:
+            out[pk] = cache[pk]
+    return out
+
+
+# ---- the projection -------------------------------------------------------------------------------------
+
+
+def base_override(ctx: Context) -> float | None:
+    """The original's accuracy the user entered for the projection (Ranks page), or None."""
+    v = st.session_state.get(BASE_OVERRIDE_KEY, {}).get(ctx.model_id)
+    return None if v is None else float(v)
+
+
+def projection_base(ctx: Context, measured_base):
+    """``(accuracy, text)`` the projection starts from: the user's override or the measured baseline."""
+    override = base_override(ctx)
+    if override is not None:
+        return override, "entered by you"
+    if measured_base is not None:
+        return measured_base.top1, f"measured on {measured_base.n} images"
+    return None, None
+
+
+def projection(ctx: Context, plan, base_top1: float | None):
+    """The data-free energy-proxy projection of ``plan`` (None without an original accuracy)."""
+    override = base_override(ctx)
+    base_top1 = override if override is not None else base_top1
+    if base_top1 is None:
+        return None
+    alpha = st.session_state.get(EXPONENT_KEY, {}).get(ctx.model_id, project.DEFAULT_EXPONENT)
+    return project.project_accuracy(ctx.analysis, plan, base_top1, ctx.loaded.num_classes, exponent=alpha)
+
+
+def projector(ctx: Context, sens):
+    """The sensitivity projector for complete ``sens``, with γ fitted to the anchors plus every quick
+    evaluation of this session on the same images (same data and subset size).
+
+    Kept per session and (model, data, images): refitted (a few ms) only when the sensitivities or the
+    measured points change, so slider moves reuse it — and its memo of interpolated logit changes.
+    Only the latest one is kept (each holds memoised arrays of calibration-set size).
+    """
+    plans = measured_plans(ctx)
+    rows = [r for r in measured(ctx) if r["plan_key"] in plans and int(r.get("n") or 0) == sens.n]
+    sig = (sens.key, id(sens), tuple((r["plan_key"], r["top1"]) for r in rows))
+    held = st.session_state.setdefault("_projectors", {})
+    slot = (ctx.source.key, ctx.data_key, ctx.quick_n)
+    hit = held.get(slot)
+    if hit is None or hit[0] != sig:
+        p0 = SensitivityProjector(sens)
+        hit = (sig, p0.calibrate(p0.anchor_points() + [(plans[r["plan_key"]], float(r["top1"]), None) for r in rows]))
+        held[slot] = hit
+    return hit[1]
+
+
+def sensitivity_projection(ctx: Context, proj_obj, plan):
+    """The sensitivity projection of ``plan`` (anchored to the user's override of the original's
+    accuracy when there is one, else to the calibration images), or None when the plan truncates a
+    layer the sensitivities do not cover."""
+    if proj_obj is None or proj_obj.missing(plan):
+        return None
+    return proj_obj.project(plan, base_override(ctx))
+
+
+@dataclass(frozen=True)
+class Projected:
+    """The projections of one plan: ``energy`` (the data-free proxy) and ``sens`` (from the layer
+    sensitivities, when they cover the plan), and the original accuracy the shown one starts from."""
+
+    energy: Any
+    sens: Any
+    base_top1: float | None
+    base_text: str | None
+
+    @property
+    def shown(self):
+        """The projection to show: the sensitivities' when there is one, else the energy proxy (or None)."""
+        return self.sens or self.energy
+
+
+def project_plan(ctx: Context, plan, base, proj_obj) -> Projected:
+    """Both projections of ``plan`` from the measured original ``base`` (an ``EvalResult`` or None) and
+    the calibrated sensitivity projector ``proj_obj`` (or None); the user's override wins."""
+    base_top1, base_text = projection_base(ctx, base)
+    energy = projection(ctx, plan, base_top1)
+    sp = sensitivity_projection(ctx, proj_obj, plan)
+    if sp is not None:  # anchored to the calibration images (or the user's override)
+        base_top1 = sp.base_top1
+        if base_override(ctx) is None:
+            base_text = f"measured on the {proj_obj.sens.n} calibration images"
+    return Projected(energy, sp, base_top1, base_text)
+
+
+# ---- layer sensitivities ----------------------------------------------------------------------------------
+
+
+def sens_key(ctx: Context, n: int | None = None) -> tuple:
+    return ("sensitivity", ctx.source.key, ctx.data_key, ctx.quick_n if n is None else int(n))
+
+
+def sens_job():
+    """This session's sensitivity job info (``job``, ``key``, ``n``, ``label``, ``final``) or None."""
+    return st.session_state.get(SENS_JOB)
+
+
+def sens_running() -> bool:
+    info = sens_job()
+    return info is not None and not info["job"].done
+
+
+def finish_sensitivity_job() -> None:
+    """Store the result of a sensitivity job that ended since the last run (complete or partial)."""
+    info = sens_job()
+    if info is None or not info["job"].done or info.get("final"):
+        return
+    info["final"] = True
+    job = info["job"]
+    if job.error:
+        st.session_state[SENS_ERROR] = job.error
+    elif job.result is not None:
+        st.session_state.pop(SENS_ERROR, None)
+        result_store().put(info["key"], job.result)
+
+
+def _disk_layers(sens) -> int:
+    """Layer files in ``sens``'s disk cache folder (another session or the CLI may have added some)."""
+    from lrviz.sensitivity import sensitivity_dir
+
+    try:
+        return sum(1 for _ in (sensitivity_dir() / sens.key).glob("layer-*.npz"))
+    except OSError:
+        return 0
+
+
+def _data_name(ctx: Context) -> str:
+    return f"{ctx.data_src.label if ctx.data_src is not None else 'data'}, {ctx.quick_n} images"
+
+
+def sensitivities(ctx: Context, auto: bool = True):
+    """Layer sensitivities for (model, data, quick_n): the stored result, or the disk cache's content
+    loaded now (``auto`` and :func:`cheap`). None when not looked up.
+
+    An incomplete stored result is re-loaded when the disk cache gained layers since (another
+    session or the CLI measured them).
+    """
+    finish_sensitivity_job()
+    if ctx.eval_problem is not None or not ctx.loaded.decomposable:
+        return None
+    key = sens_key(ctx)
+    hit = result_store().get(key)
+    if hit is not None and not hit.complete and not sens_running() and _disk_layers(hit) > len({n for n, _ in hit.curves}):
+        hit = None
+    if hit is None and auto and cheap(ctx):
+        from lrviz.sensitivity import load_sensitivity
+
+        try:
+            with st.spinner("Looking for cached layer sensitivities…"):
+                hit = load_sensitivity(ctx.original, ctx.dataset, limit=ctx.quick_n, factors=ctx.factors, data_name=_data_name(ctx))
+        except LrvizError as exc:
+            st.session_state[SENS_ERROR] = str(exc)
+            return None
+        result_store().put(key, hit)
+    return hit
+
+
+def calibrated(ctx: Context, auto: bool = True):
+    """``(sensitivities or None, projector or None)``: the projector only for complete sensitivities."""
+    sens = sensitivities(ctx, auto)
+    return sens, (projector(ctx, sens) if sens is not None and sens.complete else None)
+
+
+def start_sensitivity_job(ctx: Context) -> None:
+    """Measure (resume) the sensitivities of (model, data, quick_n) in a background thread."""
+    from lrviz.sensitivity import measure_sensitivity
+
+    model, dataset, factors, n, name = ctx.original, ctx.dataset, ctx.factors, ctx.quick_n, _data_name(ctx)
+
+    def _target(progress, should_stop):
+        return measure_sensitivity(
+            model, dataset, limit=n, factors=factors, data_name=name, should_stop=should_stop,
+            progress=lambda done, total, layer: progress({"event": "layer", "done": done, "total": total, "layer": layer}),
+        )
+
+    job = BackgroundJob(_target, name="sensitivity").start()
+    st.session_state[SENS_JOB] = {"job": job, "key": sens_key(ctx), "n": n, "model_id": ctx.model_id, "label": name,
+                                  "total": len(ctx.analysis.layers), "final": False}
+    st.session_state.pop(SENS_ERROR, None)

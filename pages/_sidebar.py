@@ -1,0 +1,186 @@
+"""The sidebar (model, data, quick-evaluation size) and the navigation that app.py draws around every page.
+
+:func:`router` is app.py's whole job: page config, ``st.navigation`` over the explicit page list, and
+the sidebar, which loads the chosen model and data (cached, ``pages/_state.py``) into the run's
+:class:`pages._state.Context`. Not a page itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from lrviz import sources
+from lrviz.errors import LrvizError
+from pages import _state as state
+
+QUICK_SIZES = [100, 200, 300, 500, 1000, 2000]
+DEFAULT_QUICK = 500
+DATA_CHOICES = {
+    "sample": "Fashion-MNIST sample (bundled, 2,000 test images)",
+    "fashion-mnist": "Fashion-MNIST test set (10,000 images)",
+    "imagefolder": "ImageFolder (a local folder)",
+}
+MODEL_CHOICES = {
+    "builtin": "Bundled model",
+    "torchvision": "torchvision architecture",
+    "program": "Exported program (.pt2)",
+}
+UPLOADS_KEY = "_lrviz_uploads"
+STATE_DICT_TYPES = [s[1:] for s in sources.STATE_DICT_SUFFIXES]
+
+
+class _NeedInput(Exception):
+    """The sidebar waits for the user (an upload, a folder): shown as an info, not an error."""
+
+
+# ---- model ------------------------------------------------------------------------------------------
+
+
+def _state_dict_upload(key: str, arch: str, hint: str) -> sources.ModelSource:
+    up = st.sidebar.file_uploader("state_dict file (.pt/.pth)", type=STATE_DICT_TYPES, key=key)
+    if up is None:
+        raise _NeedInput(hint)
+    return _uploaded_source(up, "state_dict", arch)
+
+
+def _model_sidebar() -> sources.ModelSource:
+    from lrviz.models import available_models, builtin_models
+
+    sb = st.sidebar
+    kind = sb.radio("Model", list(MODEL_CHOICES), format_func=MODEL_CHOICES.get, key="model_kind")
+    if kind == "builtin":
+        names = list(builtin_models())
+        name = sb.selectbox("Bundled model", names, index=names.index("demo") if "demo" in names else 0, key="builtin_name")
+        weights = sb.radio("Weights", ["default", "upload"], key="builtin_weights",
+                           format_func={"default": "bundled (random if not bundled yet)", "upload": "upload a state_dict"}.get)
+        if weights == "upload":
+            return _state_dict_upload("sd_upload_builtin", name, "upload a state_dict file in the sidebar (or choose the bundled weights)")
+        return _builtin_source(name)
+    if kind == "torchvision":
+        archs = available_models()["torchvision"]
+        arch = sb.selectbox("Architecture", archs, index=archs.index("resnet18") if "resnet18" in archs else 0, key="tv_arch")
+        weights = sb.radio("Weights", ["none", "pretrained", "upload"], key="tv_weights",
+                           format_func={"none": "random init", "pretrained": "pretrained (needs internet the first time)",
+                                        "upload": "upload a state_dict"}.get)
+        if weights == "upload":
+            return _state_dict_upload("sd_upload_tv", arch, "upload a state_dict file in the sidebar")
+        return sources.torchvision_source(arch, weights)
+    up = sb.file_uploader("torch.export program (.pt2)", type=["pt2"], key="pt2_upload")
+    if up is None:
+        raise _NeedInput("upload a .pt2 file in the sidebar")
+    return _uploaded_source(up, "program")
+
+
+def _uploaded_source(up, kind: str, arch: str | None = None) -> sources.ModelSource:
+    """The model source of an uploaded file, stored once per upload and session.
+
+    Streamlit hands the same upload to every rerun of the script; hashing and verifying it again on
+    every slider move would cost seconds for a large checkpoint. So the source is kept per session,
+    keyed by the upload's id, and stored again only when its file has gone (pruned by the folder's
+    size cap, see ``lrviz.uploads.store_upload``).
+    """
+    file_id = getattr(up, "file_id", None)
+    memo = st.session_state.setdefault(UPLOADS_KEY, {})
+    key = (kind, arch, file_id, up.name, up.size)
+    src = memo.get(key) if file_id is not None else None
+    stored = sources.upload_path(src) if src is not None else None
+    if src is not None and stored is not None and stored.is_file():
+        return src
+    if kind == "program":
+        src = sources.program_source(up.getvalue(), up.name)
+    else:
+        src = sources.state_dict_source(arch, up.getvalue(), up.name)
+    if file_id is not None:
+        memo.clear()  # one upload per session is in use at a time
+        memo[key] = src
+    return src
+
+
+def _builtin_source(name: str) -> sources.ModelSource:
+    """A bundled model, keyed also by its weights file's modification time (a re-bundled file reloads)."""
+    from lrviz.models import builtin_models
+
+    src = sources.builtin_source(name)
+    entry = builtin_models().get(name)
+    path = entry.resolved_weights_path() if entry is not None else None
+    stamp = path.stat().st_mtime_ns if path is not None and path.is_file() else "none"
+    return sources.ModelSource(key=f"{src.key}:{stamp}", spec=src.spec, weights=src.weights, label=src.label)
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+
+def _data_sidebar(loaded) -> tuple[sources.DataSource | None, Any, str | None]:
+    sb = st.sidebar
+    choice = sb.radio("Evaluation data", list(DATA_CHOICES), format_func=DATA_CHOICES.get, key="data_kind")
+    if choice == "sample":
+        name, label = "fashion-mnist-sample", "Fashion-MNIST sample (2,000)"
+    elif choice == "fashion-mnist":
+        name, label = "fashion-mnist", "Fashion-MNIST test (10,000)"
+    else:
+        folder = sb.text_input("Image folder (one sub-folder per class)", key="imagefolder_path").strip()
+        if not folder:
+            return None, None, "enter an image folder in the sidebar"
+        name, label = f"imagefolder:{folder}", f"ImageFolder {folder}"
+    src = sources.dataset_source(name, loaded.input_size, label)
+    try:
+        return src, state.cached_dataset(src.key, "test", src), None
+    except LrvizError as exc:
+        sb.error(f"Dataset: {exc}")
+        return src, None, str(exc)
+
+
+# ---- the context and the router -----------------------------------------------------------------------
+
+
+def _fail(level: str, message: str) -> None:
+    if level == "error":
+        st.sidebar.error(message)
+    st.session_state[state.ERR_KEY] = (level, message)
+
+
+def build_context() -> state.Context | None:
+    """Draw the sidebar, load (cached) model, analysis and dataset; None (with a message) on failure."""
+    st.session_state.pop(state.CTX_KEY, None)
+    st.session_state.pop(state.ERR_KEY, None)
+    st.sidebar.title("lrviz")
+    try:
+        source = _model_sidebar()
+    except _NeedInput as exc:
+        return _fail("info", str(exc))
+    except LrvizError as exc:
+        return _fail("error", f"Upload rejected: {exc}")
+    try:
+        loaded, notes = state.cached_model(source.key, source)
+        analysis = state.cached_analysis(source.key, loaded)
+    except LrvizError as exc:
+        return _fail("error", f"Could not load the model: {exc}")
+    st.sidebar.caption(f"**{loaded.name}** · input {'×'.join(map(str, loaded.input_size))} · {loaded.num_classes} classes")
+    data_src, dataset, data_error = _data_sidebar(loaded)
+    quick_n = st.sidebar.select_slider("Quick-evaluation images", QUICK_SIZES, value=DEFAULT_QUICK, key="quick_n",
+                                       help="Subset size (deterministic) for quick evaluations, sweeps and saved configurations")
+    ctx = state.Context(source, loaded, list(notes), analysis, data_src, dataset, data_error, int(quick_n))
+    st.session_state[state.CTX_KEY] = ctx
+    return ctx
+
+
+def pages() -> list:
+    """The dashboard's pages, in navigation order (listed explicitly; the ``_*.py`` helpers are not pages)."""
+    return [
+        st.Page("pages/model.py", title="Model", icon=":material/memory:", default=True),
+        st.Page("pages/spectra.py", title="Spectra", icon=":material/ssid_chart:", url_path="spectra"),
+        st.Page("pages/ranks.py", title="Ranks", icon=":material/tune:", url_path="ranks"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+        st.Page("pages/finetune.py", title="Fine-tune & export", icon=":material/build:", url_path="finetune"),
+        st.Page("pages/present.py", title="Present", icon=":material/slideshow:", url_path="present"),
+    ]
+
+
+def router():
+    """What app.py does: page config, navigation, sidebar + context. Returns the selected page."""
+    st.set_page_config(page_title="lrviz — low-rank CNN compression", page_icon=":material/compress:", layout="wide")
+    page = st.navigation(pages())
+    build_context()
+    return page

@@ -1,0 +1,231 @@
+"""Streamlit state shared by the pages: cached resources, the Context of a run, the current plan.
+
+Not a page (it is not listed in ``st.navigation``). Nothing is computed here; this module binds
+:mod:`lrviz` to Streamlit's caches and session state.
+
+Caching
+-------
+* ``st.cache_resource`` keyed by explicit strings (``ModelSource.key``, ``DataSource.key``; the
+  leading-underscore arguments are not hashed): the loaded model, its analysis (spectra + EVBMF), its
+  :class:`lrviz.FactorCache`, an eval-mode copy for inference, datasets, the energy-plan curve.
+  Shared by all sessions and never mutated (compressed models are new objects).
+* One shared :class:`pages._jobs.ResultStore` for evaluations and sensitivities (``pages/_measure.py``).
+* Per session (``st.session_state``, keys below): the current ranks of each model, measured quick
+  evaluations, saved configurations, sweeps, fine-tuning and sensitivity jobs.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import streamlit as st  # noqa: E402
+
+from lrviz import FactorCache, make_plan, project, sources  # noqa: E402
+from lrviz.keys import plan_key, short_id  # noqa: E402
+from pages._jobs import ResultStore  # noqa: E402
+
+#: Session-state keys used by more than one page (the tests read them too).
+CTX_KEY = "_lrviz_ctx"
+ERR_KEY = "_lrviz_ctx_error"
+PLANS_KEY = "_plans"
+MEASURED_KEY = "_measured"
+BASE_OVERRIDE_KEY = "_base_override"
+EXPONENT_KEY = "_proj_exponent"
+FINETUNED_KEY = "_finetuned"
+SWEEPS_KEY = "_sweeps"
+
+
+# ---- cached resources (explicit keys) --------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=6)
+def cached_model(key: str, _source: sources.ModelSource):
+    return sources.load_source(_source)
+
+
+@st.cache_resource(show_spinner="Computing spectra and EVBMF ranks…", max_entries=6)
+def cached_analysis(key: str, _loaded):
+    return sources.analyze_loaded(_loaded)
+
+
+@st.cache_resource(max_entries=6)
+def cached_inference_model(key: str, _loaded):
+    """Eval-mode copy of the original model used for all its inference (see ``sources.inference_copy``)."""
+    return sources.inference_copy(_loaded.runnable)
+
+
+@st.cache_resource(max_entries=6)
+def cached_factors(key: str, _module) -> FactorCache:
+    return FactorCache(_module)
+
+
+@st.cache_resource(show_spinner="Loading dataset…", max_entries=6)
+def cached_dataset(key: str, split: str, _src: sources.DataSource):
+    return sources.load_dataset(_src, split)
+
+
+@st.cache_resource(max_entries=6)
+def cached_retention_curve(key: str, _analysis):
+    """The energy plans with their params ratio and retained energy (data-free): the projection curves."""
+    return project.retention_curve(_analysis)
+
+
+@st.cache_resource
+def result_store() -> ResultStore:
+    return ResultStore()
+
+
+# ---- the context of one run ------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What the sidebar chose and loaded for this run (built by ``pages/_sidebar.py``)."""
+
+    source: sources.ModelSource
+    loaded: Any
+    notes: list
+    analysis: Any
+    data_src: sources.DataSource | None
+    dataset: Any
+    data_error: str | None
+    quick_n: int
+
+    @property
+    def model_id(self) -> str:
+        return short_id(self.source.key)
+
+    @property
+    def module(self):
+        return self.loaded.module
+
+    @property
+    def original(self):
+        """The original model for inference (a shared eval-mode copy; never trained, never toggled)."""
+        return cached_inference_model(self.source.key, self.loaded)
+
+    @property
+    def factors(self) -> FactorCache:
+        return cached_factors(self.source.key, self.loaded.module)
+
+    @property
+    def eval_problem(self) -> str | None:
+        if self.dataset is None:
+            return self.data_error or "no dataset loaded"
+        return sources.eval_problem(self.loaded, self.dataset)
+
+    @property
+    def data_key(self) -> str:
+        return self.data_src.key if self.data_src is not None else "-"
+
+    @property
+    def data_label(self) -> str:
+        return self.data_src.label if self.data_src is not None else "the data"
+
+
+def _ensure_router() -> None:
+    """Run the router when a page was started without app.py.
+
+    Because the pages live in a folder named ``pages/``, Streamlit's legacy multipage mode can run a
+    page script directly (the first request of a server that opens a page URL, and AppTest reruns).
+    ``st.navigation`` switches that mode off; until it has been called in this run the flag below
+    is True, and the page then does app.py's work itself.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        from pages._sidebar import router
+
+        router()
+
+
+def require_ctx(decomposable: bool = False) -> Context:
+    """The context built by the router for this run; stops the page (with a message) when there is none."""
+    _ensure_router()
+    ctx = st.session_state.get(CTX_KEY)
+    if ctx is None:
+        level, msg = st.session_state.get(ERR_KEY, ("info", "choose a model in the sidebar"))
+        (st.error if level == "error" else st.info)(msg)
+        st.stop()
+    for note in ctx.notes:
+        st.warning(note, icon="⚠️")
+    if decomposable and not ctx.loaded.decomposable:
+        st.info(
+            f"{ctx.loaded.name} is an exported program (.pt2): it can be analysed for cost and evaluated, "
+            "but not decomposed. Load the architecture (with a state_dict) to choose ranks."
+        )
+        st.stop()
+    return ctx
+
+
+# ---- the current plan (per session, per model; survives page switches, unlike widget state) --------
+
+
+def slider_key(model_id: str, layer: str, index: int) -> str:
+    """Session-state key of one rank slider."""
+    return f"rank|{model_id}|{layer}|{index}"
+
+
+def _plan_state(ctx: Context) -> dict:
+    plans = st.session_state.setdefault(PLANS_KEY, {})
+    if ctx.model_id not in plans:
+        plans[ctx.model_id] = {"ranks": {l.name: l.full_ranks for l in ctx.analysis.layers}, "label": "full", "version": 0}
+    return plans[ctx.model_id]
+
+
+def current_ranks(ctx: Context) -> dict[str, tuple[int, ...]]:
+    return _plan_state(ctx)["ranks"]
+
+
+def current_label(ctx: Context) -> str:
+    return _plan_state(ctx)["label"]
+
+
+def current_plan(ctx: Context):
+    """The plan with exactly the current ranks (no break-even rule), labelled with the current label."""
+    return make_plan(ctx.analysis, "full").with_ranks(current_ranks(ctx), spec=current_label(ctx))
+
+
+def set_plan(ctx: Context, plan, label: str | None = None) -> None:
+    """Make ``plan`` the current plan; the Ranks page re-syncs its sliders on the next render."""
+    ranks = {lp.name: tuple(int(r) for r in lp.ranks) for lp in plan.layers}
+    old = st.session_state.setdefault(PLANS_KEY, {}).get(ctx.model_id, {})
+    st.session_state[PLANS_KEY][ctx.model_id] = {"ranks": ranks, "label": label or plan.spec or "custom",
+                                                 "version": old.get("version", 0) + 1}
+
+
+def sync_sliders(ctx: Context) -> None:
+    """Before the rank sliders render: point them at the stored ranks (all of them after a preset
+    or a loaded configuration, otherwise only those whose widget state was dropped)."""
+    state = _plan_state(ctx)
+    ver_key = f"_slider_version|{ctx.model_id}"
+    force = st.session_state.get(ver_key) != state.get("version", 0)
+    for name, r in state["ranks"].items():
+        full = ctx.analysis.layer(name).full_ranks
+        for i, v in enumerate(r):
+            if full[i] <= 1:
+                continue
+            k = slider_key(ctx.model_id, name, i)
+            if force or k not in st.session_state:
+                st.session_state[k] = int(v)
+    st.session_state[ver_key] = state.get("version", 0)
+
+
+def set_ranks_from_sliders(ctx: Context, ranks: dict[str, tuple[int, ...]]) -> None:
+    state = _plan_state(ctx)
+    if ranks != state["ranks"]:
+        state["ranks"] = ranks
+        state["label"] = "custom"
+
+
+def finetuned_for(ctx: Context, plan):
+    """The fine-tuned model of this session for exactly this plan, or None."""
+    ft = st.session_state.get(FINETUNED_KEY, {}).get(ctx.model_id)
+    if ft is not None and ft["plan_key"] == plan_key(plan):
+        return ft
+    return None
