@@ -53,7 +53,6 @@ __all__ = [
     "estimate_analysis",
     "estimate_compress",
     "estimate_evaluation",
-    "estimate_peak",
     "check_memory",
 ]
 
@@ -376,21 +375,6 @@ def estimate_evaluation(model: nn.Module, input_shape: Sequence[int], batch_size
     return MemoryEstimate("evaluation", b * each, ((f"activations of {b} images", b * ACTIVATION_FACTOR * (act or 0)),
                                                    (f"{b} input images", b * 2 * inp)),
                           fix=f"use a smaller batch size (each image needs about {_fmt(each)})", device=dev)
-
-
-def estimate_peak(model: nn.Module, task: str, *, input_shape: Sequence[int] | None = None, batch_size: int = 256,
-                  layers: Iterable[LayerInfo] | None = None, factors=None) -> MemoryEstimate:
-    """One of :func:`estimate_analysis` (``task="analyze"``), :func:`estimate_compress`
-    (``"compress"``) or :func:`estimate_evaluation` (``"evaluate"``, needs ``input_shape``)."""
-    if task == "analyze":
-        return estimate_analysis(model, None if layers is None else list(layers))
-    if task == "compress":
-        return estimate_compress(model, layers, factors)
-    if task == "evaluate":
-        if input_shape is None:
-            raise LrvizError("estimate_peak(task='evaluate') needs input_shape, e.g. (3, 224, 224)")
-        return estimate_evaluation(model, input_shape, batch_size)
-    raise LrvizError(f"unknown task {task!r}; available: ['analyze', 'compress', 'evaluate']")
 
 
 def check_memory(estimate: MemoryEstimate, available: int | None = None) -> None:

@@ -93,8 +93,9 @@ class Pt2Check:
     dropped: tuple[str, ...] = ()
 
 
-def _refuse(path: str, what: str, fix: str) -> LrvizError:
-    return LrvizError(f"refused to open {path!r} as an exported program: {what}; {fix}")
+def _refuse(path: str, what: str) -> LrvizError:
+    """The refusal of ``path``: what was found, and how to write a file lrviz opens (:data:`_REEXPORT`)."""
+    return LrvizError(f"refused to open {path!r} as an exported program: {what}; {_REEXPORT}")
 
 
 _REEXPORT = (
@@ -198,7 +199,7 @@ def _check_program_json(path: str, entry: str, data: bytes) -> None:
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _refuse(path, f"{entry} is not valid JSON ({exc})", _REEXPORT) from None
+        raise _refuse(path, f"{entry} is not valid JSON ({exc})") from None
     for key, value in _walk(doc):
         if key == "expr_str" and isinstance(value, str):
             why = _check_expr(value)
@@ -206,7 +207,6 @@ def _check_program_json(path: str, entry: str, data: bytes) -> None:
                 raise _refuse(
                     path,
                     f"{entry} holds a shape expression that is not plain sympy ({why}): {value[:80]!r}",
-                    _REEXPORT,
                 )
         elif key == "target" and isinstance(value, str):
             if not (value.startswith(_ALLOWED_TARGET_PREFIXES) or _SYM_TARGET_RE.match(value)):
@@ -214,7 +214,6 @@ def _check_program_json(path: str, entry: str, data: bytes) -> None:
                     path,
                     f"{entry} calls {value[:80]!r}, which is not an ATen operator (only torch.ops.aten.*, "
                     "operator.* and math.* are accepted: no custom ops, higher-order ops or Python callables)",
-                    _REEXPORT,
                 )
 
 
@@ -223,20 +222,19 @@ def _check_payload_config(path: str, entry: str, data: bytes, payload_re: re.Pat
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _refuse(path, f"{entry} is not valid JSON ({exc})", _REEXPORT) from None
+        raise _refuse(path, f"{entry} is not valid JSON ({exc})") from None
     config = doc.get("config") if isinstance(doc, dict) else None
     if not isinstance(config, dict):
-        raise _refuse(path, f"{entry} has no 'config' mapping", _REEXPORT)
+        raise _refuse(path, f"{entry} has no 'config' mapping")
     names: set[str] = set()
     for fqn, meta in config.items():
         if not isinstance(meta, dict):
-            raise _refuse(path, f"{entry}: entry {str(fqn)[:60]!r} is not a mapping", _REEXPORT)
+            raise _refuse(path, f"{entry}: entry {str(fqn)[:60]!r} is not a mapping")
         if meta.get("use_pickle") is not False:
             raise _refuse(
                 path,
                 f"{entry}: {str(fqn)[:60]!r} is stored as a pickle (use_pickle={meta.get('use_pickle')!r}); "
                 "opening it would run whatever code the pickle holds",
-                _REEXPORT,
             )
         name = meta.get("path_name")
         if not isinstance(name, str) or not payload_re.match(name):
@@ -244,10 +242,9 @@ def _check_payload_config(path: str, entry: str, data: bytes, payload_re: re.Pat
                 path,
                 f"{entry}: {str(fqn)[:60]!r} points at {str(name)[:60]!r}, which is not a raw tensor payload "
                 "(custom or opaque objects are unpickled when loaded)",
-                _REEXPORT,
             )
         if not isinstance(meta.get("tensor_meta"), dict):
-            raise _refuse(path, f"{entry}: {str(fqn)[:60]!r} has no tensor metadata", _REEXPORT)
+            raise _refuse(path, f"{entry}: {str(fqn)[:60]!r} has no tensor metadata")
         names.add(name)
     return names
 
@@ -274,20 +271,20 @@ def _list_entries(zf: zipfile.ZipFile, p: str, size: int) -> tuple[str, dict[str
     without one top folder and unsafe paths."""
     infos = zf.infolist()
     if not infos:
-        raise _refuse(p, "the archive is empty", _REEXPORT)
+        raise _refuse(p, "the archive is empty")
     total = sum(i.file_size for i in infos)
     if total > MAX_INFLATION * size + INFLATION_SLACK:
-        raise _refuse(p, f"it inflates to {total / 2**20:.0f} MiB from {size / 2**20:.1f} MiB (a zip bomb?)", _REEXPORT)
+        raise _refuse(p, f"it inflates to {total / 2**20:.0f} MiB from {size / 2**20:.1f} MiB (a zip bomb?)")
     prefixes = {i.filename.split("/", 1)[0] for i in infos}
     if len(prefixes) != 1 or any("/" not in i.filename for i in infos):
-        raise _refuse(p, "its entries do not share one top folder", _REEXPORT)
+        raise _refuse(p, "its entries do not share one top folder")
     rel: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
         name = info.filename.split("/", 1)[1]
         if info.is_dir():
             continue
         if name.startswith("/") or ".." in name.split("/") or "\\" in name:
-            raise _refuse(p, f"entry {info.filename[:80]!r} has an unsafe path", _REEXPORT)
+            raise _refuse(p, f"entry {info.filename[:80]!r} has an unsafe path")
         rel[name] = info
     return prefixes.pop(), rel
 
@@ -303,10 +300,10 @@ def _check_format(rel: dict[str, zipfile.ZipInfo], read, p: str) -> None:
     if rel.get("archive_format") is None:
         legacy = "serialized_exported_program.json" in rel
         what = "it is in the legacy torch.export format, which stores pickles" if legacy else "it has no archive_format entry"
-        raise _refuse(p, what, _REEXPORT)
+        raise _refuse(p, what)
     fmt = read("archive_format").decode("utf-8", "replace").strip()
     if fmt != "pt2":
-        raise _refuse(p, f"archive_format is {fmt[:20]!r}, not 'pt2'", _REEXPORT)
+        raise _refuse(p, f"archive_format is {fmt[:20]!r}, not 'pt2'")
 
 
 @dataclass
@@ -360,17 +357,17 @@ def _check_payloads(found: _Entries, read, p: str) -> None:
     if found.unknown:
         unknown = found.unknown
         shown = ", ".join(repr(u) for u in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise _refuse(p, f"it holds entries lrviz does not open ({shown})", _REEXPORT)
+        raise _refuse(p, f"it holds entries lrviz does not open ({shown})")
     if not found.models:
-        raise _refuse(p, "it holds no program (models/<name>.json)", _REEXPORT)
+        raise _refuse(p, "it holds no program (models/<name>.json)")
     for name, folder in found.payloads.items():
         if name[len(folder):] not in found.refs[folder]:
-            raise _refuse(p, f"entry {name!r} is not a raw tensor named by the archive's configs", _REEXPORT)
+            raise _refuse(p, f"entry {name!r} is not a raw tensor named by the archive's configs")
         found.kept[name] = read(name)
     for model in found.models:
         for needed in (f"data/weights/{model}_weights_config.json", f"data/constants/{model}_constants_config.json"):
             if needed not in found.kept:
-                raise _refuse(p, f"program {model!r} has no {needed}", _REEXPORT)
+                raise _refuse(p, f"program {model!r} has no {needed}")
         found.kept.setdefault(f"data/sample_inputs/{model}.pt", b"")
     for folder, names in found.refs.items():
         missing = sorted(n for n in names if folder + n not in found.kept)

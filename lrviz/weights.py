@@ -135,7 +135,7 @@ def _torch_load(path: Path) -> Any:
             ) from exc
         finally:
             for w in caught:
-                logger.debug("torch.load(%s): %s", name, str(w.message).splitlines()[0] if str(w.message) else w.category.__name__)
+                logger.debug("warning while reading %s: %s", name, str(w.message).splitlines()[0] if str(w.message) else w.category.__name__)
 
 
 def _as_state_dict(obj: Any, name: str) -> dict[str, torch.Tensor]:

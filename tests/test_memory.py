@@ -165,11 +165,3 @@ def test_available_memory_is_a_plausible_figure():
     assert memory.available_memory("meta") is None
 
 
-def test_estimate_peak_dispatches_and_rejects_unknown_tasks():
-    m = big_head()
-    assert memory.estimate_peak(m, "analyze").bytes == memory.estimate_analysis(m).bytes
-    assert memory.estimate_peak(m, "compress").bytes == memory.estimate_compress(m).bytes
-    with pytest.raises(LrvizError, match="input_shape"):
-        memory.estimate_peak(m, "evaluate")
-    with pytest.raises(LrvizError, match=r"unknown task 'train'; available"):
-        memory.estimate_peak(m, "train")
