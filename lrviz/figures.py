@@ -5,6 +5,11 @@ new ``plotly.graph_objects.Figure``; nothing is measured or cached here. The pag
 :mod:`lrviz.report` call the same functions, so a chart in the report is the chart on the page.
 Plotly is imported lazily (an optional dependency: ``pip install lrviz[app]``). No template is set:
 Streamlit applies its theme, the report its own.
+
+Layout: the title sits in the top margin and the legend (horizontal) at the bottom of the figure, in
+a margin of its own below the axis titles, so a long legend never covers the title or the plot. An
+accuracy axis always shows measured or data-driven projected accuracies; the data-free energy kept
+(Π q) only ever appears on its own axis, labelled as an ordering.
 """
 
 from __future__ import annotations
@@ -47,14 +52,42 @@ COLORS = {
 }
 MODE_NAMES = {"out": "output channels (mode-0)", "in": "input channels (mode-1)", "matrix": "matrix"}
 STRATEGY_COLORS = {"solver": "#d62728", "uniform": "#ff7f0e", "vbmf": "#2ca02c", "energy": "#1f77b4"}
+#: One colour per stage of the network (sensitivity curves), cycled.
+STAGE_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+#: Line style per mode (sensitivity curves).
+MODE_DASH = {"out": "solid", "in": "dash", "matrix": "dot"}
+#: What the energy-kept axis says: it orders plans, it is not an accuracy.
+ENERGY_AXIS = "energy kept Π q (ordering, not accuracy)"
+#: Legend entries per row assumed when sizing a figure (a half-width column of the dashboard).
+_LEGEND_PER_ROW = 3
+
+
+def _legend_entries(fig) -> int:
+    seen, n = set(), 0
+    for t in fig.data:
+        if t.showlegend is False or not t.name:
+            continue
+        group = t.legendgroup
+        if group and group in seen and t.showlegend is None:
+            continue
+        seen.add(group)
+        n += 1
+    return n
 
 
 def _layout(fig, title: str | None = None, height: int = 380):
+    """Title in the top margin, legend horizontal at the bottom of the figure (in a margin that plotly
+    reserves for it below the axes: ``yref="container"``), the height grown by one line per extra
+    legend row, so that neither overlaps the title nor the plot."""
+    entries = _legend_entries(fig)
+    rows = max(1, math.ceil(entries / _LEGEND_PER_ROW)) if entries > 1 else 0
     fig.update_layout(
-        title=dict(text=title, y=0.98, yanchor="top", x=0.01, xanchor="left", font=dict(size=15)) if title else None,
-        height=height,
-        margin=dict(l=10, r=10, t=95 if title else 40, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0),
+        title=dict(text=title, yref="container", y=1.0, yanchor="top", pad=dict(t=12), x=0.01, xanchor="left",
+                   font=dict(size=15)) if title else None,
+        height=height + 20 * max(rows - 1, 0),
+        margin=dict(l=10, r=10, t=50 if title else 20, b=10),
+        legend=dict(orientation="h", yref="container", y=0.0, yanchor="bottom", xref="container", x=0.01, xanchor="left",
+                    font=dict(size=11)),
     )  # no template here: Streamlit applies its theme, the report sets its own (templates are slow)
     return fig
 
@@ -79,9 +112,25 @@ def _hlines(fig, lines: Sequence[tuple[float, str, str, str, str]]):
     return fig
 
 
+def mode_full_rank(analysis: ModelAnalysis, name: str, mode: str) -> int:
+    """The full rank of one mode of a layer: its number of singular values (the smaller side of the
+    unfolding), which can be less than its channels (the stem's 16 output channels have 9 = 1·3·3)."""
+    return len(analysis.spectra[name].values[mode])
+
+
+def planned_rank(analysis: ModelAnalysis, name: str, mode: str, rank: int) -> int:
+    """A planned rank as the spectrum sees it: clipped to the mode's full rank (a rank at or above it
+    keeps the mode whole)."""
+    return min(int(rank), mode_full_rank(analysis, name, mode))
+
+
 def spectrum_figure(analysis: ModelAnalysis, name: str, ranks: Sequence[int] | None = None):
-    """Singular values (log y) of a layer's modes, the EVBMF threshold, the chosen rank and the
-    retained energy (secondary axis), in one figure."""
+    """Singular values (log y) of a layer's modes, the VBMF threshold, the planned rank and the
+    retained energy (secondary axis), in one figure.
+
+    Legend words (the Spectra page uses the same): ``VBMF threshold {mode} (VBMF rank r / R)`` and
+    ``planned rank {mode} = r / R``, with ``R`` the mode's full rank (its number of singular values,
+    :func:`mode_full_rank`) and the planned rank clipped to it (:func:`planned_rank`)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -107,16 +156,17 @@ def spectrum_figure(analysis: ModelAnalysis, name: str, ranks: Sequence[int] | N
         if vb is not None and vb.threshold > 0:
             fig.add_trace(
                 go.Scatter(
-                    x=[1, len(s)], y=[vb.threshold, vb.threshold], mode="lines", name=f"EVBMF threshold {mode} (rank {vb.rank})",
+                    x=[1, len(s)], y=[vb.threshold, vb.threshold], mode="lines",
+                    name=f"VBMF threshold {mode} (VBMF rank {vb.rank} / {len(s)})",
                     line=dict(color=color, dash="dash", width=1),
                 ),
                 secondary_y=False,
             )
-        r = min(int(r), len(s))  # a mode can have fewer singular values than channels
+        r = min(int(r), len(s))  # a mode can have fewer singular values than channels: at or above, it is kept whole
         if r >= 1:
             fig.add_trace(
                 go.Scatter(
-                    x=[r], y=[max(s[r - 1], floor)], mode="markers", name=f"chosen rank {mode} = {r}",
+                    x=[r], y=[max(s[r - 1], floor)], mode="markers", name=f"planned rank {mode} = {r} / {len(s)}",
                     marker=dict(symbol="diamond", size=13, color=color, line=dict(color="black", width=1)),
                 ),
                 secondary_y=False,
@@ -173,13 +223,29 @@ def layer_cost_figure(cost: CostReport, metric: str = "params"):
 
 
 def projection_figure(curve: pd.DataFrame | None, current: Mapping | None, measured: Sequence[Mapping], base_top1: float | None,
-                      chance: float | None, curve_name: str = "projection (energy plans)"):
+                      chance: float | None, curve_name: str = "projection (energy plans)", energy: Mapping | None = None,
+                      title: str = "Accuracy: projected vs measured"):
     """Projected accuracy vs params ratio (a curve along the energy family, with its band when ``curve``
     has ``lo``/``hi`` columns; the current plan, with error bars when ``current`` has ``lo``/``hi``) and
-    measured quick evaluations with their 95 % intervals."""
+    measured quick evaluations with their 95 % intervals (and, when stored, what was projected before
+    each was measured, with its band: ``projected``, ``proj_lo``, ``proj_hi``).
+
+    ``energy`` (optional): ``{"curve": frame of params_ratio, retained; "current": {params_ratio,
+    retained}}`` — the data-free energy kept Π q, drawn on a separate right-hand axis labelled
+    :data:`ENERGY_AXIS`: an ordering of plans, never on the accuracy axis."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    if energy is not None:
+        e_curve, e_now = energy.get("curve"), energy.get("current")
+        if e_curve is not None and len(e_curve):
+            fig.add_trace(go.Scatter(x=e_curve["params_ratio"], y=e_curve["retained"], mode="lines", name=ENERGY_AXIS, yaxis="y2",
+                                     line=dict(color=COLORS["original"], dash="dot", width=1),
+                                     hovertemplate="%{x:.2f}× params<br>energy kept Π q %{y:.3f} (not an accuracy)<extra></extra>"))
+        if e_now is not None and e_now.get("retained") is not None:
+            fig.add_trace(go.Scatter(x=[e_now["params_ratio"]], y=[e_now["retained"]], mode="markers", name="current plan: energy kept",
+                                     yaxis="y2", marker=dict(color=COLORS["original"], symbol="star-open", size=12),
+                                     hovertemplate="current plan<br>%{x:.2f}× params<br>energy kept Π q %{y:.3f} (not an accuracy)<extra></extra>"))
     if curve is not None and len(curve):
         if "lo" in curve and "hi" in curve and curve["lo"].notna().any():
             fig.add_trace(go.Scatter(x=list(curve["params_ratio"]) + list(curve["params_ratio"])[::-1],
@@ -196,10 +262,13 @@ def projection_figure(curve: pd.DataFrame | None, current: Mapping | None, measu
                 text=m.get("label"), hovertemplate="%{text}<br>%{x:.2f}× params<br>top-1 %{y:.1%}<extra></extra>",
             )
         )
-        if "projected" in m:
+        if "projected" in m and m["projected"].notna().any():
+            p = m.dropna(subset=["projected"])
+            banded = "proj_lo" in p and "proj_hi" in p and p["proj_lo"].notna().all() and p["proj_hi"].notna().all()
             fig.add_trace(
-                go.Scatter(x=m["params_ratio"], y=m["projected"], mode="markers", name="projected when measured",
-                           marker=dict(color=COLORS["projection"], symbol="x", size=8))
+                go.Scatter(x=p["params_ratio"], y=p["projected"], mode="markers", name="projected before it was measured",
+                           marker=dict(color=COLORS["projection"], symbol="x", size=8),
+                           error_y=_bars(p, "projected", "proj_lo", "proj_hi", thickness=1, color="rgba(148,103,189,0.6)") if banded else None)
             )
     if current is not None:
         err = None
@@ -217,61 +286,97 @@ def projection_figure(curve: pd.DataFrame | None, current: Mapping | None, measu
     _hlines(fig, lines)
     fig.update_xaxes(title_text="params reduction (×)", type="log")
     fig.update_yaxes(title_text="top-1 accuracy", tickformat=".0%", rangemode="tozero")
-    return _layout(fig, "Accuracy: projected vs measured", height=380)
+    if energy is not None:
+        fig.update_layout(yaxis2=dict(title=dict(text=ENERGY_AXIS, font=dict(size=11)), overlaying="y", side="right", range=[0, 1.02],
+                                      showgrid=False, tickformat=".1f"))
+    return _layout(fig, title, height=380)
 
 
 def calibration_figure(points: pd.DataFrame, title: str = "Projected vs measured top-1"):
-    """Measured top-1 (y, 95 % CI) against the projected top-1 (x, projection band) of each point of
-    :func:`calibration_points`, one trace per ``kind``; hollow markers at the projection made when a
-    point was measured (``projected_then``); the diagonal ``y = x`` (a perfect projection)."""
+    """Measured top-1 (y, 95 % CI) against the projected top-1 (x) of each point of
+    :func:`lrviz.tables.calibration_points`, with the diagonal ``y = x`` (a perfect projection).
+
+    Quick evaluations are drawn at the projection shown *before* they were measured
+    (``projected_then``, its band ``then_lo`` / ``then_hi`` as x error bars): the out-of-sample test.
+    Hollow markers: today's projection of the same plans (``projected``), refitted to them, so in-sample.
+    Anchors (measured with the sensitivities, fitted): at today's projection."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    d = points.dropna(subset=["projected", "top1"]) if len(points) else points
-    vals = [v for c in ("projected", "top1", "lo", "hi", "projected_then", "proj_lo", "proj_hi") if c in d for v in d[c].dropna().tolist()]
+    d = points.dropna(subset=["top1"]) if len(points) else points
+    cols = ("projected", "top1", "lo", "hi", "projected_then", "proj_lo", "proj_hi", "then_lo", "then_hi")
+    vals = [v for c in cols if c in d for v in d[c].dropna().tolist()]
     lo, hi = (max(min(vals) - 0.02, 0.0), min(max(vals) + 0.02, 1.0)) if vals else (0.0, 1.0)
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x (perfect projection)", line=dict(color="gray", dash="dash", width=1),
                              hoverinfo="skip"))
-    colors = {"quick evaluation": COLORS["measured"], "anchor": COLORS["original"]}
-    names = {"quick evaluation": "quick evaluations (now projected)", "anchor": "anchors (measured with the sensitivities)"}
-    for kind, g in d.groupby("kind", sort=False) if len(d) else ():
+    quick = d[d["kind"] == "quick evaluation"] if len(d) else d
+    then = _known(quick, "projected_then")
+    if len(then):
+        banded = then["then_lo"].notna().all() and then["then_hi"].notna().all() if "then_lo" in then else False
         fig.add_trace(
             go.Scatter(
-                x=g["projected"], y=g["top1"], mode="markers", name=names.get(kind, str(kind)), text=g["label"],
-                marker=dict(color=colors.get(kind, COLORS["planned"]), size=10, symbol="circle" if kind != "anchor" else "diamond"),
-                error_y=_bars(g),
-                error_x=_bars(g, "projected", "proj_lo", "proj_hi", thickness=1, color="rgba(148,103,189,0.6)"),
-                hovertemplate="%{text}<br>projected %{x:.1%}<br>measured %{y:.1%}<extra></extra>",
+                x=then["projected_then"], y=then["top1"], mode="markers", name="quick evaluations (projected before measuring)",
+                text=then["label"], marker=dict(color=COLORS["measured"], size=10, symbol="circle"), error_y=_bars(then),
+                error_x=_bars(then, "projected_then", "then_lo", "then_hi", thickness=1, color="rgba(148,103,189,0.6)") if banded else None,
+                hovertemplate="%{text}<br>projected before measuring %{x:.1%}<br>measured %{y:.1%}<extra></extra>",
             )
         )
-    then = _known(d, "projected_then")
-    if len(then):
+    now = _known(quick, "projected")
+    if len(now):
         fig.add_trace(
-            go.Scatter(x=then["projected_then"], y=then["top1"], mode="markers", name="projected when measured", text=then["label"],
-                       marker=dict(color=COLORS["projection"], size=10, symbol="circle-open", line=dict(width=2)),
-                       hovertemplate="%{text}<br>projected then %{x:.1%}<br>measured %{y:.1%}<extra></extra>")
+            go.Scatter(x=now["projected"], y=now["top1"], mode="markers", name="the same, projected now (refitted: in-sample)",
+                       text=now["label"], marker=dict(color=COLORS["measured"], size=9, symbol="circle-open", line=dict(width=1.5)),
+                       hovertemplate="%{text}<br>projected now %{x:.1%}<br>measured %{y:.1%}<extra></extra>")
+        )
+    anchors = _known(d[d["kind"] == "anchor"] if len(d) else d, "projected")
+    if len(anchors):
+        fig.add_trace(
+            go.Scatter(
+                x=anchors["projected"], y=anchors["top1"], mode="markers", name="anchors (measured with the sensitivities, fitted)",
+                text=anchors["label"], marker=dict(color=COLORS["original"], size=10, symbol="diamond"), error_y=_bars(anchors),
+                error_x=_bars(anchors, "projected", "proj_lo", "proj_hi", thickness=1, color="rgba(148,103,189,0.6)"),
+                hovertemplate="%{text}<br>projected %{x:.1%}<br>measured %{y:.1%}<extra></extra>",
+            )
         )
     fig.update_xaxes(title_text="projected top-1", tickformat=".0%", range=[lo, hi])
     fig.update_yaxes(title_text="measured top-1", tickformat=".0%", range=[lo, hi])
     return _layout(fig, title, height=380)
 
 
-def sensitivity_figure(table: pd.DataFrame, max_traces: int = 80):
-    """Top-1 with one mode of one layer truncated vs the kept rank fraction (``Sensitivities.table()``)."""
+def sensitivity_figure(table: pd.DataFrame, max_traces: int = 200):
+    """Top-1 with one mode of one layer truncated vs the kept rank fraction (``Sensitivities.table()``).
+
+    One trace per (layer, mode), its hover naming the layer and mode; one colour per stage
+    (:func:`lrviz.tables.stage_of`) and one line style per mode (:data:`MODE_DASH`). The legend has one
+    entry per stage (``legendgroup``; the stage's first trace, named ``"stage (k curves)"``, stands for
+    it, the others are named ``"layer · mode"``): a click hides or shows the whole stage, a double-click
+    isolates it, so forty curves stay readable."""
     import plotly.graph_objects as go
+
+    from .tables import stage_of
 
     fig = go.Figure()
     if len(table):
         t = table.assign(frac=table["rank"] / table["full"])
-        for i, ((layer, mode), g) in enumerate(t.groupby(["layer", "mode"], sort=False)):
-            if i >= max_traces:
-                break
+        groups = list(t.groupby(["layer", "mode"], sort=False))[:max_traces]
+        stages = list(dict.fromkeys(stage_of(layer) for (layer, _), _ in groups))
+        counts = {st: sum(1 for (layer, _), _ in groups if stage_of(layer) == st) for st in stages}
+        shown = set()
+        for (layer, mode), g in groups:
             g = g.sort_values("frac")
-            fig.add_trace(go.Scatter(x=g["frac"], y=g["top1"], mode="lines+markers", name=f"{layer} · {mode}", marker=dict(size=4),
-                                     customdata=g["rank"], hovertemplate=f"{layer} · {mode}<br>rank %{{customdata}} (%{{x:.0%}})<br>top-1 %{{y:.1%}}<extra></extra>"))
+            stage = stage_of(layer)
+            color = STAGE_PALETTE[stages.index(stage) % len(STAGE_PALETTE)]
+            first = stage not in shown  # the first curve of a stage stands for it in the legend
+            shown.add(stage)
+            k = counts[stage]
+            fig.add_trace(go.Scatter(
+                x=g["frac"], y=g["top1"], mode="lines+markers", name=f"{stage} ({k} curve{'s' if k > 1 else ''})" if first else f"{layer} · {mode}",
+                marker=dict(size=4, color=color), line=dict(color=color, dash=MODE_DASH.get(mode, "solid"), width=1.5),
+                legendgroup=stage, showlegend=first, customdata=g["rank"],
+                hovertemplate=f"{layer} · {mode}<br>rank %{{customdata}} (%{{x:.0%}})<br>top-1 %{{y:.1%}}<extra></extra>"))
     fig.update_xaxes(title_text="kept rank / full rank", tickformat=".0%")
     fig.update_yaxes(title_text="top-1 (only this mode truncated)", tickformat=".0%")
-    fig.update_layout(showlegend=len(fig.data) <= 12)
+    fig.update_layout(showlegend=True, legend=dict(groupclick="togglegroup"))
     return _layout(fig, "Layer sensitivities", height=420)
 
 
@@ -383,7 +488,7 @@ def before_after_figure(rows: Sequence[Mapping]):
     rel = [100.0 * r["after"] / r["before"] if r["before"] else math.nan for r in rows]
     fig = go.Figure()
     fig.add_bar(x=metrics, y=[100.0] * len(rows), name="original", marker_color=COLORS["original"])
-    fig.add_bar(x=metrics, y=rel, name="compressed", marker_color=COLORS["planned"], text=[f"{v:.0f} %" for v in rel], textposition="outside")
+    fig.add_bar(x=metrics, y=rel, name="compressed", marker_color=COLORS["planned"], text=[f"{v:.0f}%" for v in rel], textposition="outside")
     fig.update_layout(barmode="group")
     fig.update_yaxes(title_text="% of original")
     return _layout(fig, "Compressed model relative to the original", height=360)

@@ -30,6 +30,7 @@ __all__ = [
     "layer_table",
     "mode_labels",
     "model_summary",
+    "out_of_sample",
     "projection_curve",
     "sensitivity_passes",
     "sensitivity_summary",
@@ -109,7 +110,8 @@ def skipped_table(analysis: ModelAnalysis) -> pd.DataFrame:
 
 
 def spectra_table(analysis: ModelAnalysis) -> pd.DataFrame:
-    """Per layer: VBMF ranks, noise variance σ² and energy kept at the VBMF ranks (readable columns)."""
+    """Per layer: full ranks (each mode's number of singular values, as the Spectra page counts them),
+    VBMF ranks, noise variance σ² and energy kept at the VBMF ranks (readable columns)."""
     if not analysis.has_spectra:
         return pd.DataFrame()
     t = analysis.table()
@@ -118,7 +120,7 @@ def spectra_table(analysis: ModelAnalysis) -> pd.DataFrame:
             "layer": t["name"],
             "kind": t["kind"],
             "shape": t["weight_shape"],
-            "full ranks": [_joined(r) for r in t["full_ranks"]],
+            "full ranks": [_joined(len(analysis.spectra[n].values[m]) for m in analysis.spectra[n].modes) for n in t["name"]],
             "VBMF ranks": [_joined(r) for r in t["vbmf_ranks"]],
             "σ²": [_joined(v, "{:.3g}") for v in t["vbmf_sigma2"]],
             "energy kept": [_joined(v, "{:.1%}") for v in t["energy_at_vbmf"]],
@@ -168,19 +170,26 @@ def projection_curve(curve: pd.DataFrame, projector, base_top1: float | None = N
     return pd.DataFrame(rows, columns=["params_ratio", "top1", "lo", "hi"])
 
 
-CALIBRATION_COLUMNS = ["kind", "label", "plan_key", "top1", "lo", "hi", "n", "projected", "proj_lo", "proj_hi", "projected_then"]
+CALIBRATION_COLUMNS = ["kind", "label", "plan_key", "top1", "lo", "hi", "n", "projected", "proj_lo", "proj_hi", "projected_then",
+                       "then_lo", "then_hi"]
+
+
+def _num(v) -> float:
+    return math.nan if v is None else float(v)
 
 
 def calibration_points(measured: Sequence[Mapping], plans: Mapping[str, RankPlan], projector, anchors: bool = True) -> pd.DataFrame:
     """Measured accuracies next to what the (current) projector says, on the calibration images.
 
     ``measured``: quick-evaluation rows (``plan_key``, ``label``, ``top1``, ``lo``, ``hi``, ``n`` and
-    optionally ``projected_calib``, the sensitivity projection when it was measured); ``plans``:
-    ``plan_key → RankPlan``. Only rows measured on as many images as the calibration set (the same
-    deterministic subset) and covered by the sensitivities are kept. With ``anchors`` the joint
-    anchor truncations measured with the sensitivities are added (``kind="anchor"``). The projection
-    is re-computed with ``projector`` (``projected``, ``proj_lo``, ``proj_hi``, calibration-set basis);
-    ``projected_then`` is the one stored at measurement time (NaN when there was none).
+    optionally ``projected_calib`` with its band ``calib_lo`` / ``calib_hi``: the sensitivity projection
+    on the calibration images stored *before* the plan was measured); ``plans``: ``plan_key → RankPlan``.
+    Only rows measured on as many images as the calibration set (the same deterministic subset) and
+    covered by the sensitivities are kept. With ``anchors`` the joint anchor truncations measured with
+    the sensitivities are added (``kind="anchor"``). The projection is re-computed with ``projector``
+    (``projected``, ``proj_lo``, ``proj_hi``, calibration-set basis: in-sample once the projector was
+    refitted to the point); ``projected_then``, ``then_lo``, ``then_hi`` are the ones stored at
+    measurement time (NaN when there was none) — the out-of-sample values (:func:`out_of_sample`).
     """
     from .evaluate import wilson_interval
 
@@ -191,18 +200,42 @@ def calibration_points(measured: Sequence[Mapping], plans: Mapping[str, RankPlan
         if plan is None or int(m.get("n") or 0) != sens.n or projector.missing(plan):
             continue
         p = projector.project(plan)
-        then = m.get("projected_calib")
         rows.append({"kind": "quick evaluation", "label": m.get("label", ""), "plan_key": m.get("plan_key"), "top1": float(m["top1"]),
                      "lo": float(m["lo"]), "hi": float(m["hi"]), "n": int(m["n"]), "projected": p.top1, "proj_lo": p.interval[0],
-                     "proj_hi": p.interval[1], "projected_then": math.nan if then is None else float(then)})
+                     "proj_hi": p.interval[1], "projected_then": _num(m.get("projected_calib")), "then_lo": _num(m.get("calib_lo")),
+                     "then_hi": _num(m.get("calib_hi"))})
     if anchors:
         for a, (plan, top1, _) in zip(getattr(sens, "anchors", None) or [], projector.anchor_points()):
             p = projector.project(plan)
             lo, hi = wilson_interval(int(round(top1 * sens.n)), sens.n)
             rows.append({"kind": "anchor", "label": f"anchor: every layer at {a.get('fraction', 0):.0%} of its ranks", "plan_key": None,
                          "top1": top1, "lo": lo, "hi": hi, "n": sens.n, "projected": p.top1, "proj_lo": p.interval[0],
-                         "proj_hi": p.interval[1], "projected_then": math.nan})
+                         "proj_hi": p.interval[1], "projected_then": math.nan, "then_lo": math.nan, "then_hi": math.nan})
     return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
+
+
+def out_of_sample(points: pd.DataFrame) -> dict[str, Any]:
+    """How the projection did on the quick evaluations of :func:`calibration_points`, scored only
+    against what was projected *before* each point was measured (``projected_then`` and its band
+    ``then_lo`` / ``then_hi``), never against a projection refitted to the point.
+
+    Returns ``points`` (quick evaluations with a stored projection), ``mae`` and ``rmse`` (of
+    projected − measured, fractions; NaN without points), ``banded`` (those with a stored band),
+    ``inside`` (measured top-1 inside it) and ``unscored`` (quick evaluations without a stored projection).
+    """
+    quick = points[points["kind"] == "quick evaluation"] if len(points) else points
+    scored = quick.dropna(subset=["projected_then"]) if len(quick) else quick
+    err = (scored["projected_then"] - scored["top1"]) if len(scored) else pd.Series(dtype=float)
+    banded = scored.dropna(subset=["then_lo", "then_hi"]) if len(scored) else scored
+    inside = ((banded["top1"] >= banded["then_lo"]) & (banded["top1"] <= banded["then_hi"])) if len(banded) else pd.Series(dtype=bool)
+    return {
+        "points": int(len(scored)),
+        "mae": float(err.abs().mean()) if len(err) else math.nan,
+        "rmse": float((err**2).mean() ** 0.5) if len(err) else math.nan,
+        "banded": int(len(banded)),
+        "inside": int(inside.sum()),
+        "unscored": int(len(quick) - len(scored)),
+    }
 
 
 # ---- fine-tuning ---------------------------------------------------------------------------------

@@ -127,11 +127,15 @@ def _torch_load(path: Path) -> Any:
                     "plain state_dicts/tensors are accepted. Save the weights with "
                     "torch.save(model.state_dict(), FILE) and pass that file instead"
                 ) from exc
-            raise LrvizError(f"{name!r} is not a PyTorch weights file ({short_cause(exc)}); {_SAVE_HINT}") from exc
+            logger.debug("torch.load failed on %s: %s", name, short_cause(exc))
+            raise LrvizError(f"{name!r} is not a PyTorch weights file (its pickle data cannot be read); {_SAVE_HINT}") from exc
         except Exception as exc:  # torch.load on an untrusted file: corrupt or truncated zip, bad pickle ...
+            # torch's own message (an IndexError from the unpickler, a miniz error ...) says nothing to a
+            # user: it goes to the log, the message says what the file is and how to make a good one
+            logger.debug("torch.load failed on %s: %s", name, short_cause(exc))
             raise LrvizError(
-                f"{name!r} is not a readable PyTorch weights file ({short_cause(exc)}; truncated or corrupt?); "
-                f"{_SAVE_HINT}"
+                f"{name!r} is not a readable PyTorch weights file (it looks truncated or corrupt: torch.load cannot "
+                f"read it); {_SAVE_HINT}"
             ) from exc
         finally:
             for w in caught:

@@ -1,12 +1,15 @@
 """What the pages measure and project: evaluations, this session's quick evaluations, the accuracy
-projection (energy proxy or layer sensitivities) and the background sensitivity measurement.
+projection (from layer sensitivities; the data-free energy kept Π q is only an ordering of plans,
+never shown as an accuracy) and the background sensitivity measurement.
 
 Not a page. Results computed with a progress bar live in the shared result store
 (:func:`pages._state.result_store`), keyed by ``(model key, data key, plan key, images)``; layer
 sensitivities per ``(model key, data key, images)`` in the same store (loading them costs one forward
 pass, measuring them is a :class:`pages._jobs.BackgroundJob` whose partial results are cached on
 disk). The sensitivity projector calibrated to them plus this session's quick evaluations is kept per
-session and refitted only when those change (never on a slider move).
+session and refitted only when those change (never on a slider move). Each quick evaluation keeps the
+projection and band that were shown *before* it was measured, so that coverage and error are scored
+out of sample (:func:`record_measurement`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from lrviz.errors import LrvizError
 from lrviz.keys import plan_key
 from lrviz.project import SensitivityProjector
 from pages._jobs import BackgroundJob
-from pages._state import BASE_OVERRIDE_KEY, EXPONENT_KEY, MEASURED_KEY, Context, result_store
+from pages._state import BASE_OVERRIDE_KEY, MEASURED_KEY, Context, result_store
 
 #: Above this many MACs × images an evaluation (or a sensitivity look-up) is not started automatically.
 AUTO_BASELINE_BUDGET = 5e10
@@ -56,7 +59,7 @@ def run_eval(ctx: Context, plan, n: int | None, label: str):
         st.error(f"Cannot evaluate: {ctx.eval_problem}")
         return None
     total = len(ctx.dataset) if n is None else min(n, len(ctx.dataset))
-    bar = st.progress(0.0, text=f"Evaluating {label} on {total} images…")
+    bar = st.progress(0.0, text=f"Evaluating {label} on {fmt.count(total)} images…")
     try:
         if plan is None:
             model = ctx.original
@@ -64,7 +67,7 @@ def run_eval(ctx: Context, plan, n: int | None, label: str):
             bar.progress(0.0, text=f"Building {label} from cached factors…")
             model = compress(ctx.module, plan, ctx.factors)
         res = evaluate(model, ctx.dataset, limit=n,
-                       progress=lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=f"Evaluating {label}: {d}/{t} images"))
+                       progress=lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=f"Evaluating {label}: {fmt.count(d)}/{fmt.count(t)} images"))
     except LrvizError as exc:
         bar.empty()
         st.error(f"Evaluation failed: {exc}")
@@ -90,8 +93,8 @@ def baseline(ctx: Context, n: int | None = None, auto: bool = True):
 
 
 def fmt_ci(res) -> str:
-    """``"91.2% (95 % CI 89.0–93.1%, n=500)"`` of an ``EvalResult``."""
-    return f"{fmt.percent(res.top1)} (95 % CI {fmt.percent_range(*res.top1_ci)}, n={res.n})"
+    """``"91.2% (95 % CI 89.0–93.1%, n=500)"`` of an ``EvalResult`` (``n=2,000`` with separators)."""
+    return f"{fmt.percent(res.top1)} (95 % CI {fmt.percent_range(*res.top1_ci)}, n={fmt.count(res.n)})"
 
 
 # ---- this session's quick evaluations ----------------------------------------------------------------
@@ -103,30 +106,47 @@ def measured(ctx: Context) -> list[dict]:
     return allm.setdefault((ctx.model_id, ctx.data_key, ctx.quick_n), [])
 
 
-def record_measurement(ctx: Context, plan, res, label: str, proj=None) -> bool:
+def record_measurement(ctx: Context, plan, res, label: str, proj=None, projector=None) -> bool:
     """Add a quick evaluation of this session (once per plan); True when it was new.
 
-    ``proj`` is the projection shown when it was measured (energy proxy or sensitivities): kept as
-    ``projected`` (and, for the sensitivity basis, ``projected_calib`` — the same projection on the
-    calibration images, comparable to the measurement). The plan's JSON is kept so that the
-    sensitivity projector can be calibrated to the point.
+    Call it *before* the projector is refitted to the new point: what is stored is what was projected
+    before the plan was measured, so scoring the projection against these rows is out of sample.
+
+    ``proj`` is the sensitivity projection shown for the plan (or None): kept as ``projected`` with its
+    band ``proj_lo`` / ``proj_hi``. ``projector`` (the calibrated :class:`SensitivityProjector` of that
+    moment, or None) gives the same projection on the calibration images, comparable to a measurement
+    on them: ``projected_calib`` with its band ``calib_lo`` / ``calib_hi`` (without a projector, the
+    shown one when it is on that basis). The plan's JSON is kept so that the sensitivity projector can
+    be calibrated to the point; ``retained`` is the data-free energy kept Π q (an ordering of plans).
     """
     rows = measured(ctx)
     pid = plan_key(plan)
     if any(r["plan_key"] == pid for r in rows):
         return False
     cost = plan_cost(ctx.analysis, plan)
-    retained = 1.0
-    for v in project.layer_retention(ctx.analysis, plan).values():
-        retained *= v
-    sens_basis = proj is not None and getattr(proj, "basis", None) == project.SENS_BASIS
+    if proj is not None and getattr(proj, "basis", None) != project.SENS_BASIS:
+        proj = None  # only a data-driven projection is a projection of the accuracy
+    calib = None
+    if projector is not None and not projector.missing(plan):
+        calib = projector.project(plan)
+    elif proj is not None and base_override(ctx) is None:
+        calib = proj  # anchored to the calibration images already
     rows.append({
         "plan_key": pid, "plan_json": plan.to_json(), "label": label, "params_ratio": cost.params_ratio,
         "macs_ratio": cost.macs_ratio, "top1": res.top1, "lo": res.top1_ci[0], "hi": res.top1_ci[1], "n": res.n,
         "projected": None if proj is None else proj.top1, "basis": None if proj is None else proj.basis,
-        "projected_calib": proj.calib_top1 if sens_basis else None, "retained": retained,
+        "proj_lo": None if proj is None else proj.interval[0], "proj_hi": None if proj is None else proj.interval[1],
+        "projected_calib": None if calib is None else (calib.calib_top1 if calib.calib_top1 is not None else calib.top1),
+        "calib_lo": None if calib is None else calib.interval[0], "calib_hi": None if calib is None else calib.interval[1],
+        "retained": energy_kept(ctx, plan),
     })
     return True
+
+
+def measured_row(ctx: Context, plan) -> dict | None:
+    """This session's quick-evaluation row of ``plan`` (with what was projected before it was measured), or None."""
+    pid = plan_key(plan)
+    return next((r for r in measured(ctx) if r["plan_key"] == pid), None)
 
 
 def measured_plans(ctx: Context) -> dict:
@@ -166,14 +186,25 @@ def projection_base(ctx: Context, measured_base):
     return None, None
 
 
+def energy_kept(ctx: Context, plan) -> float:
+    """Π q over the planned layers (q = energy kept by a layer's worst mode): data-free, an *ordering* of
+    plans (1 = nothing truncated), not an accuracy."""
+    retained = 1.0
+    for v in project.layer_retention(ctx.analysis, plan).values():
+        retained *= v
+    return float(retained)
+
+
 def projection(ctx: Context, plan, base_top1: float | None):
-    """The data-free energy-proxy projection of ``plan`` (None without an original accuracy)."""
+    """The data-free energy-proxy projection of ``plan`` (None without an original accuracy).
+
+    Not an accuracy anyone measured: the dashboard's own pages show only its ``retained`` (Π q) as an
+    ordering; kept for callers that label it as the proxy."""
     override = base_override(ctx)
     base_top1 = override if override is not None else base_top1
     if base_top1 is None:
         return None
-    alpha = st.session_state.get(EXPONENT_KEY, {}).get(ctx.model_id, project.DEFAULT_EXPONENT)
-    return project.project_accuracy(ctx.analysis, plan, base_top1, ctx.loaded.num_classes, exponent=alpha)
+    return project.project_accuracy(ctx.analysis, plan, base_top1, ctx.loaded.num_classes, exponent=project.DEFAULT_EXPONENT)
 
 
 def projector(ctx: Context, sens):
@@ -208,18 +239,23 @@ def sensitivity_projection(ctx: Context, proj_obj, plan):
 
 @dataclass(frozen=True)
 class Projected:
-    """The projections of one plan: ``energy`` (the data-free proxy) and ``sens`` (from the layer
-    sensitivities, when they cover the plan), and the original accuracy the shown one starts from."""
+    """The projections of one plan: ``energy`` (the data-free proxy, a labelled fallback) and ``sens``
+    (from the layer sensitivities, when they cover the plan), the original accuracy the projection
+    starts from, and ``retained``: the energy kept Π q (an ordering of plans, not an accuracy)."""
 
     energy: Any
     sens: Any
     base_top1: float | None
     base_text: str | None
+    retained: float | None = None
 
     @property
     def shown(self):
-        """The projection to show: the sensitivities' when there is one, else the energy proxy (or None)."""
-        return self.sens or self.energy
+        """The projection to show as an accuracy: only the sensitivities' (None until they are measured).
+
+        The energy proxy is never a headline accuracy (its error is unknown); show ``retained`` as an
+        ordering instead."""
+        return self.sens
 
 
 def project_plan(ctx: Context, plan, base, proj_obj) -> Projected:
@@ -231,8 +267,9 @@ def project_plan(ctx: Context, plan, base, proj_obj) -> Projected:
     if sp is not None:  # anchored to the calibration images (or the user's override)
         base_top1 = sp.base_top1
         if base_override(ctx) is None:
-            base_text = f"measured on the {proj_obj.sens.n} calibration images"
-    return Projected(energy, sp, base_top1, base_text)
+            base_text = f"measured on the {fmt.count(proj_obj.sens.n)} calibration images"
+    retained = energy.retained if energy is not None else energy_kept(ctx, plan)
+    return Projected(energy, sp, base_top1, base_text, retained)
 
 
 # ---- layer sensitivities ----------------------------------------------------------------------------------

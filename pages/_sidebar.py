@@ -28,6 +28,8 @@ MODEL_CHOICES = {
     "program": "Exported program (.pt2)",
 }
 UPLOADS_KEY = "_lrviz_uploads"
+#: Streamlit's toolbar: viewer items only (no Deploy button, no developer menu).
+TOOLBAR_MODE = "viewer"
 STATE_DICT_TYPES = [s[1:] for s in sources.STATE_DICT_SUFFIXES]
 
 
@@ -136,8 +138,8 @@ def _data_sidebar(loaded) -> tuple[sources.DataSource | None, Any, str | None]:
 
 
 def _fail(level: str, message: str) -> None:
-    if level == "error":
-        st.sidebar.error(message)
+    """Remember why there is no context: the page shows it once (``_state.require_ctx``), as an error
+    or an info; the sidebar does not repeat it."""
     st.session_state[state.ERR_KEY] = (level, message)
 
 
@@ -180,6 +182,7 @@ def pages() -> list:
 
 def router():
     """What app.py does: page config, navigation, sidebar + context. Returns the selected page."""
+    st.set_option("client.toolbarMode", TOOLBAR_MODE)  # no Deploy button (also in .streamlit/config.toml)
     st.set_page_config(page_title="lrviz — low-rank CNN compression", page_icon=":material/compress:", layout="wide")
     page = st.navigation(pages())
     build_context()

@@ -35,7 +35,6 @@ ERR_KEY = "_lrviz_ctx_error"
 PLANS_KEY = "_plans"
 MEASURED_KEY = "_measured"
 BASE_OVERRIDE_KEY = "_base_override"
-EXPONENT_KEY = "_proj_exponent"
 FINETUNED_KEY = "_finetuned"
 SWEEPS_KEY = "_sweeps"
 
@@ -78,6 +77,22 @@ def cached_retention_curve(key: str, _analysis):
 @st.cache_resource
 def result_store() -> ResultStore:
     return ResultStore()
+
+
+# ---- layout ------------------------------------------------------------------------------------------
+
+#: Streamlit's default row height of ``st.dataframe`` (px); the header row is as tall.
+TABLE_ROW_PX = 35
+#: Tables up to this many rows are shown whole; longer ones scroll inside a box of this many rows.
+TABLE_MAX_ROWS = 30
+
+
+def table_height(n_rows: int, max_rows: int = TABLE_MAX_ROWS) -> str | int:
+    """``height`` for ``st.dataframe``: every row when there are at most ``max_rows`` (``"content"``),
+    else a box of ``max_rows`` rows (never the ten-row default box that makes a 20-layer table scroll)."""
+    if int(n_rows) <= max_rows:
+        return "content"
+    return TABLE_ROW_PX * (max_rows + 1) + 3
 
 
 # ---- the context of one run ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ weakened VBMF, energy threshold), measured and projected."""
 
 import json
 import math
+from functools import partial
 from types import SimpleNamespace
 
 import pandas as pd
@@ -20,8 +21,20 @@ from pages import _state as state
 #: Ratios the sweep offers (params or MACs reduction, ×).
 SWEEP_RATIOS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 LOADED_KEY = "_compare_loaded"
+PARETO_KEYS = {"params": "pareto_params", "flops": "pareto_flops"}
 Num = st.column_config.NumberColumn
-ACCURACY_COLUMNS = {"top1": Num("top-1", format="percent"), "lo": Num("CI low", format="percent"), "hi": Num("CI high", format="percent")}
+#: Accuracies are shown as percentages with one decimal (the frames hold fractions: see :func:`as_percent`).
+PCT = "%.1f%%"
+ACCURACY_COLUMNS = {"top1": Num("top-1", format=PCT), "lo": Num("CI low", format=PCT), "hi": Num("CI high", format=PCT)}
+
+
+def as_percent(df: pd.DataFrame, columns) -> pd.DataFrame:
+    """A copy of ``df`` with the accuracy ``columns`` (fractions) as percentages, for the ``PCT`` format."""
+    out = df.copy()
+    for c in columns:
+        if c in out:
+            out[c] = out[c].astype(float) * 100.0
+    return out
 
 
 def saved(ctx) -> dict:
@@ -59,7 +72,7 @@ def save_panel(ctx) -> None:
             name = (name or "").strip() or f"config {len(configs) + 1}"
             configs[name] = config_row(ctx, name, plan)
             st.toast(f"Saved {name!r}")
-        run_missing = c[2].button(f"Evaluate unmeasured ({n} images)", key="eval_configs", width="stretch",
+        run_missing = c[2].button(f"Evaluate unmeasured ({fmt.count(n)} images)", key="eval_configs", width="stretch",
                                   disabled=ctx.eval_problem is not None or not configs)
     for name, cfg in list(configs.items()):
         if not math.isnan(cfg["top1"]):
@@ -91,6 +104,14 @@ def picked_config(events) -> str | None:
     return picked
 
 
+def on_pick(ctx, key: str) -> None:
+    """A Pareto point was clicked: load its configuration. A callback, so it runs before the script and
+    the page's header (drawn first) already shows the loaded plan in the same run."""
+    picked = picked_config([st.session_state.get(key)])
+    if picked and picked in saved(ctx):
+        load(ctx, picked)
+
+
 def configs_panel(ctx, base) -> None:
     configs = saved(ctx)
     if not configs:
@@ -98,20 +119,19 @@ def configs_panel(ctx, base) -> None:
         return
     df = pd.DataFrame(list(configs.values()))
     st.dataframe(
-        df[["name", "spec", "params", "params_ratio", "flops", "flops_ratio", "top1", "lo", "hi", "n"]], hide_index=True, width="stretch",
+        as_percent(df[["name", "spec", "params", "params_ratio", "flops", "flops_ratio", "top1", "lo", "hi", "n"]], ACCURACY_COLUMNS),
+        hide_index=True, width="stretch", height=state.table_height(len(df)),
         column_config={"params": Num("params", format="localized"), "params_ratio": Num("params ×", format="%.2f"),
-                       "flops": Num("FLOPs (2×MACs)", format="localized"), "flops_ratio": Num("FLOPs ×", format="%.2f"), **ACCURACY_COLUMNS},
+                       "flops": Num("FLOPs (2×MACs)", format="localized"), "flops_ratio": Num("FLOPs ×", format="%.2f"),
+                       "n": Num("images", format="localized"), **ACCURACY_COLUMNS},
     )
-    st.caption(f"Accuracies on a fixed subset of {ctx.quick_n} images of {ctx.data_label}, with 95 % Wilson intervals. "
+    st.caption(f"Accuracies on a fixed subset of {fmt.count(ctx.quick_n)} images of {ctx.data_label}, with 95 % Wilson intervals. "
                "Click a point to load that configuration into the Ranks page.")
     points = pareto_points(ctx, df, base)
     left, right = st.columns(2)
-    events = [col.plotly_chart(figures.pareto_figure(points, x), key=f"pareto_{x}", on_select="rerun", selection_mode="points")
-              for col, x in ((left, "params"), (right, "flops"))]
-    picked = picked_config(events)
-    if picked and picked in configs and st.session_state.get("_compare_last_pick") != picked:
-        st.session_state["_compare_last_pick"] = picked
-        load(ctx, picked)
+    for col, x in ((left, "params"), (right, "flops")):
+        key = PARETO_KEYS[x]
+        col.plotly_chart(figures.pareto_figure(points, x), key=key, on_select=partial(on_pick, ctx, key), selection_mode="points")
     c = st.columns([3, 1, 1])
     choice = c[0].selectbox("Configuration", list(configs), key="config_choice", label_visibility="collapsed")
     c[1].button("Load into Ranks", key="load_config", on_click=load, args=(ctx, choice), width="stretch")
@@ -132,7 +152,7 @@ def sweep_controls(ctx, sens, projector) -> tuple:
         "For each target reduction T of the chosen metric, build the plan of each allocation strategy at matched cost and "
         "evaluate it: the budget solver (least projected loss; needs layer sensitivities), a uniform rank fraction, a "
         "weakened VBMF (vbmf:K, K bisected) and an energy threshold. A strategy that cannot reach T is left out. "
-        + (f"Projected accuracies (dotted) come from the sensitivities measured on {sens.n} images, calibrated to "
+        + (f"Projected accuracies (dotted) come from the sensitivities measured on {fmt.count(sens.n)} images, calibrated to "
            f"{projector.n_fit} measured plan(s)." if projector is not None else
            "Measure layer sensitivities on the Ranks page to add the solver and the projected accuracies.")
     )
@@ -170,7 +190,9 @@ def run_and_record(ctx, sens, projector, ratios, metric, strategies, images):
             except (LrvizError, ValueError):
                 continue
             res = SimpleNamespace(top1=float(r.top1), top1_ci=(float(r.lo), float(r.hi)), n=int(r.n))
-            measure.record_measurement(ctx, plan, res, f"sweep {r.strategy} {r.target:g}×", measure.sensitivity_projection(ctx, projector, plan))
+            # the projector the sweep projected with: fitted before these points were measured (out of sample)
+            measure.record_measurement(ctx, plan, res, f"sweep {r.strategy} {r.target:g}×", measure.sensitivity_projection(ctx, projector, plan),
+                                       projector)
     return result
 
 
@@ -182,11 +204,12 @@ def sweep_results(sweep: pd.DataFrame, base, metric: str, calibrated: bool) -> N
         st.caption("Out of reach: " + ", ".join(f"{STRATEGY_LABELS.get(r.strategy, r.strategy)} {r.target:g}×" for r in unreachable.itertuples()))
     cols = [c for c in ["strategy", "target", "params_ratio", "macs_ratio", "projected", "proj_lo", "proj_hi", "top1", "lo", "hi", "n",
                         "spec", "ranks"] if c in sweep]
-    st.dataframe(sweep[cols], hide_index=True, width="stretch",
-                 column_config={"params_ratio": Num("params ×", format="%.2f"), "macs_ratio": Num("MACs ×", format="%.2f"),
-                                "projected": Num("projected", format="percent"), "proj_lo": Num("proj. low", format="percent"),
-                                "proj_hi": Num("proj. high", format="percent"), **ACCURACY_COLUMNS})
-    st.caption(f"Measured on {int(sweep['n'].max())} images (95 % Wilson intervals); `ranks` lists the factored layers' ranks."
+    pct = {"projected": Num("projected", format=PCT), "proj_lo": Num("proj. low", format=PCT), "proj_hi": Num("proj. high", format=PCT),
+           **ACCURACY_COLUMNS}
+    st.dataframe(as_percent(sweep[cols], pct), hide_index=True, width="stretch", height=state.table_height(len(sweep)),
+                 column_config={"target": Num("target ×", format="%.1f"), "params_ratio": Num("params ×", format="%.2f"),
+                                "macs_ratio": Num("MACs ×", format="%.2f"), "n": Num("images", format="localized"), **pct})
+    st.caption(f"Measured on {fmt.count(sweep['n'].max())} images (95 % Wilson intervals); `ranks` lists the factored layers' ranks."
                + (" Measured on the calibration images, so every point also recalibrates the projection (Ranks page)." if calibrated else ""))
 
 

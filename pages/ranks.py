@@ -2,10 +2,14 @@
 layer sensitivities, live cost + projection, quick evals.
 
 The sliders, the numbers above them, the charts and the quick evaluations are one ``st.fragment``:
-a slider move reruns only that part, and only closed-form code (``plan_cost``, the energy proxy or
+a slider move reruns only that part, and only closed-form code (``plan_cost``, the energy kept and
 the sensitivity projection, < 1 ms): spectra, EVBMF and factor bases come from ``st.cache_resource``,
 sensitivities and the calibrated projector from the shared result store; nothing is decomposed until
 a quick evaluation. Sensitivities are measured in a background thread (progress per layer, Stop).
+
+The projected top-1 is only ever the data-driven one (layer sensitivities). Until they are measured
+the metric says so and offers the measurement; the data-free energy kept Π q is shown as what it is,
+an ordering of plans, never as an accuracy.
 """
 
 import time
@@ -14,7 +18,7 @@ from typing import Any
 
 import streamlit as st
 
-from lrviz import figures, fmt, make_plan, plan_cost, project, tables
+from lrviz import figures, fmt, make_plan, plan_cost, tables
 from lrviz.budget import solve
 from lrviz.errors import LrvizError
 from lrviz.keys import plan_key
@@ -23,6 +27,8 @@ from pages import _state as state
 
 PRESET_ERROR = "_preset_error"
 RENDER_MS = "_ranks_render_ms"
+#: The value of the "Projected top-1" metric before there is a data-driven projection.
+NOT_PROJECTED = "not projected yet"
 COLUMNS = [1.2, 1.2, 1.2, 1.2, 0.8]
 
 
@@ -130,20 +136,21 @@ def sensitivity_status(col, ctx, sens: Sens) -> None:
     elif sens.ready:
         info = tables.sensitivity_summary(sens.result)
         col.markdown(
-            f":green[✓] Measured on **{info['n']} images** of {data_label}: {info['layers']} layers, {info['modes']} modes, "
+            f":green[✓] Measured on **{fmt.count(info['n'])} images** of {data_label}: {info['layers']} layers, {info['modes']} modes, "
             f"{info['anchors']} anchor plans; original top-1 on these images {fmt.percent(info['base_top1'])}. The projection's "
             "gain γ is fitted to the anchors and to every quick evaluation on these images."
         )
     elif sens.result is not None and sens.result.curves:
         info = tables.sensitivity_summary(sens.result, len(a.layers))
-        col.markdown(f"Partly measured on {n} images: **{info['layers']} of {info['total']} layers** cached (a run was "
+        col.markdown(f"Partly measured on {fmt.count(n)} images: **{info['layers']} of {info['total']} layers** cached (a run was "
                      "stopped). Measuring resumes with the rest.")
     elif sens.result is None and not sens.running:
-        col.caption(f"Not looked up yet for {n} images (that alone costs one forward pass): press Measure — layers "
+        col.caption(f"Not looked up yet for {fmt.count(n)} images (that alone costs one forward pass): press Measure — layers "
                     "already cached on disk are loaded, not measured again.")
     else:
-        col.markdown(f"Not measured yet for this model, {data_label} and **{n} images**: about "
-                     f"{tables.sensitivity_passes(a)} forward passes of {n} images (cached on disk; a stopped run resumes).")
+        col.markdown(f"Not measured yet for this model, {data_label} and **{fmt.count(n)} images**: about "
+                     f"{fmt.count(tables.sensitivity_passes(a))} forward passes of {fmt.count(n)} images (cached on disk; a stopped "
+                     "run resumes).")
 
 
 @st.fragment(run_every=1.0)
@@ -163,7 +170,8 @@ def sensitivity_progress() -> None:
         text = f"all {total} layers done; measuring the joint anchor plans…"
     else:
         text = f"{done}/{total} layers done (last: {last['layer']})"
-    st.progress(min(done / max(total, 1), 1.0), text=("stopping… " if job.stop_requested else "") + f"Sensitivities on {info['n']} images: {text}")
+    st.progress(min(done / max(total, 1), 1.0),
+                text=("stopping… " if job.stop_requested else "") + f"Sensitivities on {fmt.count(info['n'])} images: {text}")
     st.button("Stop", key="sens_stop", on_click=job.stop, disabled=job.stop_requested,
               help="stop after the current forward pass; finished layers stay cached and the next run resumes")
     if job.done:
@@ -177,7 +185,7 @@ def sensitivity_panel(ctx, sens: Sens) -> None:
                     "calibrate the projection and drive the budget solver")
         sc = st.columns([3.2, 1.3, 0.9])
         sensitivity_status(sc[0], ctx, sens)
-        start = sc[1].button(f"Measure sensitivities ({n} images)", key="sens_measure", width="stretch",
+        start = sc[1].button(measure_label(n), key="sens_measure", width="stretch",
                              disabled=bool(ctx.eval_problem) or sens.ready or sens.running)
         curves = sens.result is not None and bool(sens.result.curves)
         show_curves = sc[2].toggle("Show curves", key="sens_show", disabled=not curves)
@@ -190,6 +198,12 @@ def sensitivity_panel(ctx, sens: Sens) -> None:
             st.error(f"Sensitivities: {st.session_state[measure.SENS_ERROR]}")
         if show_curves and curves:
             st.plotly_chart(figures.sensitivity_figure(sens.result.table()), key="sens_curves")
+            st.caption("One colour per stage (click a stage in the legend to hide or show it, double-click to show it alone); "
+                       "solid: output-channel mode, dashed: input-channel mode, dotted: matrix (SVD). Hover for the layer.")
+
+
+def measure_label(n: int) -> str:
+    return f"Measure sensitivities ({fmt.count(n)} images)"
 
 
 # ---- the plan: sliders, live numbers, quick evaluations, charts (one fragment) ---------------------------
@@ -255,7 +269,7 @@ def quick_evaluations(live: Live) -> None:
     """Quick evaluation of the plan (button or automatic); a new point refits the projection."""
     ctx, n = live.ctx, live.ctx.quick_n
     e = st.columns([1.2, 1.4, 3])
-    clicked = e[0].button(f"Quick evaluate ({n} images)", type="primary", key="quick_eval", disabled=ctx.eval_problem is not None)
+    clicked = e[0].button(f"Quick evaluate ({fmt.count(n)} images)", type="primary", key="quick_eval", disabled=ctx.eval_problem is not None)
     auto = e[1].toggle("Auto-evaluate", key="auto_eval", disabled=ctx.eval_problem is not None,
                        help="after every change (slider release or preset), evaluate the plan on the quick subset")
     res = measure.cached_eval(ctx, plan_key(live.plan), n)
@@ -266,37 +280,19 @@ def quick_evaluations(live: Live) -> None:
         res = measure.run_eval(ctx, live.plan, n, "planned model")
     if res is None:
         e[2].caption("Not measured yet for these ranks.")
-    else:
-        shown = live.proj.shown  # what was projected before this plan was measured
-        label = f"{state.current_label(ctx)} ({live.cost.params_ratio:.2f}×)"
-        if measure.record_measurement(ctx, live.plan, res, label, shown) and live.sens.projector is not None:
-            live.sens.projector = measure.projector(ctx, live.sens.result)  # refit γ with the new point
-            live.reproject()
-        e[2].success(f"Measured top-1 of this plan: **{measure.fmt_ci(res)}**" + (f" · projected {fmt.percent(shown.top1)}" if shown else ""))
-    exponent_fit(live)
-
-
-def exponent_fit(live: Live) -> None:
-    """Energy proxy only: fit its exponent α to the measured points when asked."""
-    ctx, mid = live.ctx, live.ctx.model_id
-    rows = measure.measured(ctx)
-    fit_on = st.toggle("Calibrate the projection exponent α to the measured points", key="calibrate_alpha",
-                       disabled=not rows or live.proj.base_top1 is None or live.proj.sens is not None,
-                       help="energy proxy only: least-squares fit of α in log space through the measured points (the sensitivity "
-                            "projection is calibrated to them automatically)")
-    exps = st.session_state.setdefault(state.EXPONENT_KEY, {})
-    before = exps.get(mid)
-    if fit_on and live.proj.base_top1 is not None and live.proj.sens is None:
-        pairs = project.measured_pairs([r for r in rows if r.get("retained") is not None])
-        alpha = project.fit_exponent(pairs, live.proj.base_top1, ctx.loaded.num_classes)
-        if alpha is None:
-            st.caption("No measured point is usable for a fit (needs accuracy between chance and the original's, and a compressed plan).")
-        else:
-            exps[mid] = alpha
-    elif not fit_on:
-        exps.pop(mid, None)
-    if exps.get(mid) != before:
+        return
+    label = f"{state.current_label(ctx)} ({live.cost.params_ratio:.2f}×)"
+    # stored with what was projected *before* the measurement (the projector is refitted only after)
+    if measure.record_measurement(ctx, live.plan, res, label, live.proj.sens, live.sens.projector) and live.sens.projector is not None:
+        live.sens.projector = measure.projector(ctx, live.sens.result)  # refit γ with the new point
         live.reproject()
+    row = measure.measured_row(ctx, live.plan)
+    then = ""
+    if row is not None and row.get("projected") is not None:
+        then = f" · projected before it was measured: {fmt.percent(row['projected'])}"
+        if row.get("proj_lo") is not None:
+            then += f" ({fmt.percent_range(row['proj_lo'], row['proj_hi'])})"
+    e[2].success(f"Measured top-1 of this plan: **{measure.fmt_ci(res)}**{then}")
 
 
 def _metric(col, label: str, value: str, delta: str, **kw) -> None:
@@ -306,7 +302,7 @@ def _metric(col, label: str, value: str, delta: str, **kw) -> None:
 def plan_metrics(live: Live) -> None:
     c = live.cost
     st.caption(f"Current plan: **{state.current_label(live.ctx)}** · MACs at batch 1 (FLOPs = 2 × MACs) · params = all parameters")
-    m = st.columns([1, 1, 1, 1, 1.9 if live.proj.sens is not None else 1])  # room for the projection's band
+    m = st.columns([1, 1, 1, 1, 1.9])  # room for the projection and its band (or "not projected yet")
     _metric(m[0], "Params", fmt.human(c.params_planned), f"{c.params_ratio:.2f}× fewer", help=f"{c.params_planned:,} of {c.params:,} parameters")
     _metric(m[1], "MACs / image", fmt.human(c.macs_planned), f"{c.macs_ratio:.2f}× fewer", help=f"{c.macs_planned:,} of {c.macs:,} MACs")
     _metric(m[2], "FLOPs / image", fmt.human(c.flops_planned), f"was {fmt.human(c.flops)}", help="FLOPs = 2 × MACs")
@@ -314,30 +310,53 @@ def plan_metrics(live: Live) -> None:
     projection_metric(m[4], live)
 
 
+def accuracy_delta(drop: float) -> str:
+    """The delta under a projected accuracy, in percentage points (``"-1.2 pts vs original"``)."""
+    return "same as original" if abs(drop) < 5e-4 else f"{fmt.points(-drop, unit='pts')} vs original"
+
+
+def energy_text(retained: float | None) -> str:
+    if retained is None:
+        return ""
+    return (f"Energy kept Π q = {retained:.3g} (q = energy kept by a layer's worst mode; data-free) — an *ordering* of plans, "
+            "not an accuracy.")
+
+
 def projection_metric(col, live: Live) -> None:
-    sp, proj, ctx, shown = live.proj.sens, live.proj.energy, live.ctx, live.proj.shown
-    if shown is None:
-        col.metric("Projected top-1", "–", help="needs the original model's accuracy (Model page, or enter one under Projection settings)")
-        st.caption(f"No projection: {ctx.eval_problem}." if ctx.eval_problem else
-                   "No projection yet: measure the original model's accuracy (Model page or Quick evaluate below).")
+    sp, ctx = live.proj.sens, live.ctx
+    if sp is None:
+        not_projected(col, live)
         return
-    same = abs(shown.drop) < 5e-4
-    delta = "same as original" if same else f"{fmt.percent(-shown.drop, signed=True)} vs original"
+    same = abs(sp.drop) < 5e-4
     style = dict(delta_color="off" if same else "normal", delta_arrow="off" if same else "auto")
     base = f"{fmt.percent(live.proj.base_top1)} ({live.proj.base_text})"
-    if sp is not None:
-        lo, hi = sp.interval
-        col.metric("Projected top-1", f"{fmt.percent(sp.top1)} ({fmt.percent_range(lo, hi)})", delta, **style,
-                   help=f"{sp.detail}. The range is a ~95 % band (sampling error of the calibration images plus the model error).")
-        st.caption(f"Projection basis: **sensitivities** — {sp.detail}. From the original's {base}; "
-                   f"~95 % band {fmt.percent_range(lo, hi)}. Without fine-tuning.")
+    lo, hi = sp.interval
+    col.metric("Projected top-1", f"{fmt.percent(sp.top1)} ({fmt.percent_range(lo, hi)})", accuracy_delta(sp.drop), **style,
+               help=f"{sp.detail}. The range is a ~95 % band (sampling error of the calibration images plus the model error). "
+                    "The delta is in percentage points (pts).")
+    st.caption(f"Projection basis: **sensitivities** — {sp.detail}. From the original's {base}; "
+               f"~95 % band {fmt.percent_range(lo, hi)}. Without fine-tuning. {energy_text(live.proj.retained)}")
+
+
+def not_projected(col, live: Live) -> None:
+    """No data-driven projection yet: say so, point to the measurement, show the energy kept as an ordering."""
+    ctx, sens = live.ctx, live.sens
+    col.metric("Projected top-1", NOT_PROJECTED,
+               help="The projection comes from layer sensitivities measured on the quick-evaluation images; the data-free "
+                    "energy kept is an ordering of plans, not an accuracy.")
+    if ctx.eval_problem:
+        st.caption(f"No projection: {ctx.eval_problem}. {energy_text(live.proj.retained)}")
+        return
+    button = f"*{measure_label(ctx.quick_n)}*"
+    if sens.running:
+        why = "Layer sensitivities are being measured (progress in the panel above); the projection appears when they are complete."
+    elif sens.result is not None and sens.result.curves:
+        why = (f"Layer sensitivities are only partly measured for these images: press {button} in the panel above to finish "
+               "them for a projection.")
     else:
-        col.metric("Projected top-1", fmt.percent(proj.top1), delta, **style, help=proj.description)
-        st.caption(
-            f"Projection basis: **energy proxy (data-free)** — measure sensitivities for a calibrated projection. "
-            f"chance + (original − chance) × Π layers q^α, q = energy kept by a layer's worst mode (Π q = {proj.retained:.3g}, "
-            f"α = {proj.exponent:.3g}), from the original's {base}. Without fine-tuning: check it with quick evaluations."
-        )
+        why = (f"No layer sensitivities for this model, {ctx.data_label} and {fmt.count(ctx.quick_n)} images yet: press {button} "
+               "in the panel above for a data-driven projection with a ~95 % band (or check a plan with *Quick evaluate* below).")
+    st.caption(f"**Projected top-1: not projected yet.** {why} {energy_text(live.proj.retained)}")
 
 
 def charts(live: Live) -> None:
@@ -346,18 +365,19 @@ def charts(live: Live) -> None:
     metric = left.segmented_control("Bars", ["params", "macs"], default="params", key="bars_metric",
                                     format_func={"params": "Params", "macs": "MACs"}.get) or "params"
     left.plotly_chart(figures.layer_cost_figure(c, metric), key="layer_bars")
-    sp, proj, base_top1 = live.proj.sens, live.proj.energy, live.proj.base_top1
+    sp, base_top1 = live.proj.sens, live.proj.base_top1
+    plans = state.cached_retention_curve(ctx.source.key, a)
     if sp is not None:
-        curve = tables.projection_curve(state.cached_retention_curve(ctx.source.key, a), live.sens.projector, measure.base_override(ctx))
+        curve = tables.projection_curve(plans, live.sens.projector, measure.base_override(ctx))
         curve_name = "projection along energy plans (sensitivities)"
         current = {"params_ratio": c.params_ratio, "top1": sp.top1, "lo": sp.interval[0], "hi": sp.interval[1]}
-    else:
-        curve, curve_name = None, "projection (energy plans)"
-        if base_top1 is not None:
-            curve = project.curve_top1(state.cached_retention_curve(ctx.source.key, a), base_top1, ctx.loaded.num_classes,
-                                       proj.exponent if proj else project.DEFAULT_EXPONENT)
-        current = {"params_ratio": c.params_ratio, "top1": proj.top1} if proj is not None else None
-    fig = figures.projection_figure(curve, current, measure.measured(ctx), base_top1, 1.0 / ctx.loaded.num_classes, curve_name=curve_name)
+        energy, title = None, "Accuracy: projected vs measured"
+    else:  # no data-driven projection: measured points only, the energy kept on its own (labelled) axis
+        curve, curve_name, current = None, "", None
+        energy = {"curve": plans[["params_ratio", "retained"]], "current": {"params_ratio": c.params_ratio, "retained": live.proj.retained}}
+        title = "Accuracy measured (not projected yet)"
+    fig = figures.projection_figure(curve, current, measure.measured(ctx), base_top1, 1.0 / ctx.loaded.num_classes,
+                                    curve_name=curve_name, energy=energy, title=title)
     right.plotly_chart(fig, key="projection_chart")
     if live.sens.projector is not None:
         calibration(live)
@@ -368,16 +388,20 @@ def calibration(live: Live) -> None:
     points = tables.calibration_points(measure.measured(ctx), measure.measured_plans(ctx), projector)
     left, right = st.columns(2)
     left.plotly_chart(figures.calibration_figure(points), key="calibration_chart")
-    quick = points[points["kind"] == "quick evaluation"]
-    text = (f"**Projected vs measured** on the {live.sens.result.n} calibration images (the quick-evaluation subset): filled markers "
-            f"are today's projection (γ = {projector.gain:.2f}, fitted to {projector.n_fit} plan(s)), hollow ones what was "
-            "projected when the plan was measured. Points on the dashed diagonal are projected exactly.")
-    if len(quick):
-        rmse = float(((quick["projected"] - quick["top1"]) ** 2).mean() ** 0.5)
-        inside = int(((quick["top1"] >= quick["proj_lo"]) & (quick["top1"] <= quick["proj_hi"])).sum())
-        text += f"  \n{len(quick)} quick evaluation(s): RMS error {fmt.points(rmse, signed=False)}; {inside} inside the projection band."
+    score = tables.out_of_sample(points)
+    text = (f"**Projected vs measured** on the {fmt.count(live.sens.result.n)} calibration images (the quick-evaluation subset). "
+            "Filled markers: what was projected before each point was measured, with the ~95 % band shown then — the error "
+            f"and the coverage below are computed from these only. Hollow: today's projection (γ = {projector.gain:.2f}, refitted to "
+            f"{projector.n_fit} plan(s) including these points, so in-sample). Points on the dashed diagonal are projected exactly.")
+    if score["points"]:
+        text += (f"  \n{score['points']} quick evaluation(s), each projected before it was measured: mean |projected − measured| "
+                 f"{fmt.points(score['mae'], signed=False)} (RMS {fmt.points(score['rmse'], signed=False)}); "
+                 f"{score['inside']} of {score['banded']} inside the band shown beforehand.")
+    elif score["unscored"]:
+        text += (f"  \n{score['unscored']} quick evaluation(s) on these images were measured before there was a projection: "
+                 "nothing to score yet. Press *Quick evaluate* on a new plan to test the projection.")
     else:
-        text += "  \nNo quick evaluation on these images yet: press *Quick evaluate* to add points (each one refits γ)."
+        text += "  \nNo quick evaluation on these images yet: press *Quick evaluate* to test the projection (each point then refits γ)."
     right.markdown(text)
 
 

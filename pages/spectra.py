@@ -1,36 +1,74 @@
-"""Spectra page: per-layer singular values, EVBMF threshold, chosen rank, retained energy; overview."""
+"""Spectra page: per-layer singular values, VBMF threshold, planned rank, retained energy; overview.
+
+Words used in the text, the metrics and the chart legend alike: **VBMF rank** (what EVBMF finds),
+**planned rank** (the current plan's, set on the Ranks page) and **full rank** (the mode's number of
+singular values, the smaller side of its unfolding). Ranks are written ``r / full rank``; a planned
+rank above the full rank (more channels than singular values) is clipped to it and said so.
+"""
 
 import streamlit as st
 
 from lrviz import energy_curve, figures, fmt, tables
+from lrviz.cost import layer_params
 from pages import _state as state
 
 CAPTION = (
     "Singular values of each layer's unfoldings (Tucker-2: mode-0 = output channels, mode-1 = input "
-    "channels; 1×1 convs and linear layers: the matrix). Dashed: the EVBMF threshold — values above it "
-    "are signal. Diamond: the rank of the current plan (set on the Ranks page). Dotted, right axis: "
-    "energy kept, Σᵢ≤ᵣ σᵢ² / Σ σᵢ²."
+    "channels; 1×1 convs and linear layers: the matrix). Dashed: the VBMF threshold — values above it "
+    "are signal, their count is the VBMF rank. Diamond: the planned rank (the current plan, set on the "
+    "Ranks page). Ranks read *r / full rank*, the full rank being the mode's number of singular values. "
+    "Dotted, right axis: energy kept, Σᵢ≤ᵣ σᵢ² / Σ σᵢ²."
 )
 
 
+def default_layer(a) -> str:
+    """The layer the page opens on: the decomposable layer with the most parameters whose spectrum is
+    not trivial (more than one singular value in every mode, e.g. not a 1-channel stem); ties go to
+    the first. Falls back to the largest layer."""
+    informative = [l for l in a.layers if l.name in a.spectra and all(figures.mode_full_rank(a, l.name, m) > 1 for m in a.spectra[l.name].modes)]
+    pool = informative or list(a.layers)
+    best = max(pool, key=layer_params)  # max keeps the first of equals
+    return best.name
+
+
+def _layer_label(a, n: str) -> str:
+    l = a.layer(n)
+    full = [figures.mode_full_rank(a, n, m) for m in a.spectra[n].modes]
+    vb = ", ".join(f"{r} / {f}" for r, f in zip(a.vbmf_ranks(n), full))
+    return f"{n}  ({l.kind} {'×'.join(map(str, l.weight_shape))}, VBMF rank {vb})"
+
+
 def layer_tab(a, ranks) -> None:
-    name = st.selectbox("Layer", [l.name for l in a.layers], key="spectra_layer",
-                        format_func=lambda n: f"{n}  ({a.layer(n).kind}, VBMF {', '.join(map(str, a.vbmf_ranks(n)))})")
-    st.plotly_chart(figures.spectrum_figure(a, name, ranks.get(name)), key="spectrum_chart")
+    names = [l.name for l in a.layers]
+    default = default_layer(a)
+    if st.session_state.get("spectra_layer") not in names:
+        st.session_state.pop("spectra_layer", None)  # another model: open on its default layer
+    name = st.selectbox("Layer", names, index=names.index(default), key="spectra_layer", format_func=lambda n: _layer_label(a, n),
+                        help="opens on the largest layer with a non-trivial spectrum")
+    planned = ranks.get(name)
+    st.plotly_chart(figures.spectrum_figure(a, name, planned), key="spectrum_chart")
     vb = a.vbmf[name]
     for col, (i, (mode, res)) in zip(st.columns(len(vb)), enumerate(vb.items())):
-        r = ranks[name][i]
+        full = figures.mode_full_rank(a, name, mode)
+        asked = int(planned[i]) if planned is not None else full
+        r = figures.planned_rank(a, name, mode, asked)
         curve = energy_curve(a.spectra[name].values[mode])
         energy = float(curve[min(r, len(curve)) - 1])
-        col.metric(f"{figures.MODE_NAMES[mode]}", f"VBMF rank {res.rank} / {min(res.shape)}",
-                   help=f"σ² = {res.sigma2:.4g}, threshold {res.threshold:.4g}, matrix {res.shape[0]}×{res.shape[1]}")
-        col.caption(f"current rank {r}: keeps {fmt.percent(energy)} of the energy · σ² = {res.sigma2:.3g}")
+        col.metric(f"{figures.MODE_NAMES[mode]}", f"VBMF rank {res.rank} / {full}",
+                   help=f"σ² = {res.sigma2:.4g}, threshold {res.threshold:.4g}, unfolding {res.shape[0]}×{res.shape[1]}: "
+                        f"full rank {full} (its number of singular values)")
+        text = f"planned rank {r} / {full}: keeps {fmt.percent(energy)} of the energy"
+        if asked > full:
+            text += f" (the plan's {asked} channels exceed the {full} singular values: this mode is kept whole)"
+        col.caption(f"{text} · σ² = {res.sigma2:.3g}")
 
 
 def overview_tab(a) -> None:
     st.plotly_chart(figures.spectra_heatmap(a), key="spectra_heatmap")
-    st.dataframe(tables.spectra_table(a), hide_index=True, width="stretch")
-    st.caption("σ²: EVBMF noise variance; energy kept: fraction of Σσ² retained at the VBMF rank (per mode).")
+    table = tables.spectra_table(a)
+    st.dataframe(table, hide_index=True, width="stretch", height=state.table_height(len(table)))
+    st.caption("Per mode: full rank (number of singular values), VBMF rank, σ² (EVBMF noise variance) and energy kept (fraction "
+               "of Σσ² retained at the VBMF rank).")
 
 
 def render() -> None:

@@ -123,19 +123,25 @@ def test_every_page_runs_on_the_demo():
         assert at.title, page
 
 
-def test_slider_move_updates_cost_and_projection_and_is_fast():
+def energy_kept_shown(at: AppTest) -> float:
+    """The energy kept Π q the Ranks page shows (as an ordering of plans) under its metrics."""
+    return float(re.search(r"Energy kept Π q = ([\d.e-]+)", caption_with(at, "Energy kept Π q")).group(1))
+
+
+def test_slider_move_updates_cost_and_energy_kept_and_is_fast(monkeypatch):
+    monkeypatch.setenv("LRVIZ_NO_BUNDLED_SENSITIVITIES", "1")
     at = goto(new_app(), "pages/ranks.py")
-    at.number_input(key="proj_base_pct").set_value(90.0)  # a known baseline: the projection is defined
+    at.number_input(key="proj_base_pct").set_value(90.0)  # a known baseline: still no projection without sensitivities
     ok(at.run())
     mid = ctx_of(at).model_id
     analysis_obj, model_obj = ctx_of(at).analysis, ctx_of(at).loaded
-    before = (metric(at, "Params"), metric(at, "MACs / image"), metric(at, "FLOPs / image"), metric(at, "Projected top-1"))
-    assert before[3] == "90.0%"  # full rank: projection equals the baseline
+    before = (metric(at, "Params"), metric(at, "MACs / image"), metric(at, "FLOPs / image"), energy_kept_shown(at))
+    assert before[3] == 1.0 and metric(at, "Projected top-1") == "not projected yet"
     at.slider(key=slider_key(mid, "layer2.0.conv2", 0)).set_value(4)
     ok(at.run())
-    after = (metric(at, "Params"), metric(at, "MACs / image"), metric(at, "FLOPs / image"), metric(at, "Projected top-1"))
+    after = (metric(at, "Params"), metric(at, "MACs / image"), metric(at, "FLOPs / image"), energy_kept_shown(at))
     assert all(a != b for a, b in zip(before, after)), (before, after)
-    assert float(after[3].rstrip("%")) < 90.0
+    assert after[3] < 1.0 and metric(at, "Projected top-1") == "not projected yet"
 
     # rerun time of a slider move (the whole app script, AppTest overhead included)
     walls, renders = [], []
@@ -198,13 +204,8 @@ def test_quick_evaluation_gives_an_accuracy_with_interval():
     rows = at.session_state["_measured"]
     (points,) = [v for k, v in rows.items() if k[2] == QUICK_N]
     assert points and 0.0 <= points[-1]["top1"] <= 1.0 and points[-1]["lo"] <= points[-1]["top1"] <= points[-1]["hi"]
-    # calibrating the projection exponent to the measured point(s) keeps the page working
-    at.number_input(key="proj_base_pct").set_value(95.0)
-    at.toggle(key="calibrate_alpha").set_value(True)
-    ok(at.run())
-    assert metric(at, "Projected top-1").endswith("%")
-    at.toggle(key="calibrate_alpha").set_value(False)
-    ok(at.run())
+    # nothing was projected before it was measured (no sensitivities at this size): nothing is stored as if
+    assert points[-1]["projected"] is None and points[-1]["projected_calib"] is None and points[-1]["calib_lo"] is None
 
 
 def test_compare_save_load_and_sweep():
@@ -391,7 +392,7 @@ def test_program_upload_is_analysed_but_not_decomposed(tmp_path):
     assert metric(at, "Parameters") == fmt.human(sum(p.numel() for p in loaded.module.parameters()))
     at.button(key="model_eval_btn").click()
     ok(at.run())
-    assert "%" in metric(at, "Top-1 on Fashion-MNIST sample (2,000)")
+    assert "%" in metric(at, f"Top-1 on {QUICK_N} of 2,000 images")  # the images it was measured on
     goto(at, "pages/ranks.py")
     assert any("cannot be decomposed" in i.value or "not decomposed" in i.value for i in at.info), [i.value for i in at.info]
 
@@ -399,20 +400,22 @@ def test_program_upload_is_analysed_but_not_decomposed(tmp_path):
 # ---- layer sensitivities, sensitivity projection, budget solver, strategy sweep -------------------------
 
 
-def test_ranks_without_sensitivities_uses_the_energy_proxy():
+def test_ranks_without_sensitivities_is_not_projected(monkeypatch):
+    monkeypatch.setenv("LRVIZ_NO_BUNDLED_SENSITIVITIES", "1")
     at = goto(new_app(), "pages/ranks.py")
     at.number_input(key="proj_base_pct").set_value(90.0)
     ok(at.run())
-    cap = caption_with(at, "Projection basis: **energy proxy (data-free)**")
-    assert "measure sensitivities for a calibrated projection" in cap
-    assert metric(at, "Projected top-1") == "90.0%"  # no interval on the proxy basis
+    assert metric(at, "Projected top-1") == "not projected yet"  # never the energy proxy as an accuracy
+    assert "ordering" in caption_with(at, "Energy kept Π q") and not any("energy proxy" in c.value for c in at.caption)
     assert at.button(key="sens_measure").label == f"Measure sensitivities ({QUICK_N} images)" and not at.button(key="sens_measure").disabled
+    assert f"press *Measure sensitivities ({QUICK_N} images)*" in caption_with(at, "not projected yet")  # offered under the metric
     assert at.button(key="preset_solve").disabled
     caption_with(at, "Needs complete layer sensitivities")
     assert any("Not measured yet" in m.value for m in at.markdown), [m.value for m in at.markdown]
 
 
-def test_measure_sensitivities_in_the_background_and_stop():
+def test_measure_sensitivities_in_the_background_and_stop(monkeypatch):
+    monkeypatch.setenv("LRVIZ_NO_BUNDLED_SENSITIVITIES", "1")
     at = goto(new_app(STOP_N), "pages/ranks.py")
     at.button(key="sens_measure").click()
     ok(at.run())
@@ -430,7 +433,8 @@ def test_measure_sensitivities_in_the_background_and_stop():
     res = job.result
     assert res is not None and not res.complete and 1 <= len({name for name, _ in res.curves}) < len(res.layers)
     assert any("Partly measured" in m.value for m in at.markdown), [m.value for m in at.markdown]
-    caption_with(at, "energy proxy (data-free)")  # incomplete: still the proxy
+    assert metric(at, "Projected top-1") == "not projected yet"  # incomplete: still no projection
+    caption_with(at, "only partly measured")
     assert at.button(key="preset_solve").disabled and not at.button(key="sens_measure").disabled  # a new run resumes
 
 
@@ -446,16 +450,27 @@ def test_ranks_with_sensitivities_projects_with_an_interval_and_calibrates(demo_
     assert m, shown
     top1, lo, hi = (float(v) for v in m.groups())
     assert lo <= top1 <= hi and lo < hi
+    assert re.fullmatch(r"[-+]\d+\.\d pts vs original", metric_delta(at, "Projected top-1")), metric_delta(at, "Projected top-1")
     cap = caption_with(at, "Projection basis: **sensitivities**")
     assert f"measured on {SENS_N} calibration images" in cap and "fitted to 3 measured plan(s)" in cap  # the 3 anchors
-    # a quick evaluation on the same images: stored with its projection, and γ is refitted with it
+    # a quick evaluation on the same images: stored with the projection and band shown before it was
+    # measured, then γ is refitted with it
     at.button(key="quick_eval").click()
     ok(at.run())
     rows = at.session_state["_measured"][(ctx_of(at).model_id, ctx_of(at).data_key, SENS_N)]
-    assert rows[-1]["basis"] == "sensitivities" and rows[-1]["projected_calib"] == pytest.approx(top1 / 100, abs=5e-4)
-    assert json.loads(rows[-1]["plan_json"])["layers"]
+    row = rows[-1]
+    assert row["basis"] == "sensitivities" and row["projected_calib"] == pytest.approx(top1 / 100, abs=5e-4)
+    assert row["calib_lo"] == pytest.approx(lo / 100, abs=5e-4) and row["calib_hi"] == pytest.approx(hi / 100, abs=5e-4)
+    assert row["proj_lo"] == pytest.approx(lo / 100, abs=5e-4) and row["proj_hi"] == pytest.approx(hi / 100, abs=5e-4)
+    assert json.loads(row["plan_json"])["layers"]
     caption_with(at, "fitted to 4 measured plan(s)")
-    assert any("Projected vs measured" in m.value and "1 quick evaluation" in m.value for m in at.markdown)
+    # coverage and error come from the stored pre-measurement values, not from the refitted projector
+    text = next(m.value for m in at.markdown if "Projected vs measured" in m.value)
+    assert "before each point was measured" in text and "1 quick evaluation" in text, text
+    inside = int(row["calib_lo"] <= row["top1"] <= row["calib_hi"])
+    assert f"{inside} of 1 inside the band shown beforehand" in text, text
+    mae = fmt.points(abs(row["projected_calib"] - row["top1"]), signed=False)
+    assert f"mean |projected − measured| {mae}" in text, text
     assert len(at.get("plotly_chart")) >= 3  # bars, projection, projected-vs-measured
     # slider moves keep using the cached projector (no refit, no reload)
     store = at.session_state["_lrviz_ctx"]

@@ -117,3 +117,34 @@ def test_imagefolder_of_non_images_gives_an_error(tmp_path):
     at.text_input(key="imagefolder_path").set_value(str(tmp_path / "missing"))
     ok(at.run())
     assert errors(at)
+
+
+def _truncated_state_dict() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(64, 64)}, buf)
+    data = buf.getvalue()
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize("kind, filename, data", [
+    ("state_dict", "bad-pickle.pt", b"\x80\x02e."),  # torch.load fails inside the unpickler: "IndexError: pop from empty list"
+    ("state_dict", "truncated.pt", _truncated_state_dict()),  # miniz: "failed finding central directory"
+    ("program", "garbage.pt2", b"PK\x03\x04" + bytes(range(256)) * 4),
+])
+def test_a_bad_upload_gives_one_clear_error(kind, filename, data):
+    at = new_app()
+    if kind == "program":
+        at.radio(key="model_kind").set_value("program")
+        ok(at.run())
+        at.file_uploader(key="pt2_upload").set_value((filename, data, "application/octet-stream"))
+    else:
+        at.radio(key="builtin_weights").set_value("upload")
+        ok(at.run())
+        at.file_uploader(key="sd_upload_builtin").set_value((filename, data, "application/octet-stream"))
+    ok(at.run())
+    shown = [e.value for e in at.error]
+    assert len(shown) == 1, shown  # once, on the page (not again in the sidebar)
+    (msg,) = shown
+    assert filename in msg and msg.count("\n") == 0, msg
+    for internal in ("IndexError", "RuntimeError", "pop from empty list", "miniz", "Traceback"):
+        assert internal not in msg, msg

@@ -262,18 +262,21 @@ def test_spectrum_figure_draws_the_layer_spectra(demo):
         sigma = by_name[f"σ {figures.MODE_NAMES[mode]}"]
         assert list(sigma.x) == list(range(1, len(s) + 1)) and np.allclose(sigma.y, s)  # the singular values themselves
         assert np.allclose(by_name[f"energy {figures.MODE_NAMES[mode]}"].y, lrviz.energy_curve(s))
-        chosen = by_name[f"chosen rank {mode} = {r}"]
+        chosen = by_name[f"planned rank {mode} = {r} / {len(s)}"]
         assert list(chosen.x) == [r] and chosen.y[0] == pytest.approx(s[r - 1])
         vb = a.vbmf[name][mode]
         if vb.threshold > 0:
-            assert list(by_name[f"EVBMF threshold {mode} (rank {vb.rank})"].y) == [vb.threshold, vb.threshold]
+            assert list(by_name[f"VBMF threshold {mode} (VBMF rank {vb.rank} / {len(s)})"].y) == [vb.threshold, vb.threshold]
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.title.text == "singular value (log)"
     assert fig.layout.yaxis2.title.text == "retained energy" and fig.layout.xaxis.title.text == "index (rank)"
     assert fig.layout.title.text.startswith(name)
-    # a rank above the number of singular values (the 1-channel stem's input mode) is clipped to it
+    # a rank above the number of singular values (the stem: 16 output channels, 9 = 1·3·3 singular values)
+    # is clipped to it, and the legend says it with the same words as the Spectra page: rank / full rank
     stem = figures.spectrum_figure(a, "conv1", (16, 1))
-    n_in = len(a.spectra["conv1"].values["in"])
-    assert all(t.x[0] <= n_in for t in stem.data if t.name.startswith("chosen rank in"))
+    n_out = figures.mode_full_rank(a, "conv1", "out")
+    assert n_out == len(a.spectra["conv1"].values["out"]) == 9 and figures.planned_rank(a, "conv1", "out", 16) == 9
+    (marker,) = [t for t in stem.data if t.name.startswith("planned rank out")]
+    assert marker.name == "planned rank out = 9 / 9" and list(marker.x) == [9]
 
 
 def test_heatmap_and_cost_bars_show_the_analysis(demo):
@@ -297,7 +300,7 @@ def test_heatmap_and_cost_bars_show_the_analysis(demo):
 def test_projection_figure_with_measured_points():
     measured = [{"params_ratio": 2.0, "top1": 0.5, "lo": 0.4, "hi": 0.6, "label": "x", "projected": 0.55}]
     fig = figures.projection_figure(None, {"params_ratio": 2.0, "top1": 0.5}, measured, 0.9, 0.1)
-    assert [t.name for t in fig.data] == ["measured (95 % CI)", "projected when measured", "current plan (projected)"]
+    assert [t.name for t in fig.data] == ["measured (95 % CI)", "projected before it was measured", "current plan (projected)"]
     m = fig.data[0]
     assert list(m.x) == [2.0] and list(m.y) == [0.5] and list(m.error_y.array) == pytest.approx([0.1])
     assert list(m.error_y.arrayminus) == pytest.approx([0.1]) and list(fig.data[1].y) == [0.55]
@@ -321,7 +324,7 @@ def test_pareto_finetune_and_before_after_figures():
     assert list(ft.data[0].x) == [0.5] and list(ft.data[2].y) == [0.5] and ft.data[2].yaxis == "y2"
     assert len(figures.finetune_figure(*tables.finetune_history([])).data) == 0
     bars = figures.before_after_figure([{"metric": "size", "before": 2, "after": 1}, {"metric": "FLOPs", "before": 4, "after": 1}])
-    assert list(bars.data[0].y) == [100.0, 100.0] and list(bars.data[1].y) == [50.0, 25.0] and list(bars.data[1].text) == ["50 %", "25 %"]
+    assert list(bars.data[0].y) == [100.0, 100.0] and list(bars.data[1].y) == [50.0, 25.0] and list(bars.data[1].text) == ["50%", "25%"]
 
 
 def test_percent_and_points_formatting():
@@ -329,6 +332,10 @@ def test_percent_and_points_formatting():
     assert fmt.percent(-0.023, signed=True) == "-2.3%" and fmt.percent(0.01, signed=True) == "+1.0%"
     assert fmt.percent_range(0.8, 0.9) == "80.0–90.0%" and fmt.points(-0.004) == "-0.4 points"
     assert fmt.points(0.012, signed=False) == "1.2 points" and fmt.points(0.012) == "+1.2 points"
+    assert fmt.points(-0.0123, unit="pts") == "-1.2 pts"
+    assert fmt.count(2000) == "2,000" and fmt.count(500) == "500" and fmt.count(1234567.0) == "1,234,567"
+    assert fmt.seconds(25.9855) == "26 s" and fmt.seconds(3.456) == "3.5 s" and fmt.seconds(0.0123) == "12 ms"
+    assert fmt.seconds(754) == "12 min 34 s" and fmt.seconds(9.96) == "10 s"
 
 
 def test_report_is_self_contained(demo):
@@ -420,14 +427,18 @@ def test_calibration_figure_traces():
         {"kind": "anchor", "label": "anchor", "plan_key": None, "top1": 0.9, "lo": 0.85, "hi": 0.95, "n": 100, "projected": 0.9,
          "proj_lo": 0.86, "proj_hi": 0.94, "projected_then": math.nan},
     ])
+    pts["then_lo"] = [0.8, math.nan, math.nan]
+    pts["then_hi"] = [0.92, math.nan, math.nan]
     fig = figures.calibration_figure(pts)
     names = [t.name for t in fig.data]
     assert names[0].startswith("y = x") and fig.data[0].x[0] == fig.data[0].y[0] and fig.data[0].x[1] == fig.data[0].y[1]
-    quick = next(t for t in fig.data if t.name.startswith("quick evaluations"))
-    assert list(quick.x) == [0.82, 0.55] and list(quick.y) == [0.8, 0.6] and quick.error_y.array is not None and quick.error_x.array is not None
+    # quick evaluations sit at what was projected *before* they were measured, with that band
+    before = next(t for t in fig.data if t.name == "quick evaluations (projected before measuring)")
+    assert list(before.x) == [0.86] and list(before.y) == [0.8] and before.marker.symbol == "circle"
+    assert list(before.error_x.array) == pytest.approx([0.06]) and list(before.error_x.arrayminus) == pytest.approx([0.06])
+    now = next(t for t in fig.data if "projected now" in t.name)  # today's (refitted, in-sample) projection: hollow
+    assert list(now.x) == [0.82, 0.55] and now.marker.symbol == "circle-open" and "in-sample" in now.name
     assert any(t.name.startswith("anchors") for t in fig.data)
-    then = next(t for t in fig.data if t.name == "projected when measured")
-    assert list(then.x) == [0.86] and then.marker.symbol == "circle-open"
     assert fig.layout.xaxis.range[0] <= 0.45 and fig.layout.xaxis.range[1] >= 0.95
     empty = figures.calibration_figure(pd.DataFrame(columns=tables.CALIBRATION_COLUMNS))
     assert len(empty.data) == 1  # just the diagonal
