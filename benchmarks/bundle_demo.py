@@ -1,6 +1,13 @@
-"""Bundle the demo networks into lrviz/assets with their model card.
+"""Bundle the demo networks and the Fashion-MNIST samples into lrviz/assets with their model card.
 
     python benchmarks/bundle_demo.py [--run runs/overparam]
+    python benchmarks/bundle_demo.py --samples-only
+
+Redraws the two bundled samples from the full Fashion-MNIST idx files (the Debian package
+``dataset-fashion-mnist``; :func:`lrviz.data_fashion_mnist.write_sample`): ``fashion-mnist-sample``
+(2,000 test images, 200 per class) and ``fashion-mnist-train-sample`` (3,000 train images, 300 per
+class, what the dashboard fine-tunes on offline), each the first N of every class in a seed-0
+permutation of its split. ``--samples-only`` stops there.
 
 Takes ``RUN/model.pt`` (trained by ``lrviz train demo --regime overparam ...``, see
 ``benchmarks/train_regimes.sh``) as ``demo``, and ``RUN/vbmf_finetuned.pt`` + ``RUN/vbmf_plan.json``
@@ -23,6 +30,7 @@ import torch  # noqa: E402
 
 import lrviz  # noqa: E402
 from lrviz.data import get_dataset  # noqa: E402
+from lrviz.data_fashion_mnist import write_sample  # noqa: E402
 from lrviz.evaluate import evaluate  # noqa: E402
 
 ASSETS = Path(lrviz.__file__).parent / "assets"
@@ -31,7 +39,13 @@ ASSETS = Path(lrviz.__file__).parent / "assets"
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="runs/overparam")
+    ap.add_argument("--samples-only", action="store_true", help="only redraw the bundled Fashion-MNIST samples")
     args = ap.parse_args()
+    for split in ("test", "train"):
+        path = write_sample(split)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if args.samples_only:
+        return
     run = Path(args.run)
     hist = json.loads((run / "history.json").read_text())
     shutil.copy(run / "model.pt", ASSETS / "demo.pt")
@@ -41,7 +55,8 @@ def main():
 
     full = get_dataset("fashion-mnist")
     sample = get_dataset("fashion-mnist-sample")
-    card = {"data": "Fashion-MNIST (Zalando Research, MIT licence): 60k train / 10k test; sample = 2,000 test images, 200 per class (seed 0)",
+    card = {"data": "Fashion-MNIST (Zalando Research, MIT licence): 60k train / 10k test; sample = 2,000 test images, 200 per class "
+                    "(seed 0); train sample = 3,000 train images, 300 per class (seed 0)",
             "train_command": "lrviz train demo --weights none --regime overparam --epochs 10 --seed 0 --data fashion-mnist --out runs/overparam",
             "train_config": hist["config"],
             "compress_command": "python benchmarks/paper_table.py (VBMF plan, stem conv1 and classifier fc kept dense, 3 epochs fine-tuning, lr 0.01, last epoch kept)",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 
@@ -58,8 +59,16 @@ def _progress(prefix: str, every: int = 1):
     return cb
 
 
+_INT_LIST = re.compile(r"\[(\s*-?\d+(?:,\s*-?\d+)*\s*)\]")
+
+
+def _json_text(doc) -> str:
+    """``json.dumps(doc, indent=1)`` with lists of integers on one line (index lists stay readable)."""
+    return _INT_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", json.dumps(doc, indent=1))
+
+
 def _write_json(path, doc) -> None:
-    write_file(path, json.dumps(doc, indent=1).encode())
+    write_file(path, _json_text(doc).encode())
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -71,28 +80,34 @@ def _load(args):
     return load_model(args.model, weights=args.weights, input_size=args.input_size, num_classes=args.num_classes)
 
 
-def _dataset(args, loaded, split="test", augment=False):
+def _dataset(args, loaded, split="test", augment=False, name=None):
     from .data import get_dataset
 
+    name = name or args.data
     resize = tuple(args.resize) if args.resize else None
     kw = dict(root=args.data_root, grayscale=args.grayscale, mean=args.mean, std=args.std, augment=augment)
-    ds = get_dataset(args.data, split, resize=resize, **kw)
+    ds = get_dataset(name, split, resize=resize, **kw)
     want = tuple(loaded.input_size)
     got = tuple(getattr(ds, "input_size", want))
     resized_from = None
     if resize is None and got[1:] != want[1:]:
         resized_from = got[1:]
-        ds = get_dataset(args.data, split, resize=want[1:], **kw)
+        ds = get_dataset(name, split, resize=want[1:], **kw)
         got = tuple(getattr(ds, "input_size", want))
     if got[0] != want[0]:
         fix = "--grayscale" if want[0] == 1 else f"a dataset with {want[0]} channels"
-        raise LrvizError(f"dataset {args.data} has {got[0]} channel(s) but model {loaded.name} expects {want[0]}; use {fix} "
+        raise LrvizError(f"dataset {name} has {got[0]} channel(s) but model {loaded.name} expects {want[0]}; use {fix} "
                          "or another --input-size")
     if getattr(ds, "num_classes", loaded.num_classes) > loaded.num_classes:
-        raise LrvizError(f"dataset {args.data} has {ds.num_classes} classes but the model outputs {loaded.num_classes}; pass --num-classes")
-    if resized_from is not None:
-        print(f"resizing {args.data} images {resized_from} to the model's {want[1:]}", file=sys.stderr)
+        raise LrvizError(f"dataset {name} has {ds.num_classes} classes but the model outputs {loaded.num_classes}; pass --num-classes")
+    if resized_from is not None and not augment:
+        print(f"resizing {name} images {resized_from} to the model's {want[1:]}", file=sys.stderr)
     return ds
+
+
+def _training_data(args, loaded, name=None):
+    """``(plain, augmented)`` views of the training images (the ``train`` split of ``name``)."""
+    return _dataset(args, loaded, split="train", name=name), _dataset(args, loaded, split="train", augment=True, name=name)
 
 
 def _plan_kwargs(args) -> dict:
@@ -183,6 +198,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compress(args) -> int:
+    from .data import finetune_splits
     from .decompose import compress
     from .evaluate import evaluate
     from .export import save_program
@@ -190,22 +206,32 @@ def cmd_compress(args) -> int:
 
     if args.finetune and not args.data:
         raise LrvizError("--finetune needs --data (the training split is used)")
+    if args.train_data and not args.finetune:
+        raise LrvizError("--train-data is the data to fine-tune on: it needs --finetune EPOCHS")
     out = check_dir_target(args.out, "--out", force=args.force, owned=COMPRESS_FILES)
     loaded = _load(args)
     if not loaded.decomposable:
         raise LrvizError(f"{args.model} is an exported program: it has no modules to decompose (evaluate and cost only)")
     test = _dataset(args, loaded) if args.data else None
-    train = _dataset(args, loaded, split="train", augment=True) if args.finetune else None
+    splits = None
+    if args.finetune:
+        # train / validation (best epoch) / evaluation, pairwise disjoint: nothing reported was trained on or selected on
+        plain, augmented = _training_data(args, loaded, args.train_data)
+        splits = finetune_splits(test, plain, augmented=augmented, train_limit=args.train_limit, val_limit=args.val_limit,
+                                 eval_limit=args.limit)
+        test = splits.eval.dataset
+        print(f"[finetune] {splits.description}", file=sys.stderr, flush=True)
+    limit = None if splits is not None else args.limit
     a, plan = _analysis_and_plan(args, loaded, progress=_progress("analyze", every=10))
     cost = plan_cost(a, plan)
     small = compress(loaded.module, plan, progress=_progress("decompose", every=10))
     metrics = cost.to_dict()
     if test is not None:
-        acc0 = evaluate(loaded.module, test, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate original", every=10))
-        acc1 = evaluate(small, test, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate compressed", every=10))
+        acc0 = evaluate(loaded.module, test, limit=limit, batch_size=args.batch_size, progress=_progress("evaluate original", every=10))
+        acc1 = evaluate(small, test, limit=limit, batch_size=args.batch_size, progress=_progress("evaluate compressed", every=10))
         metrics["accuracy"] = {"original": acc0.to_dict(), "compressed": acc1.to_dict()}
         print(f"top-1 original {acc0.top1:.2%}, compressed {acc1.top1:.2%} (n={acc1.n})")
-        if args.finetune:
+        if splits is not None:
             from .train import finetune
 
             def cb(ev):
@@ -215,18 +241,20 @@ def cmd_compress(args) -> int:
                 elif ev["step"] % 50 == 0:
                     print(f"[finetune] epoch {ev['epoch']} step {ev['step']}/{ev['steps']} loss {ev['loss']:.4f}", file=sys.stderr, flush=True)
 
-            res = finetune(small, train, epochs=args.finetune, lr=args.lr, val_set=test, val_limit=args.val_limit,
-                           teacher=loaded.module if args.distill else None, progress=cb, train_limit=args.train_limit)
+            res = finetune(small, splits.train.dataset, epochs=args.finetune, lr=args.lr, val_set=splits.val.dataset, val_limit=None,
+                           teacher=loaded.module if args.distill else None, progress=cb)
             small = res.model
-            acc2 = evaluate(small, test, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate fine-tuned", every=10))
+            acc2 = evaluate(small, test, batch_size=args.batch_size, progress=_progress("evaluate fine-tuned", every=10))
             metrics["accuracy"]["compressed_before_finetune"] = metrics["accuracy"]["compressed"]
             metrics["accuracy"]["compressed"] = acc2.to_dict()
-            metrics["finetune"] = {"epochs_run": len(res.history), "best_epoch": res.best_epoch, "lr": args.lr, "distill": bool(args.distill)}
-            print(f"after fine-tuning ({len(res.history)} epochs, best {res.best_epoch}): top-1 {acc2.top1:.2%}")
+            metrics["finetune"] = {"epochs_run": len(res.history), "best_epoch": res.best_epoch, "lr": args.lr, "distill": bool(args.distill),
+                                   "val_top1": res.best_val_top1, "data": splits.record()}
+            print(f"after fine-tuning ({len(res.history)} epochs, best {res.best_epoch} on {splits.val.n:,} validation images): "
+                  f"top-1 {acc2.top1:.2%} on {acc2.n:,} {'held-out ' if splits.held_out else ''}{splits.eval.what} never used for training or selection")
     write_dir(out, {
         "plan.json": lambda path: path.write_text(plan.to_json()),
         "model.pt2": lambda path: save_program(small, loaded.input_size, path),
-        "metrics.json": lambda path: path.write_text(json.dumps(metrics, indent=1)),
+        "metrics.json": lambda path: path.write_text(_json_text(metrics)),
     })
     print(f"plan {args.plan}: params {cost.params:,} -> {cost.params_planned:,} ({cost.params_ratio:.2f}x), "
           f"MACs {cost.macs:,} -> {cost.macs_planned:,} ({cost.macs_ratio:.2f}x); FLOPs = 2 x MACs")
@@ -249,6 +277,13 @@ def cmd_train(args) -> int:
     args.resize = args.resize if hasattr(args, "resize") else None
     train = _dataset(args, loaded, split="train", augment=True)
     test = _dataset(args, loaded, split="test")
+    data_record = None
+    from .data import finetune_splits, same_images
+
+    if same_images(train, test):  # one labelled set (an ImageFolder): monitor on images held out of training
+        splits = finetune_splits(test, _dataset(args, loaded, split="train"), augmented=train)
+        train, test, data_record = splits.train.dataset, splits.val.dataset, splits.record()
+        print(f"[train] {splits.description}", file=sys.stderr, flush=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -265,7 +300,9 @@ def cmd_train(args) -> int:
     write_file(out / "model.pt", lambda f: torch.save(model.state_dict(), f), "--out")
     doc = {"command": "lrviz " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("lrviz") else None, "model": args.model,
            "config": cfg.__dict__, "history": history}
-    write_file(out / "history.json", json.dumps(doc, indent=1).encode(), "--out")
+    if data_record is not None:
+        doc["data"] = data_record
+    write_file(out / "history.json", _json_text(doc).encode(), "--out")
     print(f"wrote {out / 'model.pt'} (state_dict, regime {cfg.regime}); final val top-1 {history[-1]['val_top1']:.2%}")
     return 0
 
@@ -392,6 +429,12 @@ def cmd_sweep(args) -> int:
     proj = _projector(_sensitivities(args, loaded)) if "solver" in strategies or not args.no_projection else None
     ds = _dataset(args, loaded, split=args.split)
     train = _dataset(args, loaded, split="train", augment=True) if args.finetune_epochs else None
+    from .data import finetune_splits, same_images
+
+    if train is not None and same_images(train, ds):  # one labelled set: fine-tune on a part the sweep never measures
+        splits = finetune_splits(ds, _dataset(args, loaded, split="train"), augmented=train)
+        ds, train = splits.eval.dataset, splits.train.dataset
+        print(f"[sweep] {splits.description}", file=sys.stderr, flush=True)
     df = sweep(a, loaded.module, ds, targets, metric=args.metric, strategies=strategies, projector=proj,
                limit=args.limit if args.limit is not None else 1000, snap=args.snap, finetune_epochs=args.finetune_epochs,
                train_set=train, finetune_limit=args.train_limit, progress=_progress("sweep"))
@@ -435,10 +478,15 @@ def _add_compress(sub) -> None:
     c.add_argument("--out", required=True, metavar="DIR", help="new or empty folder for model.pt2, plan.json, metrics.json")
     c.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing lrviz's files there")
     add_data_args(c, required=False)
-    c.add_argument("--finetune", type=count_or_zero, default=0, metavar="EPOCHS", help="fine-tune on the training split after decomposing")
+    c.add_argument("--finetune", type=count_or_zero, default=0, metavar="EPOCHS",
+                   help="fine-tune after decomposing: on the training split (minus a validation part that picks the best epoch); "
+                        "accuracies are reported on --data's test split, or on a held-out part when --data is one labelled set")
+    c.add_argument("--train-data", metavar="NAME", help="data to fine-tune on (its train split; default: --data), e.g. the bundled "
+                                                        "fashion-mnist-train-sample")
     c.add_argument("--lr", type=positive_float, default=0.01, help="fine-tuning learning rate (cosine decay)")
     c.add_argument("--distill", action="store_true", help="distil from the uncompressed model while fine-tuning")
-    c.add_argument("--val-limit", type=positive_int, default=2000, metavar="N", help="test images used for early stopping")
+    c.add_argument("--val-limit", type=positive_int, default=2000, metavar="N",
+                   help="validation images (held out of the training data) that pick the best epoch")
     c.add_argument("--train-limit", type=positive_int, metavar="N", help="train on a subset of N images")
     c.set_defaults(func=cmd_compress)
 

@@ -7,6 +7,8 @@ Every dataset is built by name through :func:`get_dataset`. Names have the form 
     files are on disk, e.g. from the Debian package ``dataset-fashion-mnist``).
 ``fashion-mnist-sample``
     The 2,000-image test-set sample bundled with lrviz (works with nothing installed).
+``fashion-mnist-train-sample``
+    The 3,000-image *train*-set sample bundled with lrviz: what the dashboard fine-tunes on offline.
 ``imagefolder:DIR``
     A :class:`torchvision.datasets.ImageFolder` over ``DIR`` (one sub-folder per class).
 ``synthetic`` or ``synthetic:C,H,W,K,N``
@@ -15,10 +17,13 @@ Every dataset is built by name through :func:`get_dataset`. Names have the form 
 
 Items are ``(image, label)`` pairs: a normalised ``float32`` tensor of shape ``C x H x W`` and a
 Python ``int``. Every returned dataset has the attributes ``classes`` (list of str),
-``num_classes`` (int), ``input_size`` (tuple ``(C, H, W)``) and ``name`` (str).
+``num_classes`` (int), ``input_size`` (tuple ``(C, H, W)``), ``name`` (str) and ``split`` (the split
+loaded, or None for a kind with one labelled set whose split is ignored, such as ``imagefolder``).
 
-This module holds the registry of kinds (:func:`register_dataset`), :func:`get_dataset`, and the
-deterministic subsets and loaders every evaluation uses (:func:`subset`, :func:`make_loader`). Each
+This module holds the registry of kinds (:func:`register_dataset`), :func:`get_dataset`, the
+deterministic subsets and loaders every evaluation uses (:func:`subset`, :func:`make_loader`), and
+the leak-free split of fine-tuning data (:func:`finetune_splits`: train / validation / evaluation,
+pairwise disjoint, with the indices recorded). Each
 kind lives in its own module: :mod:`lrviz.data_fashion_mnist`, :mod:`lrviz.data_imagefolder`,
 :mod:`lrviz.data_synthetic`; the options they share (resize, grayscale, mean/std, augment) are checked
 and applied by :mod:`lrviz.data_transforms`.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -38,9 +44,11 @@ from .data_fashion_mnist import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     SAMPLE_PATH,
+    TRAIN_SAMPLE_PATH,
     cache_dir,
     fashion_mnist,
     fashion_mnist_sample,
+    fashion_mnist_train_sample,
 )
 from .data_imagefolder import IMAGENET_MEAN, IMAGENET_STD, imagefolder
 from .data_synthetic import synthetic
@@ -56,13 +64,22 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SAMPLE_PATH",
+    "TRAIN_SAMPLE_PATH",
+    "DataSplits",
     "DatasetSubset",
+    "SplitPart",
     "available_datasets",
     "cache_dir",
+    "finetune_splits",
     "get_dataset",
+    "images_label",
+    "overlaps",
     "make_loader",
     "register_dataset",
+    "same_images",
     "subset",
+    "subset_indices",
+    "train_data_name",
 ]
 
 #: A dataset factory receives the part of the name after ``:`` (or None) and the keyword
@@ -191,6 +208,11 @@ def get_dataset(
         std=std,
         augment=bool(augment),
     )
+    if not hasattr(dataset, "split"):  # kinds with one labelled set set it to None themselves
+        try:
+            dataset.split = split
+        except AttributeError:  # a dataset type that refuses attributes: no split known
+            pass
     logger.debug("Loaded dataset %s (%s split): %d items", name, split, len(dataset))
     return dataset
 
@@ -199,14 +221,14 @@ def get_dataset(
 # subsets and loaders
 # ----------------------------------------------------------------------------------------------
 
-_FORWARDED_ATTRS = ("classes", "num_classes", "input_size", "name")
+_FORWARDED_ATTRS = ("classes", "num_classes", "input_size", "name", "split")
 
 
 class DatasetSubset(Subset):
     """A :class:`torch.utils.data.Subset` that keeps the dataset attributes of its base.
 
-    ``classes``, ``num_classes``, ``input_size`` and ``name`` are copied from the base dataset
-    (when it has them).
+    ``classes``, ``num_classes``, ``input_size``, ``name`` and ``split`` are copied from the base
+    dataset (when it has them).
     """
 
     def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
@@ -257,9 +279,16 @@ def subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
     n = len(dataset)
     if limit >= n:
         return dataset
+    return DatasetSubset(dataset, subset_indices(n, limit, seed))
+
+
+def subset_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
+    """The positions :func:`subset` keeps of a dataset of ``n`` items (all of them, in order, when
+    ``limit`` is None or at least ``n``)."""
+    if limit is None or limit >= n:
+        return list(range(n))
     gen = torch.Generator().manual_seed(int(seed))
-    indices = torch.randperm(n, generator=gen)[: int(limit)].tolist()
-    return DatasetSubset(dataset, indices)
+    return torch.randperm(n, generator=gen)[: int(limit)].tolist()
 
 
 def make_loader(
@@ -310,10 +339,269 @@ def make_loader(
 
 
 # ----------------------------------------------------------------------------------------------
+# fine-tuning data: train / validation / evaluation, pairwise disjoint
+# ----------------------------------------------------------------------------------------------
+
+#: Evaluation datasets whose training counterpart is another dataset kind (the bundled test sample's
+#: is the bundled train sample; every other kind trains on its own ``train`` split).
+TRAIN_COUNTERPARTS = {"fashion-mnist-sample": "fashion-mnist-train-sample"}
+
+#: How the images of well-known (name, split) pairs are called in captions.
+_IMAGES = {
+    ("fashion-mnist-sample", "test"): "test-sample images",
+    ("fashion-mnist-train-sample", "train"): "train-sample images",
+    ("fashion-mnist", "test"): "Fashion-MNIST test images",
+    ("fashion-mnist", "train"): "Fashion-MNIST train images",
+}
+
+#: Default fractions of :func:`finetune_splits`.
+VAL_FRACTION = 0.2
+EVAL_FRACTION = 0.25
+
+
+def train_data_name(name: str) -> str:
+    """The dataset to fine-tune on when ``name`` is the evaluation data (its ``train`` split is used):
+    ``name`` itself, except the bundled test sample, whose counterpart is the bundled train sample."""
+    kind, sep, _ = str(name).strip().partition(":")
+    return TRAIN_COUNTERPARTS.get(kind.lower(), name) if not sep else name
+
+
+def images_label(dataset) -> str:
+    """How the images of ``dataset`` are called in captions, e.g. ``"test-sample images"``."""
+    name, split = getattr(dataset, "name", None), getattr(dataset, "split", None)
+    if (name, split) in _IMAGES:
+        return _IMAGES[(name, split)]
+    if name is None:
+        return "images"
+    return f"{name} {split} images" if split else f"images of {name}"
+
+
+def _source(dataset) -> tuple[str, list[int] | None]:
+    """The identity of the images behind ``dataset`` (``"name:split"``; ``"name"`` for a kind with
+    one labelled set) and, for the bundled samples, each item's position in the full split."""
+    name, split = getattr(dataset, "name", None), getattr(dataset, "split", None)
+    mapped = getattr(dataset, "source_indices", None)
+    if name in ("fashion-mnist-sample", "fashion-mnist-train-sample") and mapped is not None:
+        return f"fashion-mnist:{split}", list(mapped)
+    if name is None:
+        return f"unnamed dataset {id(dataset):x}", None
+    return (f"{name}:{split}" if split else str(name)), None
+
+
+def same_images(a, b) -> bool:
+    """Whether ``a`` and ``b`` hold the same images in the same order (transforms may differ): the same
+    object, or the same dataset name with the same split or a split that is ignored (None)."""
+    if a is b:
+        return True
+    na, nb = getattr(a, "name", None), getattr(b, "name", None)
+    if na is None or na != nb:
+        return False
+    sa, sb = getattr(a, "split", None), getattr(b, "split", None)
+    return sa is None or sb is None or sa == sb
+
+
+@dataclass(frozen=True)
+class SplitPart:
+    """One part of :class:`DataSplits`.
+
+    Attributes
+    ----------
+    role : {"train", "validation", "evaluation"}
+    dataset : Dataset
+        The part itself (a :class:`DatasetSubset`).
+    indices : tuple of int
+        Positions in the dataset the part was cut from (what rebuilds it).
+    source : str
+        Identity of the images behind those positions (``"fashion-mnist:train"``, ``"imagefolder:DIR"``).
+    source_indices : tuple of int
+        The part's images as positions in ``source`` (the bundled samples map to the full split).
+    what : str
+        How its images are called in captions.
+    """
+
+    role: str
+    dataset: Dataset
+    indices: tuple[int, ...]
+    source: str
+    source_indices: tuple[int, ...]
+    what: str
+
+    @property
+    def n(self) -> int:
+        return len(self.indices)
+
+    def record(self) -> dict:
+        return {"role": self.role, "source": self.source, "what": self.what, "n": self.n, "indices": list(self.indices),
+                "source_indices": list(self.source_indices)}
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Fine-tuning data in three pairwise disjoint parts (see :func:`finetune_splits`).
+
+    ``train`` is fine-tuned on, ``val`` picks the best epoch (early stopping), ``eval`` is the only
+    part any "after" accuracy may be reported on. ``held_out`` is True when one labelled set was
+    split three ways (``eval`` is then a held-out part of it), False when ``eval`` is a separate
+    (test) split.
+    """
+
+    train: SplitPart
+    val: SplitPart
+    eval: SplitPart
+    held_out: bool
+    seed: int
+    total: int = 0
+
+    @property
+    def parts(self) -> tuple[SplitPart, SplitPart, SplitPart]:
+        return (self.train, self.val, self.eval)
+
+    @property
+    def description(self) -> str:
+        """One line: what is trained on, what selects the epoch, what is reported."""
+        t, v, e = self.parts
+        if self.held_out:
+            return (f"one labelled set ({self.total:,} {t.what}) split three ways (seed {self.seed}): fine-tuning on {t.n:,}, "
+                    f"best epoch chosen on {v.n:,} others, evaluation on {e.n:,} held-out ones, never used for training or "
+                    "selection")
+        return (f"fine-tuning on {t.n:,} {t.what} (best epoch chosen on {v.n:,} other {v.what}); evaluation on {e.n:,} "
+                f"{e.what}, never used for training or selection (seed {self.seed})")
+
+    def record(self) -> dict:
+        """JSON-ready record: the description, the seed and every part's indices (see :func:`overlaps`)."""
+        return {"description": self.description, "held_out": self.held_out, "seed": self.seed,
+                "train": self.train.record(), "val": self.val.record(), "eval": self.eval.record()}
+
+
+def overlaps(record: dict) -> list[str]:
+    """The pairs of parts of a :meth:`DataSplits.record` that share an image (empty: pairwise disjoint).
+
+    Parts with the same ``source`` are compared by ``source_indices``; parts of different sources
+    (e.g. the train and the test split) hold different images.
+    """
+    out = []
+    roles = ("train", "val", "eval")
+    for i, a in enumerate(roles):
+        for b in roles[i + 1:]:
+            pa, pb = record[a], record[b]
+            if pa["source"] == pb["source"]:
+                common = set(pa["source_indices"]) & set(pb["source_indices"])
+                if common:
+                    out.append(f"{a} and {b} share {len(common)} image(s) of {pa['source']}")
+    return out
+
+
+def _fraction(value: float, what: str) -> float:
+    if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise LrvizError(f"{what} must be a fraction between 0 and 1 (exclusive); got {value!r}")
+    return float(value)
+
+
+def _limited(indices: list[int], limit: int | None, what: str) -> list[int]:
+    if limit is None:
+        return indices
+    if not is_int(limit) or limit < 1:
+        raise LrvizError(f"{what} must be a positive integer or None; got {limit!r}")
+    return indices[: int(limit)]
+
+
+def _part(role: str, dataset, base, indices: list[int], what: str) -> SplitPart:
+    source, mapped = _source(base)
+    src_idx = tuple(int(mapped[i]) for i in indices) if mapped is not None else tuple(int(i) for i in indices)
+    return SplitPart(role, DatasetSubset(dataset, indices), tuple(int(i) for i in indices), source, src_idx, what)
+
+
+def finetune_splits(
+    eval_data: Dataset,
+    train_data: Dataset | None = None,
+    *,
+    augmented: Dataset | None = None,
+    val_fraction: float = VAL_FRACTION,
+    eval_fraction: float = EVAL_FRACTION,
+    seed: int = 0,
+    train_limit: int | None = None,
+    val_limit: int | None = None,
+    eval_limit: int | None = None,
+) -> DataSplits:
+    """Split fine-tuning data into train / validation / evaluation parts that share no image.
+
+    Parameters
+    ----------
+    eval_data : Dataset
+        The labelled data accuracies are reported on (the test split, or the one labelled set).
+    train_data : Dataset, optional
+        The data to fine-tune on (a ``train`` split). When it is None or holds the same images as
+        ``eval_data`` (:func:`same_images`, e.g. an ImageFolder, whose split is ignored), ``eval_data``
+        is split three ways: ``eval_fraction`` of it is held out for evaluation, ``val_fraction`` of
+        the rest validates, the remainder trains. Otherwise ``val_fraction`` of ``train_data``
+        validates, the rest trains, and the evaluation part is ``eval_data``.
+    augmented : Dataset, optional
+        The training images with training augmentation (index-aligned with the data the train part
+        is cut from); used for the train part only, validation and evaluation stay un-augmented.
+    seed : int
+        Seed of the permutation the parts are cut from.
+    train_limit, val_limit, eval_limit : int, optional
+        Keep only that many images of a part (a random subset: the parts are in permutation order;
+        the separate evaluation split keeps :func:`subset`'s choice).
+
+    Returns
+    -------
+    DataSplits
+        The parts, their indices and a one-line description.
+
+    Raises
+    ------
+    LrvizError
+        Bad fractions or limits, too few images to split, or an ``augmented`` view of another size.
+    """
+    val_fraction = _fraction(val_fraction, "val_fraction")
+    eval_fraction = _fraction(eval_fraction, "eval_fraction")
+    held_out = train_data is None or same_images(train_data, eval_data)
+    base = eval_data if held_out else train_data
+    if held_out and train_data is not None and len(train_data) != len(eval_data):
+        raise LrvizError(f"the training and evaluation data hold the same images but differ in length ({len(train_data)} vs "
+                         f"{len(eval_data)}); pass them index-aligned")
+    if augmented is not None and len(augmented) != len(base):
+        raise LrvizError(f"the augmented training view has {len(augmented)} images but the training data {len(base)}; "
+                         "they must be the same images in the same order")
+    n = len(base)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    if held_out:
+        n_eval = max(1, round(n * eval_fraction))
+        rest = perm[n_eval:]
+        eval_idx = perm[:n_eval]
+    else:
+        rest = perm
+        eval_idx = subset_indices(len(eval_data), None)
+    n_val = max(1, round(len(rest) * val_fraction))
+    if len(rest) - n_val < 1:
+        raise LrvizError(f"{n} image(s) are too few to split into {'train, validation and evaluation' if held_out else 'train and validation'} "
+                         "parts; use more data")
+    val_idx, train_idx = rest[:n_val], rest[n_val:]
+    train_idx = _limited(train_idx, train_limit, "train_limit")
+    val_idx = _limited(val_idx, val_limit, "val_limit")
+    if held_out:
+        eval_idx = _limited(eval_idx, eval_limit, "eval_limit")
+    elif eval_limit is not None:
+        _limited([], eval_limit, "eval_limit")  # checks the value
+        eval_idx = subset_indices(len(eval_data), int(eval_limit), seed)
+    what = images_label(base)
+    return DataSplits(
+        train=_part("train", augmented if augmented is not None else base, base, train_idx, what),
+        val=_part("validation", base, base, val_idx, what),
+        eval=_part("evaluation", eval_data, eval_data, eval_idx, what if held_out else images_label(eval_data)),
+        held_out=held_out,
+        seed=int(seed),
+        total=n,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # the kinds lrviz brings
 # ----------------------------------------------------------------------------------------------
 
 register_dataset("fashion-mnist")(fashion_mnist)
 register_dataset("fashion-mnist-sample")(fashion_mnist_sample)
+register_dataset("fashion-mnist-train-sample")(fashion_mnist_train_sample)
 register_dataset("imagefolder")(imagefolder)
 register_dataset("synthetic")(synthetic)

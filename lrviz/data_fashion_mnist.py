@@ -10,6 +10,13 @@ kept in memory, keyed by file, size and modification time.
 the dashboard and the tests work with nothing installed. It was drawn as the first 200 images of each
 class in ``numpy.random.default_rng(0).permutation(10000)`` of the test set, kept in test-set order;
 the ``.npz`` holds the uint8 images, the labels and those test-set indices.
+
+``fashion-mnist-train-sample`` is its training counterpart: 3,000 images of the 60,000-image *train*
+split (300 per class), drawn by the same recipe (:func:`sample_indices`: the first 300 of each class
+in ``numpy.random.default_rng(0).permutation(60000)``, in train-set order), so that the dashboard
+fine-tunes offline on training images and never on the test images it reports. Both files are
+written by :func:`write_sample` (``python benchmarks/bundle_demo.py --samples-only``) from the idx
+files of the Debian package ``dataset-fashion-mnist``.
 """
 
 from __future__ import annotations
@@ -36,11 +43,16 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
+    "SAMPLES",
     "SAMPLE_PATH",
     "SYSTEM_DATA_DIRS",
+    "TRAIN_SAMPLE_PATH",
     "cache_dir",
     "fashion_mnist",
     "fashion_mnist_sample",
+    "fashion_mnist_train_sample",
+    "sample_indices",
+    "write_sample",
 ]
 
 FASHION_MNIST_CLASSES = [
@@ -60,6 +72,10 @@ FASHION_MNIST_STD = (0.3530,)
 
 #: The bundled 2,000-image test-set sample.
 SAMPLE_PATH = Path(__file__).parent / "assets" / "fashion-mnist-sample.npz"
+#: The bundled 3,000-image train-set sample.
+TRAIN_SAMPLE_PATH = Path(__file__).parent / "assets" / "fashion-mnist-train-sample.npz"
+#: The bundled samples: split -> (file, images per class, seed of the permutation they are drawn from).
+SAMPLES: dict[str, tuple[Path, int, int]] = {"test": (SAMPLE_PATH, 200, 0), "train": (TRAIN_SAMPLE_PATH, 300, 0)}
 
 _FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -278,18 +294,64 @@ def _download_and_find(root: str | os.PathLike | None, split: str) -> tuple[Path
     return found
 
 
+def sample_indices(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """The bundled samples' recipe: the first ``per_class`` items of each of the 10 classes in
+    ``numpy.random.default_rng(seed).permutation(len(labels))``, sorted (dataset order)."""
+    labels = np.asarray(labels)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    return np.sort(np.concatenate([order[labels[order] == c][:per_class] for c in range(10)]))
+
+
+def write_sample(split: str, root: str | os.PathLike | None = None, path: str | os.PathLike | None = None) -> Path:
+    """Draw the bundled sample of ``split`` (see :data:`SAMPLES`) from the full Fashion-MNIST idx files
+    and write it as a compressed ``.npz`` (``images`` uint8 N×1×28×28, ``labels``, ``indices`` into the
+    split); returns the path written (default: the bundled file)."""
+    if split not in SAMPLES:
+        raise LrvizError(f"no bundled sample of split {split!r}; use one of {sorted(SAMPLES)}")
+    target, per_class, seed = SAMPLES[split]
+    found = _find_fashion_mnist(root, split)
+    if found is None:
+        raise LrvizError(f"Fashion-MNIST {split} idx files not found; install the Debian package dataset-fashion-mnist "
+                         "or pass the folder that holds them")
+    images, labels = _load_fashion_mnist_arrays(found[0], found[1], split)
+    idx = sample_indices(labels.numpy(), per_class, seed)
+    out = Path(path) if path is not None else target
+    np.savez_compressed(out, images=images.numpy()[idx], labels=labels.numpy()[idx], indices=idx.astype(np.int64))
+    return out
+
+
+def _bundled(kind: str, split: str, resize, grayscale, mean, std, augment) -> Dataset:
+    path = SAMPLES[split][0]
+    if not path.exists():
+        raise LrvizError(f"the bundled sample {path} is missing (reinstall lrviz)")
+    with np.load(path) as z:
+        images, labels, indices = torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), z["indices"]
+    ds = _as_dataset(images, labels, kind, resize, grayscale, mean, std, augment)
+    ds.split = split
+    ds.source_indices = indices.tolist()  # positions in the full Fashion-MNIST split
+    return ds
+
+
 def fashion_mnist_sample(arg, split, *, root, resize, grayscale, mean, std, augment) -> Dataset:
     """The ``fashion-mnist-sample`` dataset kind: 2,000 Fashion-MNIST test images (200 per class)
     bundled with lrviz (MIT licence, Zalando)."""
     if arg:
         raise LrvizError(f"Dataset 'fashion-mnist-sample' takes no argument, got 'fashion-mnist-sample:{arg}'")
     if split != "test":
-        raise LrvizError("fashion-mnist-sample is a test-set sample only; train on 'fashion-mnist'")
-    if not SAMPLE_PATH.exists():
-        raise LrvizError(f"the bundled sample {SAMPLE_PATH} is missing (reinstall lrviz)")
-    with np.load(SAMPLE_PATH) as z:
-        images, labels = torch.from_numpy(z["images"]), torch.from_numpy(z["labels"])
-    return _as_dataset(images, labels, "fashion-mnist-sample", resize, grayscale, mean, std, augment)
+        raise LrvizError("fashion-mnist-sample is a test-set sample only; train on 'fashion-mnist' or on the bundled "
+                         "train-set sample 'fashion-mnist-train-sample'")
+    return _bundled("fashion-mnist-sample", "test", resize, grayscale, mean, std, augment)
+
+
+def fashion_mnist_train_sample(arg, split, *, root, resize, grayscale, mean, std, augment) -> Dataset:
+    """The ``fashion-mnist-train-sample`` dataset kind: 3,000 Fashion-MNIST *train* images (300 per
+    class) bundled with lrviz, for fine-tuning offline without touching the test images."""
+    if arg:
+        raise LrvizError(f"Dataset 'fashion-mnist-train-sample' takes no argument, got 'fashion-mnist-train-sample:{arg}'")
+    if split != "train":
+        raise LrvizError("fashion-mnist-train-sample is a train-set sample only; evaluate on 'fashion-mnist-sample' "
+                         "(bundled test images) or 'fashion-mnist'")
+    return _bundled("fashion-mnist-train-sample", "train", resize, grayscale, mean, std, augment)
 
 
 def _as_dataset(images, labels, name, resize, grayscale, mean, std, augment) -> Dataset:

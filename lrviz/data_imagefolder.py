@@ -1,7 +1,8 @@
 """``imagefolder:DIR`` — a :class:`torchvision.datasets.ImageFolder` over your own images.
 
 ``DIR`` holds one sub-folder of images per class (``DIR/<class>/*.png``); the split is ignored (point
-``DIR`` at the split you mean). Images are read with PIL and converted to RGB, resized to ``resize``
+``DIR`` at the split you mean), so the dataset's ``split`` is None: one labelled set, which
+:func:`lrviz.data.finetune_splits` splits three ways (train / validation / held-out evaluation). Images are read with PIL and converted to RGB, resized to ``resize``
 (224×224 by default), optionally augmented (random 2-pixel crop, horizontal flip) and converted to one
 channel, then normalised (ImageNet's mean and std by default, 0.5 / 0.5 for grayscale). A file that is
 not a readable image gives an error naming it; the first image is decoded when the dataset is built,
@@ -114,4 +115,5 @@ def imagefolder(
     ds.num_classes = len(ds.classes)
     ds.input_size = (1 if grayscale else 3, size[0], size[1])
     ds.name = f"imagefolder:{folder}"
+    ds.split = None  # one labelled set: the split is ignored
     return ds

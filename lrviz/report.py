@@ -1,7 +1,11 @@
 """A self-contained HTML report of a compression result (works offline: plotly.js is embedded once).
 
-The Present page shows the same headline cards (:func:`headline_cards`) and figures
-(:func:`report_figures`, drawn by :mod:`lrviz.figures`) as the report it builds; usable on its own::
+The Present page shows the same headline cards (:func:`headline_cards`, :func:`projection_card`),
+figures (:func:`report_figures`, drawn by :mod:`lrviz.figures`) and notes (:func:`method_notes`) as the
+report it builds — made once, from the same objects, so the two cannot disagree: the projected
+accuracy is the page's :class:`lrviz.project.Projection` (layer sensitivities) or "not projected yet",
+never the data-free energy proxy shown as an accuracy; the "after" accuracy says which images it
+comes from and whether the model was fine-tuned (:func:`accuracy_basis`). Usable on its own::
 
     cards, bars = headline_cards(cost)
     html = build_report("ResNet-20 on Fashion-MNIST", cards, figures=list(report_figures(cost, bars).values()))
@@ -24,14 +28,19 @@ from . import figures as fg
 from .cost import CostReport
 from .fmt import human, percent, percent_range, points, size_mb
 
-__all__ = ["METHOD_NOTES", "build_report", "headline_cards", "png_data_uri", "report_figures"]
+__all__ = ["METHOD_NOTES", "NOT_PROJECTED", "PROJECTED_LABEL", "accuracy_basis", "build_report", "headline_cards", "method_notes",
+           "png_data_uri", "projection_card", "projection_note", "report_figures"]
 
-#: How the report's numbers are made (after the model and plan lines).
+#: How the report's numbers are made, whatever the basis (:func:`method_notes` adds the basis lines).
 METHOD_NOTES = (
     "MACs: multiply-accumulates at batch 1 of conv and linear layers; FLOPs = 2 × MACs; size = parameters × 4 bytes.",
     "Accuracies: fraction of correctly classified images of a fixed subset, with 95 % Wilson score intervals.",
     "Latency: median CPU time of one forward pass at batch 1, original and compressed timed in interleaved rounds.",
 )
+
+#: The projected-accuracy card's label and its value when there is no projection to show.
+PROJECTED_LABEL = "Top-1 accuracy (projected)"
+NOT_PROJECTED = "not projected yet"
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -62,12 +71,13 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def headline_cards(cost: CostReport, r0=None, r1=None, lat0=None, lat1=None) -> tuple[list[dict], list[dict]]:
+def headline_cards(cost: CostReport, r0=None, r1=None, lat0=None, lat1=None, after: str | None = None) -> tuple[list[dict], list[dict]]:
     """Before/after headline numbers: ``(cards, bars)``.
 
     ``cards`` (``label``, ``value``, ``delta``) are the size and FLOPs, plus the accuracy of the
     original (``r0``) and compressed (``r1``) models and their latencies (``LatencyResult``) when
-    measured; ``bars`` (``metric``, ``before``, ``after``) feed :func:`lrviz.figures.before_after_figure`.
+    measured; ``after`` (e.g. ``"fine-tuned"``) says what the compressed model is. ``bars``
+    (``metric``, ``before``, ``after``) feed :func:`lrviz.figures.before_after_figure`.
     """
     cards = [
         {"label": "Model size (float32)", "value": f"{size_mb(cost.params):.2f} → {size_mb(cost.params_planned):.2f} MB",
@@ -78,7 +88,8 @@ def headline_cards(cost: CostReport, r0=None, r1=None, lat0=None, lat1=None) -> 
             {"metric": "FLOPs", "before": cost.flops, "after": cost.flops_planned}]
     if r0 is not None and r1 is not None:
         cards.append({"label": f"Top-1 accuracy ({r1.n} images)", "value": f"{percent(r0.top1)} → {percent(r1.top1)}",
-                      "delta": f"{points(r1.top1 - r0.top1)} (95 % CI after: {percent_range(*r1.top1_ci)})"})
+                      "delta": f"{points(r1.top1 - r0.top1)} (95 % CI after: {percent_range(*r1.top1_ci)})"
+                               + (f" · after: {after}" if after else "")})
         bars.append({"metric": "accuracy", "before": r0.top1, "after": r1.top1})
     if lat0 is not None and lat1 is not None:
         speed = lat0.median_ms / max(lat1.median_ms, 1e-9)
@@ -86,6 +97,58 @@ def headline_cards(cost: CostReport, r0=None, r1=None, lat0=None, lat1=None) -> 
                       "delta": f"{speed:.2f}× faster" if speed >= 1 else f"{1 / speed:.2f}× slower (small layers: factor overhead)"})
         bars.append({"metric": "latency", "before": lat0.median_ms, "after": lat1.median_ms})
     return cards, bars
+
+
+def projection_card(sens, base_top1: float | None) -> dict:
+    """The projected-accuracy card of an unmeasured plan, on the page and in the report.
+
+    ``sens`` is the plan's sensitivity projection (:class:`lrviz.project.Projection`, basis
+    ``"sensitivities"``) or None; ``base_top1`` the original's accuracy it starts from. Without one
+    the card says :data:`NOT_PROJECTED`: the data-free energy proxy is never shown as an accuracy.
+    """
+    if sens is None:
+        return {"label": PROJECTED_LABEL, "value": NOT_PROJECTED,
+                "delta": "no layer sensitivities for this model and data yet: measure them on the Ranks page, or press Measure"}
+    base = sens.base_top1 if base_top1 is None else base_top1
+    return {"label": PROJECTED_LABEL, "value": f"{percent(base)} → {percent(sens.top1)}",
+            "delta": f"layer sensitivities, 95 % band {percent_range(*sens.interval)}; decomposed, before fine-tuning; not measured"}
+
+
+def projection_note(sens, base_text: str | None = None) -> str:
+    """The method note of the projection shown (the same object as :func:`projection_card`)."""
+    if sens is None:
+        return (f"Projected accuracy: {NOT_PROJECTED} — no layer sensitivities were measured for this model, data and "
+                "quick-evaluation size. The data-free energy proxy ranks plans but is not an accuracy, so none is reported.")
+    start = f" (original's accuracy {base_text})" if base_text else ""
+    return (f"Projected accuracy: basis layer sensitivities — {sens.detail}. {percent(sens.base_top1)} → {percent(sens.top1)}, "
+            f"~95 % band {percent_range(*sens.interval)}{start}; the decomposed model before fine-tuning, not measured.")
+
+
+def accuracy_basis(n: int, what: str, finetune: Mapping[str, Any] | None = None) -> str:
+    """Which images the before/after accuracies come from and what the "after" model is.
+
+    ``n`` images of the evaluation data (called ``what``) were measured; ``finetune`` is the
+    fine-tuning record (``split`` — a :meth:`lrviz.data.DataSplits.record` —, ``epochs_run``,
+    ``best_epoch``) or None for the decomposed model.
+    """
+    if finetune is None:
+        return f"after: decomposed, not fine-tuned; both models evaluated on the same {n:,} {what}"
+    split = finetune["split"]
+    t, v, e = split["train"], split["val"], split["eval"]
+    epochs, best = int(finetune.get("epochs_run") or 0), int(finetune.get("best_epoch") or 0)
+    if best == 0:
+        kept = f"no epoch beat the decomposed weights on {v['n']:,} other {v['what']}, so those are kept"
+    else:
+        kept = f"epoch {best} kept, chosen on {v['n']:,} other {v['what']}"
+    held = "held-out " if split.get("held_out") else ""
+    return (f"after: fine-tuned {epochs} epoch{'s' if epochs != 1 else ''} on {t['n']:,} {t['what']} ({kept}); both models "
+            f"evaluated on {n:,} {held}{e['what']} never used for training or selection")
+
+
+def method_notes(projection: str, accuracy: str | None = None) -> list[str]:
+    """:data:`METHOD_NOTES` plus the lines on the bases actually used: ``accuracy``
+    (:func:`accuracy_basis`, when measured) and ``projection`` (:func:`projection_note`)."""
+    return [*METHOD_NOTES, *([f"Accuracy basis: {accuracy}."] if accuracy else []), projection]
 
 
 def report_figures(cost: CostReport, bars: Sequence[Mapping], *, analysis=None, sweep: pd.DataFrame | None = None,

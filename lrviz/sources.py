@@ -37,6 +37,7 @@ __all__ = [
     "state_dict_source",
     "torchvision_source",
     "train_dataset_name",
+    "training_source",
     "upload_path",
 ]
 
@@ -167,7 +168,7 @@ def dataset_source(name: str, input_size: Sequence[int], label: str | None = Non
     kind = name.partition(":")[0].lower()
     resize: tuple[int, int] | None = None
     gray = False
-    if kind in ("fashion-mnist", "fashion-mnist-sample"):
+    if kind in ("fashion-mnist", "fashion-mnist-sample", "fashion-mnist-train-sample"):
         resize = None if (h, w) == (28, 28) else (h, w)
     elif kind == "imagefolder":
         resize, gray = (h, w), c == 1
@@ -188,8 +189,22 @@ def load_dataset(src: DataSource, split: str = "test"):
 
 
 def train_dataset_name(name: str) -> str:
-    """Name of the dataset to fine-tune on for evaluation dataset ``name`` (the sample has no train split)."""
+    """The full dataset a bundled sample is drawn from (``name`` itself otherwise).
+
+    Not what the dashboard fine-tunes on: that is :func:`training_source` (offline, the bundled
+    train sample), split by :func:`lrviz.data.finetune_splits`.
+    """
     return "fashion-mnist" if name == "fashion-mnist-sample" else name
+
+
+def training_source(src: DataSource, input_size: Sequence[int]) -> DataSource:
+    """The data to fine-tune on (its ``train`` split) when ``src`` is the evaluation data, prepared
+    like ``src`` for a model taking ``input_size``: the same dataset, except the bundled test sample,
+    whose counterpart is the bundled train sample (:func:`lrviz.data.train_data_name`)."""
+    from .data import train_data_name
+
+    name = train_data_name(src.name)
+    return src if name == src.name else dataset_source(name, input_size)
 
 
 def eval_problem(loaded, dataset) -> str | None:
@@ -209,7 +224,11 @@ def eval_problem(loaded, dataset) -> str | None:
 
 
 def split_sample(dataset, val_fraction: float = 0.5, seed: int = 0):
-    """Disjoint ``(train, val)`` subsets of one dataset (for when no separate train split exists)."""
+    """Disjoint ``(train, val)`` subsets of one dataset.
+
+    Superseded by :func:`lrviz.data.finetune_splits`, which also holds an evaluation part out (what
+    the dashboard and the CLI use); kept for callers of the two-way split.
+    """
     from .data import DatasetSubset
 
     n = len(dataset)

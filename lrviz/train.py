@@ -102,7 +102,9 @@ def finetune(
         Peak learning rate (cosine-decayed per step to 0 over all epochs).
     val_set : Dataset, optional
         Evaluated on ``val_limit`` images after each epoch; the best epoch's weights are returned and
-        training stops after ``patience`` epochs without improvement.
+        training stops after ``patience`` epochs without improvement. It selects, so no accuracy may
+        be reported on it, nor on ``train_set``: :func:`lrviz.data.finetune_splits` cuts train /
+        validation / evaluation parts that share no image (what the CLI and the dashboard use).
     teacher : nn.Module, optional
         Uncompressed model for distillation (weight ``distill_alpha``, temperature ``temperature``).
     progress : callable, optional

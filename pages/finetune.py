@@ -1,5 +1,9 @@
 """Fine-tune & export page: fine-tune the current plan in a background thread (live curve, stop
-button), then download the plan JSON, the weights and a ``torch.export`` program (.pt2)."""
+button), then download the plan JSON, the weights and a ``torch.export`` program (.pt2).
+
+The data is split by :func:`lrviz.data.finetune_splits` into train / validation (best epoch) /
+evaluation parts that share no image; the split (description and indices) is kept with the
+fine-tuned model, so the Present page reports it on the evaluation part only."""
 
 import io
 import tempfile
@@ -9,6 +13,7 @@ import streamlit as st
 import torch
 
 from lrviz import compress, figures, fmt, plan_cost, sources, tables
+from lrviz.data import finetune_splits
 from lrviz.errors import LrvizError
 from lrviz.export import save_program
 from lrviz.keys import plan_key
@@ -35,62 +40,78 @@ def finish_job() -> bool:
             st.session_state.setdefault(state.FINETUNED_KEY, {})[info["model_id"]] = {
                 "plan_key": info["plan_key"], "label": info["label"], "model": r.model, "history": r.history,
                 "best_epoch": r.best_epoch, "val_top1": r.best_val_top1, "cancelled": r.cancelled, "stopped_early": r.stopped_early,
-                "events": job.snapshot(), "config": info["config"],
+                "events": job.snapshot(), "config": info["config"], "epochs_run": len(r.history),
+                # which images trained, selected the epoch and may be reported (indices into the data of data_key)
+                "data_key": info["data_key"], "split": info["split"],
             }
     return not job.done
 
 
-def training_data(ctx):
-    """``(train set, validation set, note)``: the train split of the data when there is one, else half of it."""
+def training_data(ctx, train_limit: int | None = None, val_limit: int | None = None):
+    """``(DataSplits, note)`` of the current data, or ``(None, None)`` without data.
+
+    Trains on the training counterpart of the evaluation data (the bundled train sample for the
+    bundled test sample, the train split otherwise) minus a validation part that picks the best
+    epoch; the evaluation part is the test data. One labelled set (an ImageFolder), or data without
+    a train split, is split three ways and the evaluation part held out.
+    """
     if ctx.data_src is None or ctx.dataset is None:
-        return None, ctx.dataset, None
-    tname = sources.train_dataset_name(ctx.data_src.name)
-    tsrc = sources.dataset_source(tname, ctx.loaded.input_size)
+        return None, None
+    tsrc = sources.training_source(ctx.data_src, ctx.loaded.input_size)
     try:
-        train_set = state.cached_dataset(tsrc.key, "train", tsrc)
-        return train_set, ctx.dataset, f"training on the train split of {tname} ({len(train_set):,} images); validation on {ctx.data_src.label}"
+        train_set, note = state.cached_dataset(tsrc.key, "train", tsrc), None
     except LrvizError as exc:
-        train_set, val_set = sources.split_sample(ctx.dataset)
-        return train_set, val_set, (f"no training split available ({exc}); fine-tuning on half of {ctx.data_src.label} and validating "
-                                    "on the other half — accuracies from this data are optimistic")
+        train_set, note = None, f"no training split available ({exc}); "
+    splits = finetune_splits(ctx.dataset, train_set, train_limit=train_limit, val_limit=val_limit)
+    return splits, (note or "") + splits.description[0].upper() + splits.description[1:] + "."
 
 
-def start_job(ctx, plan, cfg: dict, train_set, val_set) -> None:
+def start_job(ctx, plan, cfg: dict, splits) -> None:
     module, factors, teacher = ctx.module, ctx.factors, ctx.module if cfg["distill"] else None
+    train_set, val_set = splits.train.dataset, splits.val.dataset
 
     def _target(progress, should_stop):
         model = compress(module, plan, factors)
-        return finetune(model, train_set, epochs=cfg["epochs"], lr=cfg["lr"], val_set=val_set, val_limit=cfg["val_limit"],
-                        train_limit=cfg["train_limit"], teacher=teacher, progress=progress, should_stop=should_stop)
+        return finetune(model, train_set, epochs=cfg["epochs"], lr=cfg["lr"], val_set=val_set, val_limit=None,
+                        train_limit=None, teacher=teacher, progress=progress, should_stop=should_stop)
 
     job = BackgroundJob(_target, name="finetune").start()
     st.session_state[JOB_KEY] = {"job": job, "plan_key": plan_key(plan), "model_id": ctx.model_id, "label": state.current_label(ctx),
-                                 "config": cfg, "final": False}
+                                 "config": cfg, "final": False, "data_key": ctx.data_key, "split": splits.record()}
     st.session_state.pop(ERROR_KEY, None)
 
 
 def finetune_form(ctx, plan, running: bool) -> bool:
     """The fine-tuning settings and start button; returns whether a job runs now."""
     st.subheader("Fine-tune")
-    train_set, val_set, note = training_data(ctx)
     if ctx.eval_problem:
         st.info(f"Fine-tuning needs labelled data that fits the model: {ctx.eval_problem}.")
         return running
-    if train_set is None:
+    try:
+        splits, note = training_data(ctx)
+    except LrvizError as exc:
+        st.info(f"Fine-tuning needs more data: {exc}.")
+        return running
+    if splits is None:
         return running
     st.caption(note)
+    n_train, n_val = splits.train.n, splits.val.n
     with st.form("ft_form", border=True):
         c = st.columns(5)
         epochs = c[0].number_input("Epochs", 1, 100, 2, key="ft_epochs")
         lr = c[1].number_input("Peak learning rate", 1e-5, 1.0, 0.01, format="%.4f", key="ft_lr", help="SGD + Nesterov, cosine decay to 0")
-        train_n = c[2].number_input("Training images", 64, len(train_set), min(5000, len(train_set)), 64, key="ft_train_n")
-        val_n = c[3].number_input("Validation images", 50, len(val_set), min(1000, len(val_set)), 50, key="ft_val_n")
+        train_n = c[2].number_input("Training images", min(64, n_train), n_train, min(5000, n_train), min(64, n_train), key="ft_train_n",
+                                    help=f"of the {n_train:,} {splits.train.what} of the train part")
+        val_n = c[3].number_input("Validation images", min(50, n_val), n_val, min(1000, n_val), min(50, n_val), key="ft_val_n",
+                                  help=f"pick the best epoch; of the {n_val:,} validation images, disjoint from the training and the "
+                                       "evaluation images")
         distill = c[4].checkbox("Distil from original", value=False, key="ft_distill",
                                 help="knowledge distillation from the uncompressed model (α = 0.5, T = 4)")
         start = st.form_submit_button("Start fine-tuning", type="primary", disabled=running, key="ft_start")
     if start and not running:
         cfg = {"epochs": int(epochs), "lr": float(lr), "train_limit": int(train_n), "val_limit": int(val_n), "distill": bool(distill)}
-        start_job(ctx, plan, cfg, train_set, val_set)
+        used, _ = training_data(ctx, cfg["train_limit"], cfg["val_limit"])
+        start_job(ctx, plan, cfg, used)
         return True
     return running
 
@@ -123,8 +144,11 @@ def finetune_result(ctx, ft) -> None:
             st.caption(f"A fine-tuned model exists for another plan ({other['label']}); it is not used for the current ranks.")
         return
     status = "cancelled" if ft["cancelled"] else ("stopped early (no improvement)" if ft["stopped_early"] else "finished")
+    split = ft["split"]
     st.success(f"Fine-tuning {status}: best epoch {ft['best_epoch']}, validation top-1 {fmt.percent(ft['val_top1'])} "
-               f"({ft['config']['val_limit']} images).")
+               f"({split['val']['n']:,} validation images).")
+    st.caption(f"Data: {split['description']}. The Present page reports this model on the {split['eval']['n']:,} evaluation "
+               "images only.")
     st.plotly_chart(figures.finetune_figure(*tables.finetune_history(ft["events"])), key="ft_result_chart")
     hist = [h.__dict__ for h in ft["history"]]
     if hist:

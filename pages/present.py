@@ -1,13 +1,21 @@
 """Present page: a stakeholder view — before/after headline numbers, sample predictions, key plots,
-and a self-contained HTML report (the same cards and figures as the page, see :mod:`lrviz.report`)."""
+and a self-contained HTML report (the same cards, figures and notes as the page, see :mod:`lrviz.report`).
+
+A fine-tuned model is measured, together with the original, only on the evaluation part of its
+fine-tuning split (:func:`lrviz.data.finetune_splits`: images never trained on nor used to pick the
+epoch), and the caption says so. An unmeasured plan shows its sensitivity projection — the same
+:class:`lrviz.project.Projection` the Ranks page shows — or "not projected yet"; never the energy proxy.
+"""
 
 import streamlit as st
 
-from lrviz import compress, fmt, plan_cost, project, samples, tables
+from lrviz import compress, plan_cost, samples, tables
+from lrviz.data import DatasetSubset, images_label, overlaps, subset_indices
 from lrviz.errors import LrvizError
 from lrviz.evaluate import compare_latency, evaluate
 from lrviz.keys import plan_key
-from lrviz.report import METHOD_NOTES, build_report, headline_cards, report_figures
+from lrviz.report import (accuracy_basis, build_report, headline_cards, method_notes, projection_card, projection_note,
+                          report_figures)
 from pages import _measure as measure
 from pages import _state as state
 
@@ -16,48 +24,96 @@ SEED_KEY = "present_seed"
 
 
 class View:
-    """What this page shows: the current plan, its model (fine-tuned when there is one), the measurements."""
+    """What this page shows: the current plan, its model (fine-tuned when there is one for this data),
+    the images it may be evaluated on, its projection, the measurements."""
 
     def __init__(self, ctx):
         self.ctx = ctx
         self.plan = state.current_plan(ctx)
         self.cost = plan_cost(ctx.analysis, self.plan)
-        self.ft = state.finetuned_for(ctx, self.plan)
+        ft = state.finetuned_for(ctx, self.plan)
+        # a fine-tuned model counts only on the data it was split from: its held-out indices refer to it
+        self.ft_elsewhere = ft if ft is not None and (ft.get("data_key") != ctx.data_key or "split" not in ft) else None
+        self.ft = None if self.ft_elsewhere is not None else ft
+        self.split_problem = overlaps(self.ft["split"]) if self.ft is not None else []
+        if self.split_problem:  # never made by lrviz.data.finetune_splits; refuse rather than report a leaked number
+            self.ft_elsewhere, self.ft = self.ft, None
         self.variant = "fine-tuned" if self.ft is not None else "decomposed, not fine-tuned"
         self.label = state.current_label(ctx)
+        self.sens, self.projector = measure.calibrated(ctx, auto=False)
+        self.proj = measure.project_plan(ctx, self.plan, measure.baseline(ctx, auto=False), self.projector)
 
     def compressed_model(self):
         return self.ft["model"] if self.ft is not None else compress(self.ctx.module, self.plan, self.ctx.factors)
+
+    def eval_positions(self) -> list[int] | None:
+        """Indices into the data that may be reported for the fine-tuned model (None: all of it)."""
+        if self.ft is None:
+            return None
+        idx = list(self.ft["split"]["eval"]["indices"])
+        return None if idx == list(range(len(self.ctx.dataset))) else idx
+
+    def eval_size(self) -> int:
+        idx = self.eval_positions()
+        return len(self.ctx.dataset) if idx is None else len(idx)
+
+    def eval_what(self) -> str:
+        return self.ft["split"]["eval"]["what"] if self.ft is not None else images_label(self.ctx.dataset)
+
+    def eval_subset(self, n: int) -> tuple[object, list[int]]:
+        """The ``n`` images both models are measured on (as :func:`lrviz.data.subset` picks them from the
+        reportable images) and their indices in the data."""
+        idx = self.eval_positions()
+        if idx is None:
+            chosen = subset_indices(len(self.ctx.dataset), n)
+        else:
+            chosen = [idx[i] for i in subset_indices(len(idx), n)]
+        return DatasetSubset(self.ctx.dataset, chosen), chosen
+
+    def basis(self, n: int) -> str:
+        return accuracy_basis(min(n, self.eval_size()), self.eval_what(), self.ft)
 
     def key(self, n: int) -> tuple:
         return (self.ctx.model_id, self.ctx.data_key, plan_key(self.plan), self.ft is not None and id(self.ft["model"]), int(n))
 
 
+def _evaluate(model, dataset, text: str):
+    bar = st.progress(0.0, text=text)
+    res = evaluate(model, dataset, progress=lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=f"{text} {d}/{t}"))
+    bar.empty()
+    return res
+
+
 def measure_both(v: View, n: int) -> dict:
-    """Accuracy of the original and the compressed model on ``n`` images, and their CPU latency."""
+    """Accuracy of the original and the compressed model on the same ``n`` reportable images, and their CPU latency."""
     ctx = v.ctx
-    st.write(f"Accuracy of the original model on {n} images…")
-    r0 = measure.run_eval(ctx, None, n, "original model")
-    st.write(f"Accuracy of the compressed model ({v.variant})…")
-    if v.ft is None:
+    held, indices = v.eval_subset(n)
+    st.write(f"Accuracy of the original model on {len(indices)} images…")
+    if v.ft is None:  # any images of the data: shared with the other pages' evaluations
+        r0 = measure.run_eval(ctx, None, n, "original model")
+        st.write(f"Accuracy of the compressed model ({v.variant})…")
         r1 = measure.run_eval(ctx, v.plan, n, "compressed model")
-    else:
-        bar = st.progress(0.0)
-        r1 = evaluate(v.ft["model"], ctx.dataset, limit=n, progress=lambda d, t: bar.progress(d / t))
-        bar.empty()
+    else:  # only images never used for fine-tuning or for picking its epoch
+        r0 = _evaluate(ctx.original, held, "Evaluating the original model:")
+        st.write(f"Accuracy of the compressed model ({v.variant})…")
+        r1 = _evaluate(v.ft["model"], held, "Evaluating the fine-tuned model:")
     st.write("CPU latency, batch 1 (interleaved rounds)…")
     lat = compare_latency({"original": ctx.original, "compressed": v.compressed_model()}, ctx.loaded.input_size, rounds=3, min_run_time=0.15)
-    return {"r0": r0, "r1": r1, "lat": lat}
+    return {"r0": r0, "r1": r1, "lat": lat, "indices": indices, "basis": v.basis(len(indices))}
 
 
 def measure_controls(v: View):
-    """The image count and Measure button; returns this plan's measurements (None before) and their key."""
+    """The image count and Measure button; returns this plan's measurements (None before), their key and the count."""
     ctx, results = v.ctx, st.session_state.setdefault(RESULTS_KEY, {})
     can_eval = ctx.eval_problem is None
-    n_default = min(1000, len(ctx.dataset)) if can_eval else 0
+    size = v.eval_size() if can_eval else 0
+    lo = min(50, size) if can_eval else 50
+    if int(st.session_state.get("present_n") or 0) > max(size, lo, 1):  # fewer reportable images than before
+        st.session_state["present_n"] = max(size, lo, 1)
     c = st.columns([1.2, 1, 3])
-    n = c[0].number_input("Images to evaluate", 50, max(len(ctx.dataset), 50) if can_eval else 50, max(n_default, 50), 50,
-                          key="present_n", disabled=not can_eval)
+    n = c[0].number_input("Images to evaluate", max(lo, 1), max(size, lo, 1), max(min(1000, size), lo, 1), max(lo, 1),
+                          key="present_n", disabled=not can_eval,
+                          help="of the images that may be reported: the evaluation part of the fine-tuning split when the model is fine-tuned")
     clicked = c[1].button("Measure", type="primary", key="present_measure", disabled=not can_eval,
                           help="accuracy of both models and CPU latency (batch 1)")
     if not can_eval:
@@ -70,27 +126,18 @@ def measure_controls(v: View):
             except LrvizError as exc:
                 status.update(label="Measurement failed", state="error")
                 st.error(f"Measurement failed: {exc}")
-    return results.get(v.key(n)), v.key(n)
+    return results.get(v.key(n)), v.key(n), int(n)
 
 
 def projected_cards(v: View) -> list[dict]:
-    """Cards for an unmeasured plan: its projected accuracy (sensitivities or energy proxy)."""
-    _, projector = measure.calibrated(v.ctx, auto=False)
-    p = measure.project_plan(v.ctx, v.plan, measure.baseline(v.ctx, auto=False), projector)
-    cards = []
-    if p.sens is not None:
-        cards.append({"label": "Top-1 accuracy (projected)", "value": f"{fmt.percent(p.base_top1)} → {fmt.percent(p.sens.top1)}",
-                      "delta": f"layer sensitivities, 95 % band {fmt.percent_range(*p.sens.interval)}; press Measure"})
-    elif p.energy is not None:
-        cards.append({"label": "Top-1 accuracy (projected)", "value": f"{fmt.percent(p.base_top1)} → {fmt.percent(p.energy.top1)}",
-                      "delta": f"{p.energy.basis}; press Measure"})
-    cards.append({"label": "Accuracy & latency", "value": "not measured", "delta": "press Measure"})
-    return cards
+    """Cards for an unmeasured plan: its sensitivity projection (the Ranks page's), else "not projected yet"."""
+    return [projection_card(v.proj.sens, v.proj.base_top1),
+            {"label": "Accuracy & latency", "value": "not measured", "delta": "press Measure"}]
 
 
 def headline(v: View, meas) -> tuple[list[dict], list[dict]]:
     if meas and meas["r0"] is not None and meas["r1"] is not None:
-        cards, bars = headline_cards(v.cost, meas["r0"], meas["r1"], meas["lat"]["original"], meas["lat"]["compressed"])
+        cards, bars = headline_cards(v.cost, meas["r0"], meas["r1"], meas["lat"]["original"], meas["lat"]["compressed"], after=v.variant)
     else:
         cards, bars = headline_cards(v.cost)
         cards += projected_cards(v)
@@ -99,20 +146,35 @@ def headline(v: View, meas) -> tuple[list[dict], list[dict]]:
     return cards, bars
 
 
+def basis_caption(v: View, meas, n: int) -> str | None:
+    """Which images the before/after accuracies come from (measured, or to be measured with Measure)."""
+    if v.ctx.eval_problem is not None:
+        return None
+    text = meas["basis"] if meas else v.basis(n) + " (press Measure)"
+    st.caption(f"Accuracy basis — {text}.")
+    if v.split_problem:
+        st.error(f"The fine-tuned model's data split overlaps ({'; '.join(v.split_problem)}); showing the decomposed model.")
+    elif v.ft_elsewhere is not None:
+        st.caption("A fine-tuned model of this plan exists for other data; its held-out images belong to that data, so the "
+                   "decomposed model is shown here. Select that data in the sidebar to present it.")
+    return meas["basis"] if meas else None
+
+
 def predictions(v: View) -> list:
     """Eight images with the original's and the compressed model's predictions; returns them for the report."""
     ctx, images = v.ctx, []
     st.subheader("Sample predictions")
-    idx = samples.sample_indices(ctx.dataset, 8, seed=st.session_state.get(SEED_KEY, 0))
+    data, _ = v.eval_subset(v.eval_size())  # reportable images only
+    idx = samples.sample_indices(data, 8, seed=st.session_state.get(SEED_KEY, 0))
     classes = list(getattr(ctx.dataset, "classes", [])) or [str(i) for i in range(ctx.loaded.num_classes)]
     try:
-        labels, p0, _ = samples.predict(ctx.original, ctx.dataset, idx)
-        _, p1, _ = samples.predict(v.compressed_model(), ctx.dataset, idx)
+        labels, p0, _ = samples.predict(ctx.original, data, idx)
+        _, p1, _ = samples.predict(v.compressed_model(), data, idx)
     except Exception as exc:  # a model that fails on the data: say why, keep the page
         st.error(f"Prediction failed: {type(exc).__name__}: {exc}")
         labels, p0, p1 = [], [], []
     for col, i, y, a0, a1 in zip(st.columns(8), idx, labels, p0, p1):
-        img = samples.display_image(ctx.dataset[i][0])
+        img = samples.display_image(data[i][0])
         mark = lambda p: ":green[✓]" if p == y else ":red[✗]"  # noqa: E731
         plain = lambda p: "✓" if p == y else "✗"  # noqa: E731
         col.image(img, width="stretch")
@@ -123,33 +185,39 @@ def predictions(v: View) -> list:
 
 
 def figures_of(v: View, bars) -> dict:
-    """The report's figures (the page shows the bars, the per-layer params and the sweep of them)."""
-    ctx, a = v.ctx, v.ctx.analysis
+    """The report's figures (the page shows the bars, the per-layer params and the sweep of them).
+
+    The projection chart is the Ranks page's, from the same projection as the cards: the sensitivity
+    projection along the energy plans with its band, and the current plan; without sensitivities only
+    the measured quick evaluations (no energy-proxy curve).
+    """
+    ctx, a, p = v.ctx, v.ctx.analysis, v.proj
     sweep_key, sweep = next(((k, s) for k, s in st.session_state.get(state.SWEEPS_KEY, {}).items()
                              if k[0] == ctx.model_id and k[1] == ctx.data_key), (None, None))
     base = measure.baseline(ctx, auto=False)
     base_top1 = None if base is None else base.top1
     projection = None
     rows = measure.measured(ctx)
-    if rows:
-        base_acc, _ = measure.projection_base(ctx, base)
-        proj = measure.projection(ctx, v.plan, base_acc)
-        curve = None
-        if base_acc is not None:
-            curve = project.curve_top1(state.cached_retention_curve(ctx.source.key, a), base_acc, ctx.loaded.num_classes,
-                                       proj.exponent if proj else project.DEFAULT_EXPONENT)
-        current = None if proj is None else {"params_ratio": v.cost.params_ratio, "top1": proj.top1}
-        projection = dict(curve=curve, current=current, measured=rows, base_top1=base_acc, chance=1.0 / ctx.loaded.num_classes)
+    chance = 1.0 / ctx.loaded.num_classes
+    if p.sens is not None:
+        curve = tables.projection_curve(state.cached_retention_curve(ctx.source.key, a), v.projector, measure.base_override(ctx))
+        current = {"params_ratio": v.cost.params_ratio, "top1": p.sens.top1, "lo": p.sens.interval[0], "hi": p.sens.interval[1]}
+        projection = dict(curve=curve, current=current, measured=rows, base_top1=p.base_top1, chance=chance,
+                          curve_name="projection along energy plans (sensitivities)")
+    elif rows:
+        projection = dict(curve=None, current=None, measured=rows, base_top1=p.base_top1, chance=chance)
     sweep_metric = sweep_key[2][1] if sweep_key is not None and isinstance(sweep_key[2], tuple) else None
     return report_figures(v.cost, bars, analysis=a, sweep=sweep, sweep_metric=sweep_metric, base_top1=base_top1, projection=projection)
 
 
-def report(v: View, cards, figs: dict, images, rkey) -> None:
+def report(v: View, cards, figs: dict, images, rkey, basis: str | None) -> None:
     ctx, loaded = v.ctx, v.ctx.loaded
     st.subheader("Report")
     notes = [f"Model: {loaded.source}; input {'×'.join(map(str, loaded.input_size))}; {loaded.num_classes} classes.",
              f"Plan: {v.label} ({v.variant}); Tucker-2 for k×k convs, truncated SVD for 1×1 convs and linear layers.",
-             *METHOD_NOTES, f"Projection (when shown): {project.DESCRIPTION}."]
+             *method_notes(projection_note(v.proj.sens, v.proj.base_text), basis)]
+    if v.ft is not None:
+        notes.append(f"Fine-tuning data: {v.ft['split']['description']}.")
     if st.button("Build HTML report", key="build_report"):
         with st.spinner("Building the report (plotly.js is embedded so it works offline)…"):
             html = build_report(f"{loaded.name}: low-rank compression report", cards,
@@ -170,8 +238,9 @@ def render() -> None:
     st.title(f"{ctx.loaded.name}: before and after compression")
     st.caption(f"Plan **{v.label}** ({v.variant}) · data: {ctx.data_src.label if ctx.data_src else '–'} · "
                "MACs at batch 1, FLOPs = 2 × MACs, size = params × 4 bytes (float32)")
-    meas, rkey = measure_controls(v)
+    meas, rkey, n = measure_controls(v)
     cards, bars = headline(v, meas)
+    basis = basis_caption(v, meas, n)
     figs = figures_of(v, bars)
     left, right = st.columns(2)
     left.plotly_chart(figs["bars"][1], key="present_bars")
@@ -179,7 +248,7 @@ def render() -> None:
     images = predictions(v) if ctx.eval_problem is None else []
     if "sweep" in figs:
         st.plotly_chart(figs["sweep"][1], key="present_sweep")
-    report(v, cards, figs, images, rkey)
+    report(v, cards, figs, images, rkey, basis)
 
 
 render()

@@ -96,6 +96,9 @@ def test_evaluate_json_and_plan(tmp_path, capsys):
         (["evaluate", *MODEL, "--data", "nope"], "nope"),
         (["analyze", "resnet18", "--weights", "missing.pt"], "missing.pt"),
         (["compress", *MODEL, "--plan", "vbmf", "--out", "x", "--finetune", "1"], "--finetune needs --data"),
+        (["compress", *MODEL, "--plan", "vbmf", "--out", "x", "--data", DATA, "--train-data", DATA], "--train-data is the data to fine-tune on"),
+        (["compress", *MODEL, "--plan", "vbmf", "--out", "x", "--data", DATA, "--finetune", "1", "--train-data", "fashion-mnist-sample"],
+         "test-set sample only"),
         (["analyze", *MODEL[:1], "--input-size", "3,16"], "3,16"),
     ],
 )

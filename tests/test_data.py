@@ -234,6 +234,7 @@ def test_imagefolder_rgb(image_dir):
     ds = get_dataset(f"imagefolder:{image_dir}", resize=16)
     assert len(ds) == 6
     assert ds.classes == ["cat", "dog"] and ds.num_classes == 2
+    assert ds.split is None  # one labelled set: the split is ignored
     assert ds.input_size == (3, 16, 16)
     x, y = ds[4]
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y == 1
@@ -340,6 +341,18 @@ def test_make_loader():
     assert torch.equal(epoch(), torch.stack([ds[i][0].flatten() for i in range(10)]))
     with pytest.raises(LrvizError, match="batch_size"):
         make_loader(ds, batch_size=0)
+
+
+def test_datasets_know_their_split_and_subsets_their_positions():
+    assert {"fashion-mnist-sample", "fashion-mnist-train-sample"} <= set(available_datasets())
+    train = get_dataset("synthetic:1,4,4,2,8", "train")
+    assert train.split == "train" and get_dataset("synthetic:1,4,4,2,8").split == "test"
+    sub = subset(train, 3, seed=5)
+    assert sub.split == "train" and sub.name == train.name  # forwarded by DatasetSubset
+    assert sub.indices == data.subset_indices(8, 3, seed=5) and data.subset_indices(8, None) == list(range(8))
+    assert data.train_data_name("fashion-mnist-sample") == "fashion-mnist-train-sample"
+    assert data.train_data_name("imagefolder:/x") == "imagefolder:/x" and data.train_data_name("fashion-mnist") == "fashion-mnist"
+    assert data.images_label(get_dataset("fashion-mnist-sample")) == "test-sample images"
 
 
 def test_bundled_sample_matches_full_test_set():

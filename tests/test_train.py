@@ -222,3 +222,38 @@ def test_distillation_changes_the_loss_that_is_minimised():
     assert first_step_loss(teacher=teacher) == pytest.approx(want, rel=1e-5)
     assert first_step_loss(teacher=teacher, distill_alpha=0.0) == pytest.approx(ce, rel=1e-5)
     assert abs(want - ce) > 0.01  # the teacher really changes what is minimised
+
+
+class _Recording(torch.utils.data.Dataset):
+    """A dataset that remembers which items were read (and passes its name and split on)."""
+
+    def __init__(self, base):
+        self.base, self.seen = base, set()
+        self.name, self.split = base.name, base.split
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.seen.add(int(i))
+        return self.base[i]
+
+
+@pytest.mark.parametrize("held_out", [False, True])
+def test_finetuning_reads_only_its_train_and_validation_parts(held_out):
+    """Through :func:`lrviz.data.finetune_splits`, fine-tuning (training and epoch selection) never reads
+    an image of the evaluation part."""
+    from helpers import tiny_net
+
+    from lrviz.data import finetune_splits
+
+    test = _Recording(get_dataset("synthetic:3,16,16,10,80"))
+    train = None if held_out else _Recording(get_dataset("synthetic:3,16,16,10,80", "train"))
+    splits = finetune_splits(test, train)
+    assert splits.held_out == held_out
+    finetune(tiny_net(), splits.train.dataset, epochs=2, val_set=splits.val.dataset, val_limit=None, patience=5)
+    used = set(splits.train.indices) | set(splits.val.indices)
+    if held_out:
+        assert test.seen == used and not test.seen & set(splits.eval.indices)
+    else:
+        assert train.seen == used and not test.seen  # the test split is not even opened
