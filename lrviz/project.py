@@ -38,16 +38,20 @@ from .evaluate import Z95
 from .plan import RankPlan
 from .spectra import retained_energy
 
-__all__ = ["Projection", "SensitivityProjector", "SENS_BASIS", "BASIS", "DESCRIPTION", "DEFAULT_EXPONENT", "DEFAULT_REL_ERROR",
+__all__ = ["Projection", "SensitivityProjector", "SENS_BASIS", "BASIS", "DESCRIPTION", "DEFAULT_EXPONENT", "DEFAULT_REL_ERROR", "DEFAULT_ABS_ERROR", "PRIOR_POINTS", "GAIN_GRID",
            "CURVE_FRACTIONS", "layer_retention", "project_accuracy", "fit_exponent", "measured_pairs", "retention_curve",
            "curve_top1"]
 
 SENS_BASIS = "sensitivities"
 BASIS = "energy proxy"
 
-#: Relative model error assumed before any measured point has been seen: the band is
-#: ±(this × projected drop), combined with the sampling error of the calibration set.
-DEFAULT_REL_ERROR = 0.3
+#: Model error assumed before three measured points exist: ``√(a² + (b·drop)²)`` with ``a`` this
+#: (accuracy fraction) ...
+DEFAULT_ABS_ERROR = 0.01
+#: ... and ``b`` this (relative to the projected drop); combined with the calibration set's sampling error.
+DEFAULT_REL_ERROR = 0.35
+#: Measured points below which the model error is never taken narrower than the prior above.
+PRIOR_POINTS = 8
 
 #: Exponent applied to the product of per-layer retained energies (energy proxy).
 DEFAULT_EXPONENT = 1.0
@@ -149,12 +153,14 @@ class SensitivityProjector:
     logit(p_cal) − logit(base_cal)``.
     """
 
-    def __init__(self, sens, gain: float = 1.0, rel_error: float | None = None, abs_error: float = 0.0, n_fit: int = 0):
+    def __init__(self, sens, gain: float = 1.0, rel_error: float | None = None, abs_error: float | None = None, n_fit: int = 0):
         self.sens = sens
         self.gain = float(gain)
         self.rel_error = rel_error
-        self.abs_error = float(abs_error)
+        self.abs_error = abs_error
         self.n_fit = int(n_fit)
+        #: Leave-one-out residuals (projected − measured) of the points :meth:`calibrate` fitted to (three or more).
+        self.loo_residuals: tuple[float, ...] = ()
         self._memo: dict[tuple[str, int, int], np.ndarray] = {}
 
     # --- core ------------------------------------------------------------------------------------
@@ -173,14 +179,26 @@ class SensitivityProjector:
         return d
 
     def total_delta(self, plan: RankPlan) -> np.ndarray:
-        """``Σ Δz`` over the plan's truncated modes (N × M)."""
+        """``Σ Δz`` over the plan's truncated modes, plus the two-mode interaction of every Tucker-2 layer
+        with both modes truncated (:class:`lrviz.sensitivity.PairTerm`, when measured) (N × M)."""
         total = np.zeros_like(self.sens.base_logits)
+        pairs = getattr(self.sens, "pairs", None) or {}
         for lp in plan.layers:
             for m, (r, full) in enumerate(zip(lp.ranks, lp.full_ranks)):
                 if r < full:
                     d = self._delta(lp.name, m, int(r))
                     if d is not None:
                         total += d
+            pair = pairs.get(lp.name)
+            if pair is not None and len(lp.ranks) == 2:
+                key = (lp.name, -1, int(lp.ranks[0]) * 100003 + int(lp.ranks[1]))
+                d = self._memo.get(key)
+                if d is None:
+                    d = pair.at(int(lp.ranks[0]), int(lp.ranks[1]))
+                    if d is not None:
+                        self._memo[key] = d
+                if d is not None:
+                    total += d
         return total
 
     def missing(self, plan: RankPlan) -> list[str]:
@@ -208,7 +226,16 @@ class SensitivityProjector:
         return _sigmoid(_logit(base_top1) + _logit(p_cal) - _logit(b_cal))
 
     def project(self, plan: RankPlan, base_top1: float | None = None) -> Projection:
-        """Projected top-1 of ``plan`` (anchored to ``base_top1`` when given, else to the calibration set)."""
+        """Projected top-1 of ``plan`` (anchored to ``base_top1`` when given, else to the calibration set).
+
+        The ~95 % band is ``top1 ± Z95·√(sampling² + model²)``: ``sampling`` is the standard error of
+        the projected change on the ``n`` calibration images (from the per-sample flips), ``model`` is
+        ``√(a² + (b·drop)²)`` with ``a, b`` fitted to the leave-one-out residuals of the measured
+        points (:meth:`calibrate`; :data:`DEFAULT_ABS_ERROR`, :data:`DEFAULT_REL_ERROR` before three
+        points). It is then clipped to ``[chance, base + Z95·√(base(1 − base)/n)]``: a truncated model
+        is not expected to beat the original by more than the original's own sampling error, nor to
+        fall below chance.
+        """
         missing = self.missing(plan)
         if missing:
             raise LrvizError(f"no sensitivity measured for planned layer(s) {missing[:5]}; measure them first")
@@ -216,17 +243,41 @@ class SensitivityProjector:
         p_cal = self.sens.top1_of(z)
         loss = self.sens.loss_of(z)
         base = self.sens.base_top1 if base_top1 is None else float(base_top1)
-        top1 = min(max(self._transfer(p_cal, base_top1), 0.0), 1.0)
-        drop = max(base - top1, 0.0)
         n = self.sens.n
-        sampling = math.sqrt(max(top1 * (1 - top1), 1.0 / n) / n)
-        rel = DEFAULT_REL_ERROR if self.rel_error is None else self.rel_error
-        model_err = math.hypot(rel * drop, self.abs_error)
-        half = Z95 * math.hypot(sampling, model_err)
-        lo, hi = max(top1 - half, 0.0), min(top1 + half, 1.0)
-        fit = f"γ = {self.gain:.2f} fitted to {self.n_fit} measured plan(s)" if self.n_fit else "γ = 1 (not yet calibrated by a measurement)"
+        chance = 1.0 / max(int(self.sens.num_classes), 1)
+        ceiling = min(base + Z95 * math.sqrt(max(base * (1 - base), 1.0 / n) / n), 1.0)
+        top1 = min(max(self._transfer(p_cal, base_top1), chance), ceiling)
+        drop = max(base - top1, 0.0)
+        half = Z95 * math.hypot(self._sampling(z, base_top1), self.model_error(drop))
+        lo, hi = max(top1 - half, chance), min(top1 + half, ceiling)
+        fit = (f"γ = {self.gain:.2f} fitted to {self.n_fit} measured plan(s)" if self.n_fit
+               else "γ = 1 (not yet calibrated by a measurement)")
         detail = (f"additive per-sample logit changes of single-layer truncations, measured on {n} calibration images; {fit}")
-        return Projection(top1, (lo, hi), base, SENS_BASIS, detail, loss=loss, calib_top1=p_cal)
+        return Projection(top1, (min(lo, top1), max(hi, top1)), base, SENS_BASIS, detail, loss=loss, calib_top1=p_cal,
+                          chance=chance)
+
+    def _sampling(self, z: np.ndarray, base_top1: float | None) -> float:
+        """Standard error of the projected accuracy change on the calibration images: the per-sample
+        change of correctness (−1, 0, 1) has variance ``flips − drop²``; doubled in variance when the
+        projection is carried to other images (their own draw adds as much again)."""
+        n = self.sens.n
+        c0 = self.sens.base_logits.argmax(axis=-1) == self.sens.label_pos
+        c1 = z.argmax(axis=-1) == self.sens.label_pos
+        change = c0.astype(np.float64) - c1.astype(np.float64)
+        var = max(float(change.var()), 1.0 / n)
+        other = base_top1 is not None and abs(float(base_top1) - self.sens.base_top1) > 1e-12
+        return math.sqrt((2.0 if other else 1.0) * var / n)
+
+    def model_error(self, drop: float) -> float:
+        """The model error (one standard deviation, accuracy fraction) at a projected drop: the fitted
+        one, but never below the prior (:data:`DEFAULT_ABS_ERROR`, :data:`DEFAULT_REL_ERROR`) until
+        :data:`PRIOR_POINTS` points were measured — a few anchors that agree with each other say little
+        about plans unlike them."""
+        a = DEFAULT_ABS_ERROR if self.abs_error is None else self.abs_error
+        b = DEFAULT_REL_ERROR if self.rel_error is None else self.rel_error
+        if self.n_fit < PRIOR_POINTS:
+            a, b = max(a, DEFAULT_ABS_ERROR), max(b, DEFAULT_REL_ERROR)
+        return math.hypot(a, b * max(float(drop), 0.0))
 
     # --- calibration ---------------------------------------------------------------------------
     @classmethod
@@ -243,16 +294,27 @@ class SensitivityProjector:
             out.append((_ranks_plan(a["ranks"], a["full"]), float(a["top1"]), None))
         return out
 
-    def calibrate(self, measured: Iterable[tuple], base_top1: float | None = None,
-                  bounds: tuple[float, float] = (0.05, 4.0)) -> "SensitivityProjector":
+    def _gain_curves(self, pts) -> np.ndarray:
+        """Projected accuracy of every point at every gain of :data:`GAIN_GRID` (n × G)."""
+        base = self.sens.base_logits
+        out = np.empty((len(pts), len(GAIN_GRID)))
+        for i, (d, _, b) in enumerate(pts):
+            for j, g in enumerate(GAIN_GRID):
+                out[i, j] = self._transfer(self.sens.top1_of(base + g * d), b)
+        return out
+
+    def calibrate(self, measured: Iterable[tuple], base_top1: float | None = None) -> "SensitivityProjector":
         """A new projector with ``γ`` fitted to measured points.
 
         ``measured``: ``(plan, top1)`` pairs measured on data whose original accuracy is ``base_top1``
         (None = the calibration set itself), or ``(plan, top1, base)`` triples giving it per point.
-        ``γ`` minimises the squared error of the projected accuracy (a bounded 1-D search); the band's
-        model error becomes the RMS residual (absolute, and as a fraction of the drop) once there are
-        at least two points. Plans at full rank carry no information and are ignored. Returns ``self``
-        unchanged when nothing is usable.
+        ``γ`` minimises the squared error of the projected accuracy over :data:`GAIN_GRID` (refined
+        by a parabola through the best three). With three points or more the band's model error is
+        fitted out of sample: every point is projected with ``γ`` fitted to the *others*, and
+        ``a² + b²·drop²`` is fitted (non-negative least squares) to those leave-one-out squared
+        residuals — no division by a drop, so points with no or a negative drop are harmless. Plans
+        at full rank carry no information and are ignored. Returns ``self`` unchanged when nothing is
+        usable.
         """
         pts = []
         for item in measured:
@@ -266,37 +328,61 @@ class SensitivityProjector:
             pts.append((d, float(top1), b))
         if not pts:
             return self
-        base = self.sens.base_logits
-
-        def err(g):
-            return sum((self._transfer(self.sens.top1_of(base + g * d), b) - t) ** 2 for d, t, b in pts)
-
-        grid = np.exp(np.linspace(math.log(bounds[0]), math.log(bounds[1]), 41))
-        errs = [err(g) for g in grid]
-        j = int(np.argmin(errs))
-        lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
-        for _ in range(12):  # golden-section refinement in the bracket
-            a = hi - (hi - lo) / 1.618033988749895
-            b = lo + (hi - lo) / 1.618033988749895
-            if err(a) < err(b):
-                hi = b
-            else:
-                lo = a
-        g = float(0.5 * (lo + hi))
-        if err(g) > errs[j]:
-            g = float(grid[j])
+        curves = self._gain_curves(pts)
+        truth = np.array([t for _, t, _ in pts])
+        g = _best_gain(curves, truth)
         new = SensitivityProjector(self.sens, g, self.rel_error, self.abs_error, len(pts))
-        if len(pts) >= 2:
-            rel, ab = [], []
-            for d, t, b in pts:
-                p = new._transfer(self.sens.top1_of(base + g * d), b)
-                b_eval = self.sens.base_top1 if b is None else float(b)
-                drop = max(b_eval - p, 1e-3)
-                rel.append(((p - t) / drop) ** 2)
-                ab.append((p - t) ** 2)
-            new.rel_error = float(math.sqrt(np.mean(rel)))
-            new.abs_error = float(min(math.sqrt(np.mean(ab)), 0.05))
+        if len(pts) >= 3:
+            res, drops = [], []
+            for i in range(len(pts)):
+                keep = np.arange(len(pts)) != i
+                gi = _best_gain(curves[keep], truth[keep])
+                p = float(np.interp(math.log(gi), _LOG_GAINS, curves[i]))
+                b_eval = self.sens.base_top1 if pts[i][2] is None else float(pts[i][2])
+                res.append(p - truth[i])
+                drops.append(max(b_eval - p, 0.0))
+            new.abs_error, new.rel_error = _fit_error(np.array(res), np.array(drops))
+            new.loo_residuals = tuple(float(r) for r in res)
         return new
+
+
+#: Gains :meth:`SensitivityProjector.calibrate` searches (log-spaced).
+GAIN_GRID = np.exp(np.linspace(math.log(0.05), math.log(4.0), 89))
+_LOG_GAINS = np.log(GAIN_GRID)
+
+
+def _best_gain(curves: np.ndarray, truth: np.ndarray) -> float:
+    """The gain minimising the squared error of ``curves`` (n × G) against ``truth`` (parabola-refined)."""
+    err = ((curves - truth[:, None]) ** 2).sum(axis=0)
+    j = int(np.argmin(err))
+    if 0 < j < len(err) - 1:
+        y0, y1, y2 = err[j - 1], err[j], err[j + 1]
+        den = y0 - 2 * y1 + y2
+        if den > 1e-15:
+            step = 0.5 * (y0 - y2) / den
+            x = _LOG_GAINS[j] + step * (_LOG_GAINS[1] - _LOG_GAINS[0])
+            return float(math.exp(x))
+    return float(GAIN_GRID[j])
+
+
+def _fit_error(res: np.ndarray, drops: np.ndarray) -> tuple[float, float]:
+    """``(a, b)`` ≥ 0 with ``a² + b²·drop²`` ≈ ``res²`` (least squares on the squares, non-negative)."""
+    y = res ** 2
+    x = drops ** 2
+    best = None
+    for use_a, use_b in ((True, True), (True, False), (False, True)):
+        cols = [np.ones_like(x)] * use_a + [x] * use_b
+        coef, *_ = np.linalg.lstsq(np.stack(cols, axis=1), y, rcond=None)
+        if np.any(coef < 0):
+            continue
+        a2 = float(coef[0]) if use_a else 0.0
+        b2 = float(coef[-1]) if use_b else 0.0
+        sse = float(((a2 + b2 * x - y) ** 2).sum())
+        if best is None or sse < best[0]:
+            best = (sse, a2, b2)
+    if best is None:
+        return float(math.sqrt(y.mean())), 0.0
+    return float(math.sqrt(best[1])), float(min(math.sqrt(best[2]), 2.0))
 
 
 def _ranks_plan(ranks: Mapping[str, Sequence[int]], full: Mapping[str, Sequence[int]]) -> RankPlan:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,13 +28,15 @@ from .decompose import weights_fingerprint
 from .layers import LayerInfo
 from .storage import FileLock, atomic_write, cache_root
 
-__all__ = ["FORMAT_VERSION", "ANCHORS_FILE", "LOCK_DIR", "sensitivity_dir", "model_fingerprint", "cache_key", "SensitivityCache"]
+__all__ = ["FORMAT_VERSION", "ANCHORS_FILE", "BUNDLED_ROOT", "bundled_dir", "LOCK_DIR", "sensitivity_dir", "model_fingerprint", "cache_key", "SensitivityCache"]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: the SVD mode is "matrix" (was "rank")
+FORMAT_VERSION = 3  # 2: the SVD mode is "matrix" (was "rank"); 3: two-mode pair terms of Tucker-2 layers
 
 ANCHORS_FILE = "anchors.json"
+#: Sensitivities shipped with lrviz, one folder per key (read-only; :func:`bundled_dir`).
+BUNDLED_ROOT = Path(__file__).parent / "assets" / "sensitivity"
 #: Lock files of a cache key's folder (one per cache file; ``fcntl.flock``, see :class:`lrviz.storage.FileLock`).
 LOCK_DIR = ".locks"
 
@@ -55,12 +58,14 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid_points: int, max_classes: int) -> tuple[str, str]:
+def cache_key(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid_points: int, max_classes: int,
+              pairs: bool = True) -> tuple[str, str]:
     """``(key, key_src)``: the folder name (24 hex digits) and the JSON it hashes — the model
-    (:func:`model_fingerprint`), the calibration tensors, the grid and the format."""
+    (:func:`model_fingerprint`), the calibration tensors, the grid (and whether pair terms are
+    measured) and the format."""
     key_src = json.dumps({
         "v": FORMAT_VERSION, "model": model_fingerprint(model), "data": _data_fingerprint(x, y),
-        "grid": int(grid_points), "max_classes": int(max_classes),
+        "grid": int(grid_points), "max_classes": int(max_classes), "pairs": bool(pairs),
     }, sort_keys=True)
     return hashlib.sha256(key_src.encode()).hexdigest()[:24], key_src
 
@@ -73,16 +78,34 @@ def _data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def bundled_dir(key: str) -> Path | None:
+    """The read-only folder of sensitivities shipped with lrviz for ``key`` (the bundled demo on the
+    bundled sample, see ``benchmarks/bundle_sensitivities.py``), or None when there is none or
+    ``$LRVIZ_NO_BUNDLED_SENSITIVITIES`` is set (to 1, true, yes)."""
+    if os.environ.get("LRVIZ_NO_BUNDLED_SENSITIVITIES", "").strip().lower() in ("1", "true", "yes"):
+        return None
+    folder = BUNDLED_ROOT / key
+    return folder if folder.is_dir() else None
+
+
 class SensitivityCache:
     """One key's folder: per-layer curves and the anchors, each read, measured and written under its
-    own lock. With ``enabled=False`` nothing is read or written (every load misses)."""
+    own lock. With ``enabled=False`` nothing is read or written (every load misses). A layer or the
+    anchors missing from the folder are read from the bundled copy (:func:`bundled_dir`) when lrviz
+    ships one for the key; nothing is ever written there."""
 
     def __init__(self, folder: Path, key_src: str, logits_shape: tuple[int, ...], enabled: bool = True):
         self.folder, self.key_src, self.logits_shape, self.enabled = Path(folder), key_src, tuple(logits_shape), enabled
+        self.bundled = bundled_dir(self.folder.name) if enabled else None
 
     def load_layer(self, info: LayerInfo):
         """``info``'s cached curves, or None (missing, disabled, or unreadable)."""
-        return _load_layer(_layer_file(self.folder, info.name), info, self.logits_shape) if self.enabled else None
+        if not self.enabled:
+            return None
+        got = _load_layer(_layer_file(self.folder, info.name), info, self.logits_shape)
+        if got is None and self.bundled is not None:
+            got = _load_layer(_layer_file(self.bundled, info.name), info, self.logits_shape)
+        return got
 
     def obtain(self, infos: Sequence[LayerInfo], measure: Callable, record: Callable, *, cache_only: bool = False,
                should_stop: Callable[[], bool] | None = None) -> bool:
@@ -142,8 +165,11 @@ class SensitivityCache:
             lock.release()
 
     def load_anchors(self) -> list | None:
-        """The cached anchors (read even when disabled), or None."""
-        return _load_anchors(self.folder / ANCHORS_FILE)
+        """The cached anchors (read even when disabled; else the bundled ones), or None."""
+        got = _load_anchors(self.folder / ANCHORS_FILE)
+        if got is None and self.bundled is not None:
+            got = _load_anchors(self.bundled / ANCHORS_FILE)
+        return got
 
     def anchors(self, measure: Callable[[], list], should_stop=None) -> list | None:
         """The anchors: cached, else ``measure()`` under their lock (and saved); None when stopped."""
@@ -198,10 +224,17 @@ def _load_anchors(path: Path) -> list | None:
 def _save_layer(path: Path, info: LayerInfo, curves, key_src: str) -> None:
     """Write one layer's curves atomically (unique temporary file + ``os.replace``): a reader, or a
     process that dies halfway, never leaves a torn file under the final name."""
+    from .sensitivity import PairTerm
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    pairs = [c for c in curves if isinstance(c, PairTerm)]
+    curves = [c for c in curves if not isinstance(c, PairTerm)]
     arrays = {"meta": np.frombuffer(json.dumps({"layer": info.name, "shape": list(info.weight_shape), "kind": info.kind,
                                                  "key": key_src, "modes": [c.mode for c in curves],
-                                                 "index": [c.index for c in curves]}).encode(), dtype=np.uint8)}
+                                                 "index": [c.index for c in curves], "pair": bool(pairs)}).encode(), dtype=np.uint8)}
+    for p in pairs:
+        arrays["pair_ranks0"], arrays["pair_ranks1"] = p.ranks0, p.ranks1
+        arrays["pair"] = p.inter.astype(np.float16) if np.abs(p.inter).max(initial=0) < 6e4 else p.inter
     for j, c in enumerate(curves):
         arrays[f"ranks{j}"] = c.ranks
         arrays[f"delta{j}"] = c.delta.astype(np.float16) if np.abs(c.delta).max(initial=0) < 6e4 else c.delta
@@ -217,7 +250,7 @@ def _load_layer(path: Path, info: LayerInfo, logits_shape: tuple[int, ...] | Non
 
     ``logits_shape`` ``(N, M)``: the kept logits' shape the stored changes must have.
     """
-    from .sensitivity import ModeCurve  # the result type lives with the method that measures it
+    from .sensitivity import ModeCurve, PairTerm  # the result types live with the method that measures them
 
     if not path.is_file():
         return None
@@ -236,6 +269,12 @@ def _load_layer(path: Path, info: LayerInfo, logits_shape: tuple[int, ...] | Non
                         or g == 0 or int(c.ranks[-1]) != c.full):
                     raise ValueError(f"inconsistent arrays for mode {mode!r}")
                 out.append(c)
+            if meta.get("pair"):
+                p = PairTerm(info.name, z["pair_ranks0"].astype(np.int64), z["pair_ranks1"].astype(np.int64), z["pair"].astype(np.float32))
+                if (len(out) != 2 or p.inter.shape[:2] != (len(p.ranks0), len(p.ranks1)) or int(p.ranks0[-1]) != out[0].full
+                        or int(p.ranks1[-1]) != out[1].full or tuple(p.inter.shape[2:]) != tuple(out[0].delta.shape[1:])):
+                    raise ValueError("inconsistent pair arrays")
+                out.append(p)
             return out
     except Exception as exc:  # BadZipFile, EOFError, zlib errors, missing keys, bad JSON, ...: recompute
         log.warning("ignoring unreadable sensitivity cache file %s (%s: %s)", path, type(exc).__name__, exc)

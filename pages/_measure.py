@@ -322,13 +322,16 @@ def sensitivities(ctx: Context, auto: bool = True):
     loaded now (``auto`` and :func:`cheap`). None when not looked up.
 
     An incomplete stored result is re-loaded when the disk cache gained layers since (another
-    session or the CLI measured them).
+    session or the CLI measured them). While this session's job refines the grid, its complete
+    coarse first estimate is returned (``.coarse`` is True).
     """
     finish_sensitivity_job()
     if ctx.eval_problem is not None or not ctx.loaded.decomposable:
         return None
     key = sens_key(ctx)
     hit = result_store().get(key)
+    if (hit is None or not hit.complete) and first_estimate(ctx) is not None:
+        return first_estimate(ctx)  # the coarse first estimate while the full grid is measured
     if hit is not None and not hit.complete and not sens_running() and _disk_layers(hit) > len({n for n, _ in hit.curves}):
         hit = None
     if hit is None and auto and cheap(ctx):
@@ -351,18 +354,37 @@ def calibrated(ctx: Context, auto: bool = True):
 
 
 def start_sensitivity_job(ctx: Context) -> None:
-    """Measure (resume) the sensitivities of (model, data, quick_n) in a background thread."""
-    from lrviz.sensitivity import measure_sensitivity
+    """Measure (resume) the sensitivities of (model, data, quick_n) in a background thread, in two stages:
+    a first estimate on a coarse grid (:data:`lrviz.sensitivity.COARSE_POINTS` ranks per mode, no pair
+    terms; about a third of the passes), published as soon as it is complete (:func:`first_estimate`),
+    then the full grid with pair terms, which replaces it when done."""
+    from lrviz.sensitivity import COARSE_POINTS, measure_sensitivity
 
     model, dataset, factors, n, name = ctx.original, ctx.dataset, ctx.factors, ctx.quick_n, _data_name(ctx)
+    holder: dict = {}
 
     def _target(progress, should_stop):
-        return measure_sensitivity(
-            model, dataset, limit=n, factors=factors, data_name=name, should_stop=should_stop,
-            progress=lambda done, total, layer: progress({"event": "layer", "done": done, "total": total, "layer": layer}),
-        )
+        def report(stage):
+            return lambda done, total, layer: progress({"event": "layer", "stage": stage, "done": done, "total": total, "layer": layer})
+
+        first = measure_sensitivity(model, dataset, limit=n, factors=factors, data_name=f"{name}, first estimate", should_stop=should_stop,
+                                    grid_points=COARSE_POINTS, pairs=False, progress=report("first estimate"))
+        if not first.complete:
+            return first  # stopped: the finished layers are cached (shown as partly measured) and the next run resumes
+        holder["first"] = first
+        return measure_sensitivity(model, dataset, limit=n, factors=factors, data_name=name, should_stop=should_stop,
+                                   progress=report("full grid"))
 
     job = BackgroundJob(_target, name="sensitivity").start()
     st.session_state[SENS_JOB] = {"job": job, "key": sens_key(ctx), "n": n, "model_id": ctx.model_id, "label": name,
-                                  "total": len(ctx.analysis.layers), "final": False}
+                                  "total": len(ctx.analysis.layers), "final": False, "holder": holder}
     st.session_state.pop(SENS_ERROR, None)
+
+
+def first_estimate(ctx: Context):
+    """The running job's complete coarse first estimate for (model, data, quick_n), or None."""
+    info = sens_job()
+    if info is None or info["key"] != sens_key(ctx) or info["job"].done:
+        return None
+    first = info.get("holder", {}).get("first")
+    return first if first is not None and first.complete else None

@@ -133,6 +133,13 @@ def sensitivity_status(col, ctx, sens: Sens) -> None:
     a, n, data_label = ctx.analysis, ctx.quick_n, ctx.data_label
     if ctx.eval_problem:
         col.caption(f"Cannot be measured: {ctx.eval_problem}.")
+    elif sens.ready and sens.result.coarse:
+        info = tables.sensitivity_summary(sens.result)
+        col.markdown(
+            f":orange[◐] **First estimate** on {fmt.count(info['n'])} images of {data_label}: {info['layers']} layers on a coarse "
+            f"rank grid ({sens.result.grid_points} ranks per mode, no two-mode terms), γ fitted to {info['anchors']} anchor plans. "
+            "The full grid is being measured and replaces it when done."
+        )
     elif sens.ready:
         info = tables.sensitivity_summary(sens.result)
         col.markdown(
@@ -164,17 +171,21 @@ def sensitivity_progress() -> None:
     last = events[-1] if events else None
     total = last["total"] if last else info["total"]
     done = last["done"] if last else 0
+    stage = f"{last.get('stage', 'layers')}: " if last else ""
     if last is None:
         text = "starting: one forward pass of the original model, then the layers (cached ones are loaded)…"
     elif done >= total:
-        text = f"all {total} layers done; measuring the joint anchor plans…"
+        text = f"{stage}all {total} layers done; measuring the joint anchor plans…"
     else:
-        text = f"{done}/{total} layers done (last: {last['layer']})"
+        text = f"{stage}{done}/{total} layers done (last: {last['layer']})"
     st.progress(min(done / max(total, 1), 1.0),
                 text=("stopping… " if job.stop_requested else "") + f"Sensitivities on {fmt.count(info['n'])} images: {text}")
     st.button("Stop", key="sens_stop", on_click=job.stop, disabled=job.stop_requested,
               help="stop after the current forward pass; finished layers stay cached and the next run resumes")
     if job.done:
+        st.rerun()
+    if info.get("holder", {}).get("first") is not None and not info.get("first_shown"):
+        info["first_shown"] = True  # the coarse first estimate is ready: project with it now
         st.rerun()
 
 

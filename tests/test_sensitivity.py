@@ -14,7 +14,7 @@ from lrviz.evaluate import evaluate
 from lrviz.models import load_model
 from lrviz.plan import plan_for_ratio
 from lrviz.project import SensitivityProjector
-from lrviz.sensitivity import measure_sensitivity, rank_grid
+from lrviz.sensitivity import measure_sensitivity, rank_grid, pair_grid
 
 N = 200
 LAYERS = ["layer1.0.conv1", "layer2.0.conv2", "layer2.0.shortcut.0", "layer3.1.conv1", "layer3.2.conv2"]
@@ -308,6 +308,6 @@ def test_frontier_memory_guard_falls_back(demo, monkeypatch):
     orig = dm.forward_logits
     monkeypatch.setattr(dm, "forward_logits", lambda *a_, **k_: seen.append(1) or orig(*a_, **k_))
     got = measure_sensitivity(lm.module, ds, partial=True, **kw)
-    assert got.partial_layers == () and len(seen) == len(rank_grid(32)) + len(rank_grid(16))  # one whole pass per rank
+    assert got.partial_layers == () and len(seen) == len(rank_grid(32)) + len(rank_grid(16)) + len(pair_grid(32)) * len(pair_grid(16))  # one whole pass per rank (and per pair-grid point)
     for k in ref.curves:
         np.testing.assert_allclose(got.curves[k].delta, ref.curves[k].delta, atol=1e-5)
