@@ -30,3 +30,26 @@ def tiny_net(num_classes: int = 10):
         nn.Flatten(),
         nn.Linear(48, num_classes),
     )
+
+
+def dashboard_without_bundled(monkeypatch, quick_n: int):
+    """The dashboard (AppTest) with ``quick_n`` quick-evaluation images and the bundled demo
+    sensitivities switched off (``LRVIZ_NO_BUNDLED_SENSITIVITIES=1``), after its first run."""
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    if str(app.parent) not in sys.path:
+        sys.path.insert(0, str(app.parent))
+    monkeypatch.setenv("LRVIZ_NO_BUNDLED_SENSITIVITIES", "1")
+    at = AppTest.from_file(str(app), default_timeout=120)
+    assert not at.run().exception
+    at.select_slider(key="quick_n").set_value(quick_n)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at

@@ -204,16 +204,9 @@ def test_compress_finetune_offline_on_the_bundled_train_sample(tmp_path, capsys)
 
 @pytest.fixture
 def app(monkeypatch):
-    pytest.importorskip("streamlit")
-    from streamlit.testing.v1 import AppTest
+    from helpers import dashboard_without_bundled
 
-    if str(APP.parent) not in sys.path:
-        sys.path.insert(0, str(APP.parent))
-    monkeypatch.setenv("LRVIZ_NO_BUNDLED_SENSITIVITIES", "1")
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    _ok(at.run())
-    at.select_slider(key="quick_n").set_value(200)
-    return _ok(at.run())
+    return dashboard_without_bundled(monkeypatch, 200)
 
 
 def _ok(at):

@@ -76,16 +76,9 @@ def _ok(at):
 
 
 def _app(monkeypatch, quick_n: int):
-    pytest.importorskip("streamlit")
-    from streamlit.testing.v1 import AppTest
+    from helpers import dashboard_without_bundled
 
-    if str(APP.parent) not in sys.path:
-        sys.path.insert(0, str(APP.parent))
-    monkeypatch.setenv("LRVIZ_NO_BUNDLED_SENSITIVITIES", "1")
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    _ok(at.run())
-    at.select_slider(key="quick_n").set_value(quick_n)
-    return _ok(at.run())
+    return dashboard_without_bundled(monkeypatch, quick_n)
 
 
 def _plan_ratio3(at):
@@ -118,18 +111,7 @@ def test_present_and_report_say_not_projected_yet_without_sensitivities(monkeypa
     assert fmt.percent(proxy.top1) not in html and project.DESCRIPTION not in html and ENERGY_CURVE not in html
 
 
-@pytest.fixture(scope="module")
-def demo_sensitivities():
-    """The demo's sensitivities on SENS_N sample images, exactly as the Ranks page measures them (disk cache)."""
-    from lrviz.sensitivity import measure_sensitivity
-
-    loaded, _ = sources.load_source(sources.builtin_source("demo"))
-    ds = sources.load_dataset(sources.dataset_source("fashion-mnist-sample", loaded.input_size), "test")
-    t = time.perf_counter()
-    sens = measure_sensitivity(sources.inference_copy(loaded.module), ds, limit=SENS_N)
-    print(f"\ndemo sensitivities on {SENS_N} images: {time.perf_counter() - t:.1f} s")
-    assert sens.complete
-    return sens
+from test_app import demo_sensitivities  # noqa: E402,F401 (the same module fixture, disk-cached)
 
 
 def test_report_shows_the_sensitivity_projection_the_page_shows(monkeypatch, demo_sensitivities):

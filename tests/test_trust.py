@@ -134,3 +134,26 @@ def test_coarse_first_estimate(demo, tmp_path):
     assert len(c.ranks) <= COARSE_POINTS + 3
     p = SensitivityProjector.from_sensitivities(s)
     assert p.n_fit == 1 and p.project(_uniform(a, 0.5, LAYERS[:2])).basis == "sensitivities"
+
+
+def test_dashboard_opens_with_a_data_driven_projection_from_the_bundled_sensitivities(tmp_path, monkeypatch):
+    """Default model, data and quick-evaluation size, empty cache: the Ranks page projects on arrival."""
+    import re
+
+    from streamlit.testing.v1 import AppTest
+
+    from test_app import APP, metric, ok
+
+    monkeypatch.setenv("LRVIZ_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("LRVIZ_NO_BUNDLED_SENSITIVITIES", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    ok(at.run())
+    at.switch_page("pages/ranks.py")
+    ok(at.run())
+    shown = metric(at, "Projected top-1")
+    m = re.fullmatch(r"([\d.]+)% \(([\d.]+)–([\d.]+)%\)", shown)
+    assert m, shown  # a percentage with its band, not "not projected yet"
+    top1, lo, hi = (float(v) for v in m.groups())
+    assert 10.0 <= lo <= top1 <= hi <= 100.0
+    assert any("Measured on" in md.value and "500 images" in md.value for md in at.markdown)
+    assert not any(tmp_path.rglob("*.npz"))  # read from the package
