@@ -239,7 +239,8 @@ class SensitivityProjector:
         missing = self.missing(plan)
         if missing:
             raise LrvizError(f"no sensitivity measured for planned layer(s) {missing[:5]}; measure them first")
-        z = self.logits(plan)
+        delta = self.total_delta(plan)
+        z = self.sens.base_logits + self.gain * delta
         p_cal = self.sens.top1_of(z)
         loss = self.sens.loss_of(z)
         base = self.sens.base_top1 if base_top1 is None else float(base_top1)
@@ -248,7 +249,8 @@ class SensitivityProjector:
         ceiling = min(base + Z95 * math.sqrt(max(base * (1 - base), 1.0 / n) / n), 1.0)
         top1 = min(max(self._transfer(p_cal, base_top1), chance), ceiling)
         drop = max(base - top1, 0.0)
-        half = Z95 * math.hypot(self._sampling(z, base_top1), self.model_error(drop))
+        # nothing truncated (or nothing measured changes): the original itself, no model error
+        half = Z95 * math.hypot(self._sampling(z, base_top1), self.model_error(drop)) if np.any(delta) else 0.0
         lo, hi = max(top1 - half, chance), min(top1 + half, ceiling)
         fit = (f"γ = {self.gain:.2f} fitted to {self.n_fit} measured plan(s)" if self.n_fit
                else "γ = 1 (not yet calibrated by a measurement)")
