@@ -40,7 +40,7 @@ class View:
             self.ft_elsewhere, self.ft = self.ft, None
         self.variant = "fine-tuned" if self.ft is not None else "decomposed, not fine-tuned"
         self.label = state.current_label(ctx)
-        self.sens, self.projector = measure.calibrated(ctx, auto=False)
+        self.sens, self.projector = measure.calibrated(ctx)  # the disk cache (or the bundled copy) when it is cheap to look up
         self.proj = measure.project_plan(ctx, self.plan, measure.baseline(ctx, auto=False), self.projector)
 
     def compressed_model(self):
