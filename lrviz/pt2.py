@@ -261,7 +261,7 @@ def _open_zip(file: Path, p: str) -> zipfile.ZipFile:
         return zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise LrvizError(
-            f"{p!r} is not a torch.export program (not a zip archive: {exc}); a .pt2 file is written by "
+            f"{p!r} is not a torch.export program (it is not a zip archive: truncated, or another kind of file); a .pt2 file is written by "
             "torch.export.save(torch.export.export(model, (x,)), FILE)"
         ) from None
 
@@ -294,8 +294,8 @@ def _check_format(rel: dict[str, zipfile.ZipInfo], read, p: str) -> None:
     if any(name in rel for name in _TORCH_SAVE_MARKERS):
         raise LrvizError(
             f"{p!r} is a torch.save file (a pickle), not a torch.export program; if it is a state_dict, "
-            "pass it with --weights FILE next to its architecture name (lrviz reads it with "
-            "weights_only=True); lrviz never unpickles a .pt2"
+            "load it as the weights of its architecture (command line: --weights FILE; dashboard: "
+            "'upload a state_dict'; read with weights_only=True); lrviz never unpickles a .pt2"
         )
     if rel.get("archive_format") is None:
         legacy = "serialized_exported_program.json" in rel

@@ -309,7 +309,7 @@ def test_pt2_missing_or_corrupt(tmp_path):
         load_model(str(tmp_path / "nope.pt2"))
     bad = tmp_path / "bad.pt2"
     bad.write_bytes(b"not a zip archive")
-    with pytest.raises(LrvizError, match="is not a torch.export program .not a zip archive"):
+    with pytest.raises(LrvizError, match="is not a torch.export program .it is not a zip archive"):
         load_model(str(bad))
 
 
