@@ -101,15 +101,11 @@ def family_plans(a, proj):
     return out
 
 
-def scored_images(test):
-    """The Fashion-MNIST test images that are not in the bundled sample (8,000)."""
-    import numpy as np
+def scored_images(test, calib):
+    """The Fashion-MNIST test images that are not in the bundled sample ``calib`` (8,000)."""
     import torch.utils.data as tud
 
-    from lrviz.data_fashion_mnist import SAMPLE_PATH
-
-    with np.load(SAMPLE_PATH, allow_pickle=False) as z:
-        taken = set(int(i) for i in z["indices"])
+    taken = set(calib.source_indices)
     return tud.Subset(test, [i for i in range(len(test)) if i not in taken])
 
 
@@ -136,7 +132,7 @@ def main():
     a = analyze(lm.module, lm.input_size, "demo")
     fc = FactorCache(lm.module)
     calib = get_dataset("fashion-mnist-sample")
-    scored = scored_images(get_dataset("fashion-mnist", "test"))
+    scored = scored_images(get_dataset("fashion-mnist", "test"), calib)
     doc = {"model": "demo", "calibration_images": "bundled Fashion-MNIST test sample (2,000)",
            "scored_images": f"the other {len(scored)} Fashion-MNIST test images", "plans": args.plans}
     # 3. time to the first data-driven projection, empty cache, 500 images

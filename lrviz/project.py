@@ -191,14 +191,11 @@ class SensitivityProjector:
                         total += d
             pair = pairs.get(lp.name)
             if pair is not None and len(lp.ranks) == 2:
-                key = (lp.name, -1, int(lp.ranks[0]) * 100003 + int(lp.ranks[1]))
-                d = self._memo.get(key)
-                if d is None:
-                    d = pair.at(int(lp.ranks[0]), int(lp.ranks[1]))
-                    if d is not None:
-                        self._memo[key] = d
-                if d is not None:
-                    total += d
+                key = (lp.name, "pair", int(lp.ranks[0]), int(lp.ranks[1]))
+                if key not in self._memo:
+                    self._memo[key] = pair.at(*key[2:])  # None when a mode is whole
+                if self._memo[key] is not None:
+                    total += self._memo[key]
         return total
 
     def missing(self, plan: RankPlan) -> list[str]:
@@ -263,9 +260,7 @@ class SensitivityProjector:
         change of correctness (−1, 0, 1) has variance ``flips − drop²``; doubled in variance when the
         projection is carried to other images (their own draw adds as much again)."""
         n = self.sens.n
-        c0 = self.sens.base_logits.argmax(axis=-1) == self.sens.label_pos
-        c1 = z.argmax(axis=-1) == self.sens.label_pos
-        change = c0.astype(np.float64) - c1.astype(np.float64)
+        change = self.sens.base_correct - (z.argmax(axis=-1) == self.sens.label_pos)
         var = max(float(change.var()), 1.0 / n)
         other = base_top1 is not None and abs(float(base_top1) - self.sens.base_top1) > 1e-12
         return math.sqrt((2.0 if other else 1.0) * var / n)

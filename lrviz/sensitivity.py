@@ -273,6 +273,11 @@ class Sensitivities:
         return self.top1_of(self.base_logits)
 
     @functools.cached_property
+    def base_correct(self) -> np.ndarray:
+        """Per sample, 1.0 where the original ranks the true class first (else 0.0)."""
+        return (self.base_logits.argmax(axis=-1) == self.label_pos).astype(np.float64)
+
+    @functools.cached_property
     def base_loss(self) -> float:
         return self.loss_of(self.base_logits)
 

@@ -33,10 +33,8 @@ __all__ = [
     "load_dataset",
     "load_source",
     "program_source",
-    "split_sample",
     "state_dict_source",
     "torchvision_source",
-    "train_dataset_name",
     "training_source",
     "upload_path",
 ]
@@ -188,15 +186,6 @@ def load_dataset(src: DataSource, split: str = "test"):
         raise LrvizError(f"could not load dataset {src.name!r}: {_short_cause(exc)}") from exc
 
 
-def train_dataset_name(name: str) -> str:
-    """The full dataset a bundled sample is drawn from (``name`` itself otherwise).
-
-    Not what the dashboard fine-tunes on: that is :func:`training_source` (offline, the bundled
-    train sample), split by :func:`lrviz.data.finetune_splits`.
-    """
-    return "fashion-mnist" if name == "fashion-mnist-sample" else name
-
-
 def training_source(src: DataSource, input_size: Sequence[int]) -> DataSource:
     """The data to fine-tune on (its ``train`` split) when ``src`` is the evaluation data, prepared
     like ``src`` for a model taking ``input_size``: the same dataset, except the bundled test sample,
@@ -221,20 +210,6 @@ def eval_problem(loaded, dataset) -> str | None:
     if n is not None and int(n) != int(loaded.num_classes):
         return f"the model has {loaded.num_classes} outputs but the dataset has {n} classes"
     return None
-
-
-def split_sample(dataset, val_fraction: float = 0.5, seed: int = 0):
-    """Disjoint ``(train, val)`` subsets of one dataset.
-
-    Superseded by :func:`lrviz.data.finetune_splits`, which also holds an evaluation part out (what
-    the dashboard and the CLI use); kept for callers of the two-way split.
-    """
-    from .data import DatasetSubset
-
-    n = len(dataset)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    k = int(round(n * (1 - val_fraction)))
-    return DatasetSubset(dataset, perm[:k]), DatasetSubset(dataset, perm[k:])
 
 
 # ---- a loaded model shared by sessions ----------------------------------------------------------

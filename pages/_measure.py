@@ -195,18 +195,6 @@ def energy_kept(ctx: Context, plan) -> float:
     return float(retained)
 
 
-def projection(ctx: Context, plan, base_top1: float | None):
-    """The data-free energy-proxy projection of ``plan`` (None without an original accuracy).
-
-    Not an accuracy anyone measured: the dashboard's own pages show only its ``retained`` (Π q) as an
-    ordering; kept for callers that label it as the proxy."""
-    override = base_override(ctx)
-    base_top1 = override if override is not None else base_top1
-    if base_top1 is None:
-        return None
-    return project.project_accuracy(ctx.analysis, plan, base_top1, ctx.loaded.num_classes, exponent=project.DEFAULT_EXPONENT)
-
-
 def projector(ctx: Context, sens):
     """The sensitivity projector for complete ``sens``, with γ fitted to the anchors plus every quick
     evaluation of this session on the same images (same data and subset size).
@@ -239,11 +227,10 @@ def sensitivity_projection(ctx: Context, proj_obj, plan):
 
 @dataclass(frozen=True)
 class Projected:
-    """The projections of one plan: ``energy`` (the data-free proxy, a labelled fallback) and ``sens``
-    (from the layer sensitivities, when they cover the plan), the original accuracy the projection
-    starts from, and ``retained``: the energy kept Π q (an ordering of plans, not an accuracy)."""
+    """The projection of one plan: ``sens`` (from the layer sensitivities, when they cover the plan),
+    the original accuracy it starts from, and ``retained``: the energy kept Π q (data-free; an
+    ordering of plans, never shown as an accuracy)."""
 
-    energy: Any
     sens: Any
     base_top1: float | None
     base_text: str | None
@@ -251,25 +238,20 @@ class Projected:
 
     @property
     def shown(self):
-        """The projection to show as an accuracy: only the sensitivities' (None until they are measured).
-
-        The energy proxy is never a headline accuracy (its error is unknown); show ``retained`` as an
-        ordering instead."""
+        """The projection to show as an accuracy: only the sensitivities' (None until they are measured)."""
         return self.sens
 
 
 def project_plan(ctx: Context, plan, base, proj_obj) -> Projected:
-    """Both projections of ``plan`` from the measured original ``base`` (an ``EvalResult`` or None) and
+    """The projection of ``plan`` from the measured original ``base`` (an ``EvalResult`` or None) and
     the calibrated sensitivity projector ``proj_obj`` (or None); the user's override wins."""
     base_top1, base_text = projection_base(ctx, base)
-    energy = projection(ctx, plan, base_top1)
     sp = sensitivity_projection(ctx, proj_obj, plan)
     if sp is not None:  # anchored to the calibration images (or the user's override)
         base_top1 = sp.base_top1
         if base_override(ctx) is None:
             base_text = f"measured on the {fmt.count(proj_obj.sens.n)} calibration images"
-    retained = energy.retained if energy is not None else energy_kept(ctx, plan)
-    return Projected(energy, sp, base_top1, base_text, retained)
+    return Projected(sp, base_top1, base_text, energy_kept(ctx, plan))
 
 
 # ---- layer sensitivities ----------------------------------------------------------------------------------
@@ -330,8 +312,9 @@ def sensitivities(ctx: Context, auto: bool = True):
         return None
     key = sens_key(ctx)
     hit = result_store().get(key)
-    if (hit is None or not hit.complete) and first_estimate(ctx) is not None:
-        return first_estimate(ctx)  # the coarse first estimate while the full grid is measured
+    first = first_estimate(ctx) if hit is None or not hit.complete else None
+    if first is not None:
+        return first  # the coarse first estimate while the full grid is measured
     if hit is not None and not hit.complete and not sens_running() and _disk_layers(hit) > len({n for n, _ in hit.curves}):
         hit = None
     if hit is None and auto and cheap(ctx):

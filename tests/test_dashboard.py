@@ -108,7 +108,6 @@ def test_dataset_source_adapts_images_to_the_model():
     assert sources.dataset_source("fashion-mnist", (1, 32, 32)).resize == (32, 32)
     src = sources.dataset_source("imagefolder:/x", (1, 64, 64))
     assert src.resize == (64, 64) and src.grayscale
-    assert sources.train_dataset_name("fashion-mnist-sample") == "fashion-mnist"
 
 
 def test_eval_problem_explains_mismatches(demo):
@@ -117,14 +116,6 @@ def test_eval_problem_explains_mismatches(demo):
     assert sources.eval_problem(loaded, ds) is None
     other = sources.load_dataset(sources.DataSource("s", "synthetic:3,32,32,4,16", "syn"))
     assert "expects" in sources.eval_problem(loaded, other)
-
-
-def test_split_sample_is_disjoint(demo):
-    loaded, _ = demo
-    ds = sources.load_dataset(sources.dataset_source("fashion-mnist-sample", loaded.input_size))
-    tr, va = sources.split_sample(ds)
-    assert len(tr) + len(va) == len(ds) and not set(tr.indices) & set(va.indices)
-    assert tr.num_classes == 10
 
 
 # ---- layout and formatting ---------------------------------------------------------------------------
