@@ -11,53 +11,40 @@ import os as _os
 # imported yet; an explicit user setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .analysis import ModelAnalysis, analyze
-from .cost import CostReport, LayerIO, count_macs, count_params, layer_macs, layer_params, record_io
-from .decompose import FactorCache, LayerFactors, LowRankConv2d, LowRankLinear, Tucker2Conv2d, build_layer, compress, factorize
-from .errors import LrvizError
-from .layers import LayerInfo, SkippedLayer, find_layers
-from .plan import PLAN_SCHEMA, LayerPlan, RankPlan, effective_ranks, make_plan, plan_cost, plan_for_ratio
-from .spectra import LayerSpectrum, energy_curve, energy_rank, layer_spectrum, singular_values, unfoldings
-from .vbmf import VBMFResult, evbmf, weaken_rank
+# Public names and the module that defines each. They are imported on first use (PEP 562), so that
+# ``import lrviz`` — and ``lrviz --help`` — does not pay for torch until something needs it.
+_EXPORTS = {
+    "analysis": ("ModelAnalysis", "analyze"),
+    "cost": ("CostReport", "LayerIO", "count_macs", "count_params", "layer_macs", "layer_params", "record_io"),
+    "decompose": ("FactorCache", "LayerFactors", "LowRankConv2d", "LowRankLinear", "Tucker2Conv2d", "build_layer", "compress",
+                  "factorize"),
+    "errors": ("LrvizError",),
+    "execution": ("fold_batchnorm",),
+    "latency": ("BenchResult", "LatencyTable", "bench", "measure_latency_table"),
+    "layers": ("LayerInfo", "SkippedLayer", "find_layers"),
+    "plan": ("PLAN_SCHEMA", "LayerPlan", "RankPlan", "effective_ranks", "make_plan", "plan_cost", "plan_for_ratio", "snap_plan",
+             "speed_structure"),
+    "spectra": ("LayerSpectrum", "energy_curve", "energy_rank", "layer_spectrum", "singular_values", "unfoldings"),
+    "vbmf": ("VBMFResult", "evbmf", "weaken_rank"),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'lrviz' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CostReport",
-    "FactorCache",
-    "LayerFactors",
-    "LayerIO",
-    "LayerInfo",
-    "LayerPlan",
-    "LayerSpectrum",
-    "LowRankConv2d",
-    "LowRankLinear",
-    "LrvizError",
-    "ModelAnalysis",
-    "PLAN_SCHEMA",
-    "RankPlan",
-    "SkippedLayer",
-    "Tucker2Conv2d",
-    "VBMFResult",
-    "analyze",
-    "build_layer",
-    "compress",
-    "count_macs",
-    "count_params",
-    "effective_ranks",
-    "energy_curve",
-    "energy_rank",
-    "evbmf",
-    "factorize",
-    "find_layers",
-    "layer_macs",
-    "layer_params",
-    "layer_spectrum",
-    "make_plan",
-    "plan_cost",
-    "plan_for_ratio",
-    "record_io",
-    "singular_values",
-    "unfoldings",
-    "weaken_rank",
-]
+__all__ = sorted(_WHERE)

@@ -46,9 +46,10 @@ STRATEGY_LABELS = {"solver": "budget solver (sensitivities)", "uniform": "unifor
 
 
 def parse_target(text: str) -> tuple[str, float]:
-    """``"params:4"`` / ``"macs:3"`` → ``("params", 4.0)``; a bare number means params."""
+    """``"params:4"`` / ``"macs:3"`` / ``"latency:1.5"`` → ``("params", 4.0)`` ...; a bare number means params."""
     t = str(text).strip().lower()
-    usage = "use params:T or macs:T with T ≥ 1 the reduction factor, e.g. params:4 or macs:3"
+    usage = ("use params:T, macs:T or latency:T with T ≥ 1 the reduction factor (latency: the speedup), "
+             "e.g. params:4, macs:3 or latency:1.5")
     if not t:
         raise LrvizError(f"empty target; {usage}")
     metric, sep, val = t.partition(":")
@@ -57,7 +58,9 @@ def parse_target(text: str) -> tuple[str, float]:
         metric, val = "params", metric
     if metric in ("flops", "mac"):
         metric = "macs"
-    if metric not in ("params", "macs"):
+    if metric in ("speed", "speedup"):
+        metric = "latency"
+    if metric not in ("params", "macs", "latency"):
         raise LrvizError(f"target {text!r}: unknown metric {metric!r}; {usage}")
     try:
         ratio = float(val)
@@ -85,12 +88,6 @@ def candidate_ranks(full: int, snap: int | None = None, max_points: int = 32) ->
     return sorted(set(int(round(v)) for v in np.linspace(1, full, max_points + 1)))
 
 
-def _effective(l: LayerInfo, io, ranks: tuple[int, ...], metric: str) -> tuple[tuple[int, ...], int]:
-    """The cheapest structure (in ``metric``) allowed by ``ranks``, and its cost."""
-    best = cheapest_structure(l, ranks, lambda r: layer_cost(l, io, r, metric))
-    return best, layer_cost(l, io, best, metric)
-
-
 @dataclass(frozen=True)
 class SolveResult:
     """A solved plan and what the solver knows about it."""
@@ -111,25 +108,56 @@ class SolveResult:
                 "projected_top1_calibration_set": self.projected_top1, "steps": self.steps}
 
 
+class _Costs:
+    """A layer-cost model for the solver: closed-form params / MACs, or measured latency (a
+    :class:`lrviz.latency.LatencyTable`: milliseconds, the rest of the model included in the total)."""
+
+    def __init__(self, analysis: ModelAnalysis, metric: str, latency=None):
+        self.a, self.metric, self.latency = analysis, metric, latency
+        if metric == "latency":
+            if latency is None or latency.total_ms is None:
+                raise LrvizError("a latency target needs a latency table with the end-to-end time (lrviz.latency)")
+            self.total = float(latency.total_ms)
+        else:
+            check_metric(metric)
+            self.total = float(analysis.total(metric))
+
+    def layer(self, l: LayerInfo, ranks: tuple[int, ...]) -> float:
+        if self.metric == "latency":
+            return self.latency.layer_ms(l, ranks) if l.name in self.latency.layers else 0.0
+        return float(layer_cost(l, self.a.io[l.name], ranks, self.metric))
+
+    def effective(self, l: LayerInfo, ranks: tuple[int, ...]) -> tuple[tuple[int, ...], float]:
+        """The cheapest structure allowed by ``ranks``, and its cost."""
+        best = cheapest_structure(l, ranks, lambda r: self.layer(l, r))
+        return best, self.layer(l, best)
+
+    def ratio(self, plan: RankPlan) -> float:
+        if self.metric == "latency":
+            return self.latency.predicted_speedup(plan)
+        return plan_cost(self.a, plan).ratio(self.metric)
+
+
 class _Greedy:
     """State of one greedy descent (shared by all targets of :func:`solve_many`)."""
 
-    def __init__(self, analysis: ModelAnalysis, projector, metric: str, snap, exclude, keep_classifier: bool):
+    def __init__(self, analysis: ModelAnalysis, projector, metric: str, snap, exclude, keep_classifier: bool, latency=None):
         import fnmatch
 
         self.a, self.p, self.metric = analysis, projector, metric
-        sens = projector.sens
-        self.base = sens.base_logits
-        self.gain = projector.gain
+        self.costs = _Costs(analysis, metric, latency)
+        self._setup_loss()
         keep = classifier_layer(analysis) if keep_classifier else None
         self.layers: list[LayerInfo] = []
         self.cands: dict[tuple[str, int], list[int]] = {}
         for l in analysis.layers:
             if l.name == keep or any(fnmatch.fnmatchcase(l.name, pat) for pat in exclude):
                 continue
+            if metric == "latency" and l.name not in latency.layers:
+                continue
             ok = False
             for m, f in enumerate(l.full_ranks):
-                if f > 1 and sens.curve(l.name, m) is not None:
+                if f > 1 and self._mode_ok(l, m):
                     c = candidate_ranks(f, snap)
                     if len(c) > 1:
                         self.cands[(l.name, m)] = c
@@ -137,26 +165,39 @@ class _Greedy:
             if ok:
                 self.layers.append(l)
         if not self.layers:
-            raise LrvizError("no layer can be compressed with the measured sensitivities (all excluded or unmeasured)")
+            raise LrvizError(f"no layer can be compressed with the {self.what} (all excluded or unmeasured)")
         self.io = analysis.io
         self.pos = {k: len(v) - 1 for k, v in self.cands.items()}  # index into candidates (start: full)
-        self.total_cost = analysis.total(metric)
-        self.layer_cost = {l.name: layer_cost(l, self.io[l.name], l.full_ranks, metric) for l in self.layers}
+        self.total_cost = self.costs.total
+        self.layer_cost = {l.name: self.costs.layer(l, l.full_ranks) for l in self.layers}
         self.layer_delta = {l.name: np.zeros_like(self.base) for l in self.layers}
         self.sum_delta = np.zeros_like(self.base)
         self.cost = self.total_cost
         self.steps = 0
+
+    # --- the loss: the sensitivity projection (subclasses: other losses) ---
+    what = "measured sensitivities"
+
+    def _setup_loss(self) -> None:
+        self.base = self.p.sens.base_logits
+        self.gain = self.p.gain
+
+    def _mode_ok(self, l: LayerInfo, m: int) -> bool:
+        return self.p.sens.curve(l.name, m) is not None
+
+    def _mode_delta(self, l: LayerInfo, m: int, r: int):
+        return self.p._delta(l.name, m, r)
 
     def _ranks_of(self, l: LayerInfo, pos: dict) -> tuple[int, ...]:
         return tuple(self.cands[(l.name, m)][pos[(l.name, m)]] if (l.name, m) in self.cands else f
                      for m, f in enumerate(l.full_ranks))
 
     def _layer_state(self, l: LayerInfo, ranks) -> tuple[tuple[int, ...], int, np.ndarray]:
-        eff, cost = _effective(l, self.io[l.name], ranks, self.metric)
+        eff, cost = self.costs.effective(l, ranks)
         d = np.zeros_like(self.base)
         for m, (r, f) in enumerate(zip(eff, l.full_ranks)):
             if r < f:
-                dd = self.p._delta(l.name, m, r)
+                dd = self._mode_delta(l, m, r)
                 if dd is not None:
                     d = d + dd
         return eff, cost, d
@@ -231,7 +272,7 @@ class _Greedy:
         self.cost = self.total_cost
         for l in self.layers:
             _, cost, d = self._layer_state(l, self._ranks_of(l, self.pos))
-            self.cost += cost - layer_cost(l, self.io[l.name], l.full_ranks, self.metric)
+            self.cost += cost - self.costs.layer(l, l.full_ranks)
             self.layer_cost[l.name] = cost
             self.layer_delta[l.name] = d
             self.sum_delta = self.sum_delta + d
@@ -241,11 +282,37 @@ class _Greedy:
         out = []
         for l in self.a.layers:
             if l.name in chosen:
-                eff, _ = _effective(l, self.io[l.name], self._ranks_of(l, self.pos), self.metric)
+                eff, _ = self.costs.effective(l, self._ranks_of(l, self.pos))
                 out.append(LayerPlan(l.name, l.kind, l.weight_shape, tuple(int(r) for r in eff), "solver"))
             else:
                 out.append(LayerPlan(l.name, l.kind, l.weight_shape, l.full_ranks, "kept dense (excluded, classifier or unmeasured)"))
         return RankPlan(tuple(out), spec=spec, model=self.a.model_name)
+
+
+class _SpectraGreedy(_Greedy):
+    """The greedy descent without data: the loss is ``−Σ log q``, q the fraction of each truncated mode's
+    spectral energy kept (``−log Π q``: the data-free energy proxy), so the allocation follows the spectra."""
+
+    what = "spectra"
+
+    def _setup_loss(self) -> None:
+        if not self.a.has_spectra:
+            raise LrvizError("allocating without data needs the spectra: analyze(..., spectra=True)")
+        self.base = np.zeros(1)
+        self.gain = 1.0
+
+    def _mode_ok(self, l: LayerInfo, m: int) -> bool:
+        return True
+
+    def _mode_delta(self, l: LayerInfo, m: int, r: int):
+        from .spectra import retained_energy
+
+        sp = self.a.spectra[l.name]
+        q = retained_energy(sp.values[sp.modes[m]], r)
+        return np.array([-math.log(max(q, 1e-300))])
+
+    def _loss(self, deltas: np.ndarray) -> np.ndarray:
+        return deltas[..., 0]
 
 
 def solve_many(
@@ -256,13 +323,19 @@ def solve_many(
     snap: int | None = None,
     exclude: Sequence[str] = (),
     keep_classifier: bool = True,
+    latency=None,
 ) -> list[SolveResult | None]:
-    """:func:`solve` for several ratios of one metric along one greedy descent (``None`` = out of reach)."""
-    check_metric(metric)
+    """:func:`solve` for several ratios of one metric along one greedy descent (``None`` = out of reach).
+
+    ``metric="latency"`` needs ``latency`` (a :class:`lrviz.latency.LatencyTable` with its end-to-end
+    time): the ratio is then the predicted speedup. ``projector=None`` allocates by the spectra alone."""
+    if metric != "latency":
+        check_metric(metric)
     for t in targets:
         if not (float(t) >= 1.0 and math.isfinite(float(t))):
             raise LrvizError(f"target ratio must be ≥ 1; got {t}")
-    g = _Greedy(analysis, projector, metric, snap, tuple(exclude), keep_classifier)
+    cls = _Greedy if projector is not None else _SpectraGreedy
+    g = cls(analysis, projector, metric, snap, tuple(exclude), keep_classifier, latency)
     results: dict[float, SolveResult | None] = {}
     for t in sorted(set(float(x) for x in targets)):
         budget = g.total_cost / t
@@ -274,22 +347,27 @@ def solve_many(
         spec = f"solve:{metric}:{t:g}" + (f":snap{snap}" if snap else "")
         plan = g.plan(spec)
         cost = plan_cost(analysis, plan)
-        z = projector.logits(plan)
-        results[t] = SolveResult(plan, metric, t, cost.ratio(metric), cost.params_ratio, cost.macs_ratio,
-                                 projector.sens.loss_of(z), projector.sens.top1_of(z), g.steps)
+        if projector is not None:
+            z = projector.logits(plan)
+            loss, top1 = projector.sens.loss_of(z), projector.sens.top1_of(z)
+        else:
+            loss, top1 = float(g._loss(g.sum_delta[None])[0]), math.nan
+        results[t] = SolveResult(plan, metric, t, g.costs.ratio(plan), cost.params_ratio, cost.macs_ratio, loss, top1, g.steps)
         g.restore(saved)  # continue the descent from the state before filling
     return [results[float(t)] for t in targets]
 
 
 def solve(analysis: ModelAnalysis, projector, target: str | tuple[str, float], snap: int | None = None,
-          exclude: Sequence[str] = (), keep_classifier: bool = True) -> SolveResult:
-    """Ranks for ``target`` (``"params:4"``, ``"macs:3"``) with the least projected loss.
+          exclude: Sequence[str] = (), keep_classifier: bool = True, latency=None) -> SolveResult:
+    """Ranks for ``target`` (``"params:4"``, ``"macs:3"``, ``"latency:1.5"``) with the least projected loss
+    (``projector=None``: the least spectral energy lost).
 
-    The plan's cost ratio is ≥ the target (the budget is met exactly or under it). Raises
-    :class:`LrvizError` when the target cannot be reached with the measured layers.
+    The plan's cost ratio is ≥ the target (the budget is met exactly or under it; for latency, in the
+    table's prediction — measure the plan to know). Raises :class:`LrvizError` when the target cannot be
+    reached with the measured layers.
     """
     metric, ratio = parse_target(target) if isinstance(target, str) else target
-    res = solve_many(analysis, projector, [ratio], metric, snap, exclude, keep_classifier)[0]
+    res = solve_many(analysis, projector, [ratio], metric, snap, exclude, keep_classifier, latency)[0]
     if res is None:
         raise LrvizError(f"cannot reach a {ratio:g}x {metric} reduction: even the smallest candidate ranks of every "
                          f"measured layer are not enough (layers that cannot be decomposed limit it)")

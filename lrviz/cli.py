@@ -27,7 +27,10 @@ from .cli_args import (
     add_calibration_args,
     add_data_args,
     add_model_args,
+    add_speed_args,
+    batches_type,
     count_or_zero,
+    device_type,
     input_size_type,
     nonneg_float,
     plan_type,
@@ -119,7 +122,18 @@ def _plan_for(args, loaded, analysis):
 
     if not loaded.decomposable:
         raise LrvizError(f"{args.model} is an exported program: it has no modules to decompose (evaluate and cost only)")
-    return make_plan(analysis, args.plan, **_plan_kwargs(args))
+    return _snapped(args, analysis, make_plan(analysis, args.plan, **_plan_kwargs(args)))
+
+
+def _snapped(args, analysis, plan):
+    """The plan with ranks at multiples of ``--snap`` (a ``ratio:T`` plan keeps its params budget)."""
+    snap = getattr(args, "snap", None)
+    if not snap:
+        return plan
+    from .plan import parse_spec, snap_plan
+
+    kind, value = parse_spec(args.plan)
+    return snap_plan(analysis, plan, snap, *(("params", value) if kind == "ratio" else (None, None)))
 
 
 def _analysis_and_plan(args, loaded, progress=None):
@@ -134,7 +148,7 @@ def _analysis_and_plan(args, loaded, progress=None):
     quick = analyze(loaded.module, loaded.input_size, loaded.name, spectra=False)
     plan = precheck_plan(quick, args.plan, **_plan_kwargs(args))
     if plan is not None:
-        return quick, plan
+        return quick, _snapped(args, quick, plan)
     a = analyze(loaded.module, loaded.input_size, loaded.name, progress=progress)
     return a, _plan_for(args, loaded, a)
 
@@ -381,6 +395,107 @@ def cmd_project(args) -> int:
     return 0
 
 
+# --- speed ------------------------------------------------------------------------------------
+
+def _device(name: str) -> str:
+    import torch
+
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LrvizError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
+        idx = int(name.split(":")[1]) if ":" in name else 0
+        if idx >= torch.cuda.device_count():
+            raise LrvizError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) (0-based)")
+    return name
+
+
+def _table(args, loaded, a, batch: int, execution: str, device: str):
+    from .latency import measure_latency_table
+
+    tab = measure_latency_table(loaded.module, a, batch=batch, device=device, threads=args.threads, execution=execution,
+                                progress=_progress(f"latency table, batch {batch}", every=5))
+    print(f"[latency table] {len(tab.layers)} layers at batch {batch} ({tab.cached} geometries from the cache); "
+          f"original end to end {tab.total_ms:.2f} ms ({execution})", file=sys.stderr, flush=True)
+    return tab
+
+
+def _print_bench(r, plan_name: str) -> None:
+    ex = "+".join(r.applied) or "eager"
+    print(f"batch {r.batch}, {r.device}, {r.threads} thread(s), execution {r.execution} ({ex}){' [cached]' if r.cached else ''}:")
+    print(f"  original {r.original_ms:.2f} ms (IQR {r.original_iqr_ms:.2f}) -> {plan_name} {r.planned_ms:.2f} ms "
+          f"(IQR {r.planned_iqr_ms:.2f}): {r.speedup:.2f}x faster; MACs {r.macs_ratio:.2f}x fewer "
+          f"(measured / MAC ratio {r.speedup / r.macs_ratio:.2f})")
+    print(f"  original as loaded (eager) {r.original_eager_ms:.2f} ms: {r.speedup_vs_eager:.2f}x faster than that")
+    if r.executions:
+        print("  executions tried (planned model): " + ", ".join(f"{k} {v:.2f} ms" for k, v in r.executions.items()))
+    for n in r.notes:
+        print(f"  note: {n}")
+    if r.layers:
+        print(f"  {'layer':34s} {'original ms':>12s} {'planned ms':>11s} {'speedup':>8s}")
+        for row in r.layers:
+            sp = row["original_ms"] / max(row["planned_ms"], 1e-9)
+            print(f"  {row['name'][:34]:34s} {row['original_ms']:12.3f} {row['planned_ms']:11.3f} {sp:7.2f}x")
+
+
+def cmd_bench(args) -> int:
+    from .decompose import compress
+    from .latency import bench
+
+    loaded = _load(args)
+    if not loaded.decomposable:
+        raise LrvizError(f"{args.model} is an exported program: bench needs a decomposable model")
+    device = _device(args.device)
+    a, plan = _analysis_and_plan(args, loaded, progress=_progress("analyze", every=10))
+    if args.structure == "speed":
+        from .plan import speed_structure
+
+        tab = _table(args, loaded, a, args.batch[-1], "channels_last", device)
+        plan = speed_structure(plan, tab, a)
+    small = compress(loaded.module, plan, progress=_progress("decompose", every=10))
+    res = bench(loaded.module, small, plan, a, batches=args.batch, device=device, threads=args.threads, execution=args.execution,
+                per_layer=not args.no_layers, rounds=args.rounds, cache=not args.no_cache, progress=_progress("bench"))
+    print(f"{loaded.name} + plan {args.plan}{' (fastest structure per layer)' if args.structure == 'speed' else ''}")
+    for r in res:
+        _print_bench(r, "planned")
+    if args.json:
+        docs = [r.to_dict() for r in res]
+        _write_json(args.json, docs[0] if len(docs) == 1 else docs)
+    return 0
+
+
+def _solve_latency(args, loaded, a, proj, ratio: float):
+    """The latency solver: allocate with the latency table, measure the plan end to end, and tighten the
+    table's target by the measured shortfall (up to 3 rounds); the first plan that measures ≥ the target
+    wins, else the fastest measured."""
+    from .budget import solve
+    from .decompose import compress
+    from .latency import bench, choose_execution
+
+    device = _device(args.device)
+    if args.execution == "auto":
+        execution, times, _ = choose_execution(loaded.module, loaded.input_size, batch=args.batch, device=device)
+        print("[solve] executions of the original: " + ", ".join(f"{k} {v:.2f} ms" for k, v in times.items())
+              + f" -> {execution}", file=sys.stderr, flush=True)
+    else:
+        execution = args.execution
+    tab = _table(args, loaded, a, args.batch, execution, device)
+    aim, best = ratio, None
+    for round_ in range(1, 4):
+        res = solve(a, proj, ("latency", aim), snap=args.snap, exclude=args.exclude or (), latency=tab)
+        small = compress(loaded.module, res.plan)
+        b = bench(loaded.module, small, res.plan, a, batches=[args.batch], device=device, threads=args.threads,
+                  execution=execution, per_layer=False, cache=False)[0]
+        print(f"[solve] round {round_}: aimed at {aim:.2f}x (latency table), predicted {res.ratio:.2f}x, "
+              f"measured {b.speedup:.2f}x", file=sys.stderr, flush=True)
+        if best is None or b.speedup > best[1].speedup or (best[1].speedup < ratio <= b.speedup):
+            best = (res, b)
+        if b.speedup >= ratio:
+            best = (res, b)
+            break
+        aim = aim * ratio / max(b.speedup, 1e-6)
+    return best
+
+
 def cmd_solve(args) -> int:
     from .analysis import analyze
     from .budget import solve, strategy_plan
@@ -393,23 +508,40 @@ def cmd_solve(args) -> int:
     if not loaded.decomposable:
         raise LrvizError(f"{args.model} is an exported program: nothing to decompose")
     a = analyze(loaded.module, loaded.input_size, loaded.name)
-    most = max_ratio(a, metric, args.exclude or ())
-    if ratio > most:
-        raise LrvizError(f"target {metric}:{ratio:g} cannot be met: the most {loaded.name} allows is about {most:.2f}x fewer "
-                         f"{metric} (every decomposable layer at rank 1, the classifier dense{', --exclude kept' if args.exclude else ''}); "
-                         "ask for less")
-    proj = _projector(_sensitivities(args, loaded))
-    res = solve(a, proj, (metric, ratio), snap=args.snap, exclude=args.exclude or ())
-    pr = proj.project(res.plan)
-    print(f"solved {metric}:{ratio:g}: {res.params_ratio:.2f}x fewer params, {res.macs_ratio:.2f}x fewer MACs; "
-          f"projected top-1 {pr.top1:.2%} [{pr.interval[0]:.2%}, {pr.interval[1]:.2%}] (original {pr.base_top1:.2%})")
+    if metric != "latency":
+        most = max_ratio(a, metric, args.exclude or ())
+        if ratio > most:
+            raise LrvizError(f"target {metric}:{ratio:g} cannot be met: the most {loaded.name} allows is about {most:.2f}x fewer "
+                             f"{metric} (every decomposable layer at rank 1, the classifier dense{', --exclude kept' if args.exclude else ''}); "
+                             "ask for less")
+    proj = _projector(_sensitivities(args, loaded)) if args.data else None
+    basis = "sensitivities" if proj is not None else "spectra (no --data: the energy kept, not accuracy)"
+    measured = None
+    if metric == "latency":
+        res, measured = _solve_latency(args, loaded, a, proj, ratio)
+    else:
+        res = solve(a, proj, (metric, ratio), snap=args.snap, exclude=args.exclude or ())
+    head = (f"solved {metric}:{ratio:g} (allocation by {basis}): {res.params_ratio:.2f}x fewer params, "
+            f"{res.macs_ratio:.2f}x fewer MACs")
+    if proj is not None:
+        pr = proj.project(res.plan)
+        head += f"; projected top-1 {pr.top1:.2%} [{pr.interval[0]:.2%}, {pr.interval[1]:.2%}] (original {pr.base_top1:.2%})"
+    print(head)
+    if measured is not None:
+        m = measured
+        verdict = "meets" if m.speedup >= ratio else "MISSES"
+        print(f"measured at batch {m.batch} on {m.device} ({m.threads} threads, {m.execution}): {m.original_ms:.2f} -> "
+              f"{m.planned_ms:.2f} ms = {m.speedup:.2f}x faster ({verdict} the {ratio:g}x target); "
+              f"{m.speedup_vs_eager:.2f}x faster than the original as loaded (eager, {m.original_eager_ms:.2f} ms); "
+              f"measured / MAC ratio {m.speedup / m.macs_ratio:.2f}")
     for lp in res.plan.layers:
         print(f"  {lp.name[:34]:34s} {','.join(map(str, lp.ranks)):>9s} / {','.join(map(str, lp.full_ranks))}")
-    for family in ("uniform", "vbmf"):
-        other = strategy_plan(a, family, metric, ratio)
-        if other is not None:
-            po = proj.project(other)
-            print(f"  same budget, {family}: projected top-1 {po.top1:.2%} ({other.spec})")
+    if proj is not None and metric != "latency":
+        for family in ("uniform", "vbmf"):
+            other = strategy_plan(a, family, metric, ratio)
+            if other is not None:
+                po = proj.project(other)
+                print(f"  same budget, {family}: projected top-1 {po.top1:.2%} ({other.spec})")
     if args.out:
         write_file(args.out, res.plan.to_json().encode(), "--out")
         print(f"wrote {args.out}", file=sys.stderr)
@@ -475,6 +607,7 @@ def _add_compress(sub) -> None:
     c.add_argument("--plan", required=True, type=plan_type, metavar="SPEC", help=_PLAN_HELP)
     c.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense (fnmatch, repeatable)")
     c.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear (kept dense by default)")
+    c.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K (e.g. 8; a ratio:T plan keeps its budget)")
     c.add_argument("--out", required=True, metavar="DIR", help="new or empty folder for model.pt2, plan.json, metrics.json")
     c.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing lrviz's files there")
     add_data_args(c, required=False)
@@ -497,6 +630,7 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--plan", type=plan_type, metavar="SPEC", help="evaluate the model decomposed with this plan")
     e.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
     e.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
+    e.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K (e.g. 8; a ratio:T plan keeps its budget)")
     add_data_args(e, required=True)
     e.add_argument("--json", metavar="OUT", help="write {top1, top1_ci, top5, loss, n}")
     e.set_defaults(func=cmd_evaluate)
@@ -540,10 +674,31 @@ def _add_project(sub) -> None:
     pj.set_defaults(func=cmd_project)
 
 
+def _add_bench(sub) -> None:
+    b = sub.add_parser("bench", help="measured latency of the original and the planned model, end to end and per layer")
+    add_model_args(b)
+    b.add_argument("--plan", required=True, type=plan_type, metavar="SPEC", help=_PLAN_HELP)
+    b.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
+    b.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
+    b.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K (e.g. 8)")
+    b.add_argument("--structure", choices=["size", "speed"], default="size",
+                   help="speed: measure a per-layer latency table and drop every factor it says is slower than dense "
+                        "(ranks above the break-even); size (default): the plan as it is")
+    add_speed_args(b)
+    b.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds (default 5)")
+    b.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
+    b.add_argument("--no-cache", action="store_true", help="measure again instead of reading ~/.cache/lrviz/bench")
+    b.add_argument("--json", metavar="OUT", help="write {original_ms, planned_ms, speedup, macs_ratio, batch, device, threads, "
+                                                 "layers, ...}: one object, or a list of them for several batch sizes")
+    b.set_defaults(func=cmd_bench)
+
+
 def _add_solve(sub) -> None:
-    so = sub.add_parser("solve", help="ranks for a params or MACs target with the least projected loss")
-    add_calibration_args(so)
-    so.add_argument("--target", required=True, type=target_type, metavar="params:T|macs:T", help="e.g. params:4 or macs:3")
+    so = sub.add_parser("solve", help="ranks for a params, MACs or measured-latency target with the least projected loss")
+    add_calibration_args(so, data_required=False)
+    so.add_argument("--target", required=True, type=target_type, metavar="params:T|macs:T|latency:T",
+                    help="e.g. params:4, macs:3 or latency:1.5 (1.5x faster, measured end to end at --batch on --device)")
+    add_speed_args(so, batch_default="64", one_batch=True)
     so.add_argument("--snap", type=positive_int, metavar="K", help="ranks in multiples of K (e.g. 8)")
     so.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
     so.add_argument("--out", metavar="PLAN.json", help="write the plan")
@@ -570,7 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="lrviz", description="Low-rank compression of CNNs: analyse spectra, choose ranks (VBMF, energy, ratio), decompose, evaluate, export.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_analyze, _add_compress, _add_evaluate, _add_train, _add_sensitivity, _add_project, _add_solve, _add_sweep):
+    for add in (_add_analyze, _add_compress, _add_evaluate, _add_train, _add_sensitivity, _add_project, _add_solve, _add_sweep,
+                _add_bench):
         add(sub)
     m = sub.add_parser("models", help="list available models")
     m.set_defaults(func=cmd_models)

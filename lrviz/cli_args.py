@@ -19,8 +19,11 @@ __all__ = [
     "UsageError",
     "add_calibration_args",
     "add_data_args",
+    "add_speed_args",
     "add_model_args",
+    "batches_type",
     "count_or_zero",
+    "device_type",
     "float_type",
     "input_size_type",
     "int_type",
@@ -159,6 +162,32 @@ def target_type(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def batches_type(text: str) -> list[int]:
+    """``"1,64"`` → ``[1, 64]`` (positive integers, duplicates dropped, order kept)."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    out: list[int] = []
+    for part in parts:
+        try:
+            v = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected batch sizes like 1,64; {part!r} is not an integer") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"batch sizes must be ≥ 1, got {v} (e.g. 1,64)")
+        if v not in out:
+            out.append(v)
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 1,64, got {text!r}")
+    return out
+
+
+def device_type(text: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N`` (checked against the machine later, when torch is imported)."""
+    t = str(text).strip().lower()
+    if t == "cpu" or t == "cuda" or (t.startswith("cuda:") and t[5:].isdigit()):
+        return t
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N")
+
+
 def strategies_type(text: str) -> list[str]:
     from .budget import STRATEGIES
 
@@ -179,6 +208,21 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=positive_int, metavar="N", help="number of classes (inferred when possible)")
 
 
+def add_speed_args(p: argparse.ArgumentParser, batch_default: str = "1,64", one_batch: bool = False) -> None:
+    """Where and how latency is measured: ``--batch``, ``--device``, ``--threads``, ``--execution``."""
+    if one_batch:
+        p.add_argument("--batch", type=positive_int, default=int(batch_default), metavar="N", help="images per forward pass")
+    else:
+        p.add_argument("--batch", type=batches_type, default=batches_type(batch_default), metavar="B,B",
+                       help=f"batch sizes to time (default {batch_default})")
+    p.add_argument("--device", type=device_type, default="cpu", metavar="DEV", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads while timing (default: torch's current count)")
+    p.add_argument("--execution", default="auto", choices=["auto", "eager", "fold", "channels_last", "compile"],
+                   help="how both models run: auto (default) measures each on this device and takes the fastest for "
+                        "the planned model; fold = BatchNorm folded into its conv; channels_last = fold + channels-last "
+                        "memory; compile = channels_last under torch.compile")
+
+
 def add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--data", metavar="NAME", required=required, help="fashion-mnist | imagefolder:DIR | synthetic[:C,H,W,K,N]")
     p.add_argument("--data-root", metavar="DIR", help="folder with the dataset files")
@@ -190,11 +234,11 @@ def add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256, metavar="N")
 
 
-def add_calibration_args(p: argparse.ArgumentParser, plan: bool = False) -> None:
+def add_calibration_args(p: argparse.ArgumentParser, plan: bool = False, data_required: bool = True) -> None:
     """Model, data and calibration options of ``sensitivity``, ``project``, ``solve`` and ``sweep``
     (with ``plan``: also ``--exclude`` and ``--decompose-classifier``)."""
     add_model_args(p)
-    add_data_args(p, required=True)
+    add_data_args(p, required=data_required)
     p.add_argument("--split", default="test", choices=["test", "train"], help="split of the calibration / evaluation images")
     p.add_argument("--no-cache", action="store_true", help="measure again instead of reading ~/.cache/lrviz/sensitivity")
     p.add_argument("--grid-points", type=int_type(2, 16), default=16, metavar="K",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import urllib.error
 from typing import Any
 
-import numpy as np
 
 __all__ = ["LrvizError", "is_int", "short_cause"]
 
@@ -37,4 +36,6 @@ def short_cause(exc: BaseException, limit: int = 200) -> str:
 
 def is_int(value: Any) -> bool:
     """True for Python / numpy integers, False for ``bool`` and everything else."""
+    import numpy as np
+
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

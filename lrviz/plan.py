@@ -617,3 +617,68 @@ def precheck_plan(
         _check_reachable(analysis, str(spec).strip(), value, tuple(exclude), keep_classifier)
     return None
 
+
+# --- hardware-friendly ranks and latency-chosen structures ---------------------------------------
+
+def snap_rank(rank: int, full: int, k: int) -> int:
+    """``rank`` rounded to the nearest multiple of ``k`` (at least ``k``); the full rank when that multiple
+    reaches it. Ranks already at full stay full."""
+    rank, full, k = int(rank), int(full), int(k)
+    if k < 1:
+        raise LrvizError(f"snap must be a positive integer; got {k}")
+    if rank >= full:
+        return full
+    r = max(k, k * int(math.floor(rank / k + 0.5)))
+    return full if r >= full else r
+
+
+def snap_plan(analysis: ModelAnalysis, plan: RankPlan, k: int, metric: str | None = None, target: float | None = None) -> RankPlan:
+    """``plan`` with every rank at a multiple of ``k`` (see :func:`snap_rank`) — widths that vector units
+    and GEMM kernels run at full speed.
+
+    With a budget (``metric`` and ``target``, the plan's reduction factor to keep, e.g. ``"macs", 3``):
+    ranks rounded *up* are rounded down instead, the costliest first, until the snapped plan meets the
+    budget again (rounding down always can, unless the unsnapped plan did not); the result's ratio is
+    then ≥ ``target`` whenever the original plan's was.
+    """
+    by_name = {l.name: l for l in analysis.layers}
+    new = {}
+    for lp in plan.layers:
+        new[lp.name] = tuple(snap_rank(r, f, k) for r, f in zip(lp.ranks, lp.full_ranks))
+    snapped = plan.with_ranks(new, spec=f"{plan.spec}:snap{k}")
+    if metric is None or target is None:
+        return snapped
+
+    def ratio(p):
+        return plan_cost(analysis, p).ratio(metric)
+
+    down = {}
+    for lp in plan.layers:
+        down[lp.name] = tuple(f if r >= f else s if k * (r // k) < k else min(k * (r // k), s)
+                              for r, f, s in zip(lp.ranks, lp.full_ranks, new[lp.name]))
+    while ratio(snapped) < target:
+        cur = dict(snapped.ranks())
+        ups = [(name, r) for name, r in cur.items() if r != down[name]]
+        if not ups:
+            break
+        io = analysis.io
+
+        def saving(item):
+            name, r = item
+            l = by_name[name]
+            return layer_cost(l, io[name], r, metric) - layer_cost(l, io[name], down[name], metric)
+
+        name, _ = max(ups, key=saving)
+        cur[name] = down[name]
+        snapped = plan.with_ranks(cur, spec=f"{plan.spec}:snap{k}")
+    return snapped
+
+
+def speed_structure(plan: RankPlan, table, analysis: ModelAnalysis) -> RankPlan:
+    """``plan`` with each layer's structure (dense, one factor, two factors) the fastest allowed by its ranks
+    according to a measured :class:`lrviz.latency.LatencyTable`: a factor the table says slows the
+    layer down (a rank above its break-even) is dropped."""
+    by_name = {l.name: l for l in analysis.layers}
+    new = {lp.name: table.fastest_structure(by_name[lp.name], lp.ranks) for lp in plan.layers
+           if lp.name in by_name and not lp.is_dense}
+    return plan.with_ranks(new, spec=f"{plan.spec}:speed")
