@@ -481,7 +481,15 @@ def _solve_latency(args, loaded, a, proj, ratio: float):
     tab = _table(args, loaded, a, args.batch, execution, device)
     aim, best = ratio, None
     for round_ in range(1, 4):
-        res = solve(a, proj, ("latency", aim), snap=args.snap, exclude=args.exclude or (), latency=tab)
+        try:
+            res = solve(a, proj, ("latency", aim), snap=args.snap, exclude=args.exclude or (), latency=tab)
+        except LrvizError as e:
+            if best is None:
+                raise LrvizError(f"target latency:{ratio:g} at batch {args.batch}: {e}; ask for less, or try another "
+                                 "--execution or --batch") from e
+            print(f"[solve] round {round_}: {aim:.2f}x is beyond what the latency table allows; keeping the fastest "
+                  "plan measured", file=sys.stderr, flush=True)
+            break
         small = compress(loaded.module, res.plan)
         b = bench(loaded.module, small, res.plan, a, batches=[args.batch], device=device, threads=args.threads,
                   execution=execution, per_layer=False, cache=False)[0]
