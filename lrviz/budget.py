@@ -124,7 +124,7 @@ class _Costs:
 
     def layer(self, l: LayerInfo, ranks: tuple[int, ...]) -> float:
         if self.metric == "latency":
-            return self.latency.layer_ms(l, ranks) if l.name in self.latency.layers else 0.0
+            return self.latency.layer_ms_scaled(l, ranks) if l.name in self.latency.layers else 0.0
         return float(layer_cost(l, self.a.io[l.name], ranks, self.metric))
 
     def effective(self, l: LayerInfo, ranks: tuple[int, ...]) -> tuple[tuple[int, ...], float]:

@@ -464,9 +464,10 @@ def cmd_bench(args) -> int:
 
 
 def _solve_latency(args, loaded, a, proj, ratio: float):
-    """The latency solver: allocate with the latency table, measure the plan end to end, and tighten the
-    table's target by the measured shortfall (up to 3 rounds); the first plan that measures ≥ the target
-    wins, else the fastest measured."""
+    """The latency solver: allocate with the latency table, measure the plan end to end next to the
+    original, re-fit the table to those two measurements (:meth:`lrviz.latency.LatencyTable.calibrated`)
+    and solve again (up to 3 rounds). The first plan that measures ≥ the target wins, else the fastest
+    measured."""
     from .budget import solve
     from .decompose import compress
     from .latency import bench, choose_execution
@@ -493,14 +494,18 @@ def _solve_latency(args, loaded, a, proj, ratio: float):
         small = compress(loaded.module, res.plan)
         b = bench(loaded.module, small, res.plan, a, batches=[args.batch], device=device, threads=args.threads,
                   execution=execution, per_layer=False, cache=False)[0]
-        print(f"[solve] round {round_}: aimed at {aim:.2f}x (latency table), predicted {res.ratio:.2f}x, "
+        print(f"[solve] round {round_}: predicted {res.ratio:.2f}x (latency table, scale {tab.scale:.2f}), "
               f"measured {b.speedup:.2f}x", file=sys.stderr, flush=True)
         if best is None or b.speedup > best[1].speedup or (best[1].speedup < ratio <= b.speedup):
             best = (res, b)
         if b.speedup >= ratio:
             best = (res, b)
             break
-        aim = aim * ratio / max(b.speedup, 1e-6)
+        refit = tab.calibrated(b.original_ms, res.plan, b.planned_ms)
+        if refit.scale != tab.scale:
+            tab, aim = refit, ratio  # the model now matches this execution: aim at the target itself
+        else:
+            tab, aim = refit, aim * ratio / max(b.speedup, 1e-6)  # cannot re-fit: aim higher by the shortfall
     return best
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -180,6 +181,7 @@ class LatencyTable:
     total_ms: float | None = None  # the original end to end (under ``execution``), when measured
     execution: str = "channels_last"
     cached: int = 0
+    scale: float = 1.0  # end-to-end ms per ms of the per-layer table (see :meth:`calibrated`)
 
     def layer_ms(self, layer: LayerInfo, ranks: Sequence[int]) -> float:
         return self.layers[layer.name].at(ranks)
@@ -196,23 +198,44 @@ class LatencyTable:
         """End-to-end time minus the dense layers' times (pooling, activations, undecomposed layers...)."""
         if self.total_ms is None:
             raise LrvizError("the latency table has no end-to-end time: measure it with total=True")
-        return self.total_ms - sum(t.dense_ms for t in self.layers.values())
+        return self.total_ms - self.scale * self._layers_ms(None)
 
-    def predict_ms(self, plan) -> float:
-        """Predicted end-to-end milliseconds of ``plan`` (rest of the model + each planned layer)."""
-        by_name = {lp.name: lp for lp in plan.layers}
-        total = self.rest_ms()
+    def _layers_ms(self, plan) -> float:
+        by_name = {lp.name: lp for lp in plan.layers} if plan is not None else {}
+        total = 0.0
         for name, t in self.layers.items():
             lp = by_name.get(name)
             total += t.at(lp.ranks) if lp is not None else t.dense_ms
         return total
+
+    def predict_ms(self, plan) -> float:
+        """Predicted end-to-end milliseconds of ``plan``: the rest of the model + ``scale`` × the planned
+        layers' table times."""
+        return self.rest_ms() + self.scale * self._layers_ms(plan)
+
+    def layer_ms_scaled(self, layer: LayerInfo, ranks: Sequence[int]) -> float:
+        return self.scale * self.layer_ms(layer, ranks)
+
+    def calibrated(self, original_ms: float, plan, planned_ms: float) -> "LatencyTable":
+        """The table re-fitted to two end-to-end measurements under the execution actually used — the
+        original and one plan, timed side by side: ``original = rest + s·Σ dense`` and ``planned = rest +
+        s·Σ plan`` give the scale ``s`` (how much faster or slower the layers run end to end than alone,
+        e.g. under ``torch.compile``) and the rest. Unchanged scale (only the total) when the two
+        measurements cannot determine it (the plan changes no layer time, or ``s`` would not be positive)."""
+        from dataclasses import replace
+
+        dense, planned = self._layers_ms(None), self._layers_ms(plan)
+        s = (original_ms - planned_ms) / (dense - planned) if dense - planned > 1e-9 else -1.0
+        if not (s > 0 and math.isfinite(s)):
+            return replace(self, total_ms=float(original_ms))
+        return replace(self, total_ms=float(original_ms), scale=float(s))
 
     def predicted_speedup(self, plan) -> float:
         return float(self.total_ms / max(self.predict_ms(plan), 1e-9))
 
     def to_dict(self) -> dict:
         return {"format": LATENCY_FORMAT, "batch": self.batch, "device": self.device, "threads": self.threads,
-                "execution": self.execution, "total_ms": self.total_ms,
+                "execution": self.execution, "total_ms": self.total_ms, "scale": self.scale,
                 "layers": [t.to_dict() for t in self.layers.values()]}
 
 

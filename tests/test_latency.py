@@ -287,3 +287,22 @@ def test_help_does_not_import_torch():
     code = "import sys, lrviz.cli; lrviz.cli.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_calibrated_table_recovers_scale_and_rest(tiny, isolated_cache):
+    net, a = tiny
+    tab = latency.measure_latency_table(net, a, batch=4, timer=fake_timer, execution="eager")
+    plan = make_plan(a, "uniform:0.25")
+    dense, planned = tab._layers_ms(None), tab._layers_ms(plan)
+    rest, s = 0.7, 0.4  # e.g. a compiled execution: layers run at 0.4x their table time, 0.7 ms elsewhere
+    fit = tab.calibrated(rest + s * dense, plan, rest + s * planned)
+    assert fit.scale == pytest.approx(s)
+    assert fit.rest_ms() == pytest.approx(rest)
+    assert fit.predict_ms(plan) == pytest.approx(rest + s * planned)
+    assert fit.predict_ms(make_plan(a, "full")) == pytest.approx(rest + s * dense)
+    # two measurements that cannot fix a positive scale: only the total moves
+    bad = tab.calibrated(5.0, plan, 6.0)
+    assert bad.scale == tab.scale and bad.total_ms == 5.0
+    # the solver costs layers at the scaled time
+    res = solve(a, None, ("latency", 1.3), latency=fit)
+    assert fit.predicted_speedup(res.plan) >= 1.3
