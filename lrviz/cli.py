@@ -237,6 +237,11 @@ def cmd_compress(args) -> int:
         print(f"[finetune] {splits.description}", file=sys.stderr, flush=True)
     limit = None if splits is not None else args.limit
     a, plan = _analysis_and_plan(args, loaded, progress=_progress("analyze", every=10))
+    if args.structure == "speed":
+        from .plan import speed_structure
+
+        args.threads = None
+        plan = speed_structure(plan, _table(args, loaded, a, args.speed_batch, "channels_last", "cpu"), a)
     cost = plan_cost(a, plan)
     small = compress(loaded.module, plan, progress=_progress("decompose", every=10))
     metrics = cost.to_dict()
@@ -621,6 +626,10 @@ def _add_compress(sub) -> None:
     c.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense (fnmatch, repeatable)")
     c.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear (kept dense by default)")
     c.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K (e.g. 8; a ratio:T plan keeps its budget)")
+    c.add_argument("--structure", choices=["size", "speed"], default="size",
+                   help="speed: drop every factor a measured per-layer latency table (CPU, batch --speed-batch) says is "
+                        "slower than the dense layer; size (default): the plan as it is")
+    c.add_argument("--speed-batch", type=positive_int, default=64, metavar="N", help="batch of the latency table (default 64)")
     c.add_argument("--out", required=True, metavar="DIR", help="new or empty folder for model.pt2, plan.json, metrics.json")
     c.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing lrviz's files there")
     add_data_args(c, required=False)

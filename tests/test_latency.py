@@ -306,3 +306,17 @@ def test_calibrated_table_recovers_scale_and_rest(tiny, isolated_cache):
     # the solver costs layers at the scaled time
     res = solve(a, None, ("latency", 1.3), latency=fit)
     assert fit.predicted_speedup(res.plan) >= 1.3
+
+
+def test_cli_compress_speed_structure_keeps_slow_layers_dense(tmp_path, isolated_cache, monkeypatch):
+    monkeypatch.setattr(latency, "benchmark_timer", lambda *a_, **k: fake_timer)
+    out = tmp_path / "c"
+    assert main(["compress", "demo", "--plan", "uniform:0.9", "--structure", "speed", "--speed-batch", "4", "--out", str(out)]) == 0
+    doc = json.loads((out / "plan.json").read_text())
+    m = __import__("lrviz.models", fromlist=["load_model"]).load_model("demo")
+    a = analyze(m.module, m.input_size, "demo")
+    plan = RankPlan.load(out / "plan.json", a.layers)
+    # at 90 % of every rank, a factor saves few MACs and costs a call: under the fake timer every layer is
+    # faster dense, so the speed structure keeps the whole network dense
+    assert all(lp.is_dense for lp in plan.layers), doc
+    assert any(not lp.is_dense for lp in make_plan(a, "uniform:0.9").layers)  # the size plan has factors
