@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from .errors import LrvizError
 
-__all__ = ["EXECUTIONS", "Prepared", "fold_batchnorm", "prepare", "to_channels_last"]
+__all__ = ["EXECUTIONS", "Prepared", "fold_batchnorm", "fresh_compile_cache", "prepare", "to_channels_last"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,20 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     """``model`` (not copied) with its 4-D weights in channels-last format, wrapped so that its input is
     converted too."""
     return _ChannelsLast(model.to(memory_format=torch.channels_last))
+
+
+def fresh_compile_cache() -> None:
+    """Forget every ``torch.compile`` graph (``torch._dynamo.reset()``).
+
+    Dynamo keeps a few graphs per ``forward`` code object (``recompile_limit``, 8) and silently runs
+    eager beyond that — every plan has new shapes, so a long session (the dashboard, the solver's
+    rounds) would end up timing eager code labelled "compile". Each measurement starts from an empty
+    cache instead.
+    """
+    try:
+        torch._dynamo.reset()
+    except Exception:  # pragma: no cover - dynamo unavailable on this build
+        log.debug("torch._dynamo.reset failed", exc_info=True)
 
 
 def _device_of(model: nn.Module) -> torch.device:

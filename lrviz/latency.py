@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from .errors import LrvizError
-from .execution import EXECUTIONS, prepare, to_channels_last
+from .execution import EXECUTIONS, fresh_compile_cache, prepare, to_channels_last
 from .layers import SVD_LINEAR, TUCKER2, LayerInfo, get_module
 
 __all__ = [
@@ -373,6 +373,8 @@ def measure_latency_table(
         total_ms = None
         if total:
             x = _random_input((int(batch), *analysis.input_size), dev)
+            if execution == "compile":
+                fresh_compile_cache()
             prep = prepare(model, execution, x, device=dev)
             total_ms = _stats(timer(prep.module, x))[0]
     finally:
@@ -402,6 +404,8 @@ def choose_execution(model: nn.Module, input_size, *, batch: int, device: str = 
     dev = torch.device(device)
     timer = timer or benchmark_timer(0.1)
     x = _random_input((int(batch), *input_size), dev)
+    if "compile" in candidates:
+        fresh_compile_cache()
     times, prepared = {}, {}
     for ex in candidates:
         p = prepare(model, ex, x, device=dev)
@@ -526,6 +530,8 @@ def bench(
             x = _random_input((int(batch), *analysis.input_size), dev)
             if progress is not None:
                 progress(bi, len(batches), f"batch {batch}: choosing the execution")
+            if execution == "compile":
+                fresh_compile_cache()  # (choose_execution starts from an empty cache itself)
             if execution == "auto":
                 ex, ex_times, prepped = choose_execution(planned, analysis.input_size, batch=batch, device=str(dev), timer=t)
                 p_planned = prepped[ex]
