@@ -1,11 +1,14 @@
 """A self-contained HTML report of a compression result (works offline: plotly.js is embedded once).
 
-The Present page shows the same headline cards (:func:`headline_cards`, :func:`projection_card`),
+The Present page shows the same headline cards (:func:`headline_cards`, :func:`projection_card`,
+:func:`latency_cards`),
 figures (:func:`report_figures`, drawn by :mod:`lrviz.figures`) and notes (:func:`method_notes`) as the
 report it builds — made once, from the same objects, so the two cannot disagree: the projected
 accuracy is the page's :class:`lrviz.project.Projection` (layer sensitivities) or "not projected yet",
 never the data-free energy proxy shown as an accuracy; the "after" accuracy says which images it
-comes from and whether the model was fine-tuned (:func:`accuracy_basis`). Usable on its own::
+comes from and whether the model was fine-tuned (:func:`accuracy_basis`); latency is the measured
+:func:`lrviz.latency.bench` of the plan (median, IQR, device, threads, execution; :func:`latency_note`)
+or "not measured yet", never the MACs ratio shown as a speedup. Usable on its own::
 
     cards, bars = headline_cards(cost)
     html = build_report("ResNet-20 on Fashion-MNIST", cards, figures=list(report_figures(cost, bars).values()))
@@ -28,19 +31,21 @@ from . import figures as fg
 from .cost import CostReport
 from .fmt import human, percent, percent_range, points, size_mb
 
-__all__ = ["METHOD_NOTES", "NOT_PROJECTED", "PROJECTED_LABEL", "accuracy_basis", "build_report", "headline_cards", "method_notes",
-           "png_data_uri", "projection_card", "projection_note", "report_figures"]
+__all__ = ["METHOD_NOTES", "NOT_MEASURED", "NOT_PROJECTED", "PROJECTED_LABEL", "accuracy_basis", "build_report", "device_name",
+           "headline_cards", "latency_bars", "latency_cards", "latency_note", "method_notes", "png_data_uri", "projection_card",
+           "projection_note", "report_figures", "speedup_text"]
 
 #: How the report's numbers are made, whatever the basis (:func:`method_notes` adds the basis lines).
 METHOD_NOTES = (
     "MACs: multiply-accumulates at batch 1 of conv and linear layers; FLOPs = 2 × MACs; size = parameters × 4 bytes.",
     "Accuracies: fraction of correctly classified images of a fixed subset, with 95 % Wilson score intervals.",
-    "Latency: median CPU time of one forward pass at batch 1, original and compressed timed in interleaved rounds.",
 )
 
 #: The projected-accuracy card's label and its value when there is no projection to show.
 PROJECTED_LABEL = "Top-1 accuracy (projected)"
 NOT_PROJECTED = "not projected yet"
+#: The latency card's value when this plan's speed has not been measured.
+NOT_MEASURED = "not measured yet"
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -71,13 +76,13 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def headline_cards(cost: CostReport, r0=None, r1=None, lat0=None, lat1=None, after: str | None = None) -> tuple[list[dict], list[dict]]:
+def headline_cards(cost: CostReport, r0=None, r1=None, after: str | None = None) -> tuple[list[dict], list[dict]]:
     """Before/after headline numbers: ``(cards, bars)``.
 
     ``cards`` (``label``, ``value``, ``delta``) are the size and FLOPs, plus the accuracy of the
-    original (``r0``) and compressed (``r1``) models and their latencies (``LatencyResult``) when
-    measured; ``after`` (e.g. ``"fine-tuned"``) says what the compressed model is. ``bars``
-    (``metric``, ``before``, ``after``) feed :func:`lrviz.figures.before_after_figure`.
+    original (``r0``) and compressed (``r1``) models when measured; ``after`` (e.g. ``"fine-tuned"``)
+    says what the compressed model is. ``bars`` (``metric``, ``before``, ``after``) feed
+    :func:`lrviz.figures.before_after_figure`. Measured latency has its own cards (:func:`latency_cards`).
     """
     cards = [
         {"label": "Model size (float32)", "value": f"{size_mb(cost.params):.2f} → {size_mb(cost.params_planned):.2f} MB",
@@ -91,12 +96,67 @@ def headline_cards(cost: CostReport, r0=None, r1=None, lat0=None, lat1=None, aft
                       "delta": f"{points(r1.top1 - r0.top1)} (95 % CI after: {percent_range(*r1.top1_ci)})"
                                + (f" · after: {after}" if after else "")})
         bars.append({"metric": "accuracy", "before": r0.top1, "after": r1.top1})
-    if lat0 is not None and lat1 is not None:
-        speed = lat0.median_ms / max(lat1.median_ms, 1e-9)
-        cards.append({"label": "CPU latency (batch 1, median)", "value": f"{lat0.median_ms:.2f} → {lat1.median_ms:.2f} ms",
-                      "delta": f"{speed:.2f}× faster" if speed >= 1 else f"{1 / speed:.2f}× slower (small layers: factor overhead)"})
-        bars.append({"metric": "latency", "before": lat0.median_ms, "after": lat1.median_ms})
     return cards, bars
+
+
+def device_name(device: str) -> str:
+    """``"cpu"`` → ``"CPU"``, ``"cuda:0"`` → ``"CUDA:0"`` (how the cards name where latency was measured)."""
+    return str(device).upper()
+
+
+def speedup_text(speedup: float) -> str:
+    """``"1.52× faster"`` or ``"1.15× slower"`` (original ÷ compressed time)."""
+    return f"{speedup:.2f}× faster" if speedup >= 1 else f"{1 / max(speedup, 1e-12):.2f}× slower"
+
+
+def _execution_text(r) -> str:
+    steps = " + ".join(r.applied) if r.applied else "nothing applied"
+    return r.execution if r.execution == "eager" else f"{r.execution} ({steps})"
+
+
+def latency_cards(speed) -> list[dict]:
+    """The measured-latency cards of a plan, on the Present page and in the report: one per batch size of
+    ``speed`` (the :class:`lrviz.latency.BenchResult` list of :func:`lrviz.latency.bench`), the original's
+    and the compressed model's median time with their spread (IQR), the speedup, the execution, the
+    device and the threads; one :data:`NOT_MEASURED` card when ``speed`` is None or empty."""
+    if not speed:
+        return [{"label": "Latency (measured)", "value": NOT_MEASURED,
+                 "delta": "no end-to-end timing of this plan yet: press Measure speed"}]
+    return [{"label": f"{device_name(r.device)} latency (batch {r.batch}, median)",
+             "value": f"{r.original_ms:.2f} → {r.planned_ms:.2f} ms",
+             "delta": f"measured {speedup_text(r.speedup)} · IQR {r.original_iqr_ms:.2f} → {r.planned_iqr_ms:.2f} ms · "
+                      f"{r.execution}, {r.threads} thread{'s' if r.threads != 1 else ''}"} for r in speed]
+
+
+def latency_bars(speed) -> list[dict]:
+    """Before/after bars of the measured latency (one per batch size; none when not measured)."""
+    return [{"metric": f"latency, batch {r.batch}", "before": r.original_ms, "after": r.planned_ms} for r in (speed or ())]
+
+
+def latency_note(speed, macs_ratio: float | None = None) -> str:
+    """The method note of the measured latency (the same results as :func:`latency_cards`)."""
+    if not speed:
+        return (f"Latency: {NOT_MEASURED} for this plan — the original and the compressed model have not been timed; "
+                + (f"the MACs predict {macs_ratio:.2f}× fewer operations, which is not a measured speedup." if macs_ratio else
+                   "no speedup is reported."))
+    r0 = speed[0]
+    threads = f"{r0.threads} thread{'s' if r0.threads != 1 else ''}"
+    per = "; ".join(f"batch {r.batch}: {r.original_ms:.2f} ms (IQR {r.original_iqr_ms:.2f}) → {r.planned_ms:.2f} ms "
+                    f"(IQR {r.planned_iqr_ms:.2f}), {speedup_text(r.speedup)} under {_execution_text(r)}, "
+                    f"{r.speedup_vs_eager:.2f}× vs the original as loaded (eager, {r.original_eager_ms:.2f} ms)" for r in speed)
+    text = (f"Latency: measured on {device_name(r0.device)} with {threads}, original and compressed timed end to end in "
+            "interleaved rounds (torch.utils.benchmark); median of the timed calls, spread = interquartile range (IQR). "
+            "Both models run under the same execution, "
+            + ("the fastest of those measured for the compressed one. " if any(r.executions for r in speed) else "fixed in advance. ")
+            + per + ".")
+    if macs_ratio:
+        text += f" For comparison, the MACs predict {macs_ratio:.2f}× (not measured)."
+    notes = list(dict.fromkeys(n for r in speed for n in r.notes))
+    if notes:
+        text += " Notes: " + "; ".join(notes) + "."
+    if all(r.cached for r in speed):
+        text += " (Read from the measurement cache of an earlier run with the same weights, plan, device and threads.)"
+    return text
 
 
 def projection_card(sens, base_top1: float | None) -> dict:
@@ -145,10 +205,11 @@ def accuracy_basis(n: int, what: str, finetune: Mapping[str, Any] | None = None)
             f"evaluated on {n:,} {held}{e['what']} never used for training or selection")
 
 
-def method_notes(projection: str, accuracy: str | None = None) -> list[str]:
+def method_notes(projection: str, accuracy: str | None = None, latency: str | None = None) -> list[str]:
     """:data:`METHOD_NOTES` plus the lines on the bases actually used: ``accuracy``
-    (:func:`accuracy_basis`, when measured) and ``projection`` (:func:`projection_note`)."""
-    return [*METHOD_NOTES, *([f"Accuracy basis: {accuracy}."] if accuracy else []), projection]
+    (:func:`accuracy_basis`, when measured), ``projection`` (:func:`projection_note`) and ``latency``
+    (:func:`latency_note`)."""
+    return [*METHOD_NOTES, *([f"Accuracy basis: {accuracy}."] if accuracy else []), projection, *([latency] if latency else [])]
 
 
 def report_figures(cost: CostReport, bars: Sequence[Mapping], *, analysis=None, sweep: pd.DataFrame | None = None,

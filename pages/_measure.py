@@ -371,3 +371,308 @@ def first_estimate(ctx: Context):
         return None
     first = info.get("holder", {}).get("first")
     return first if first is not None and first.complete else None
+
+
+# ---- measured speed: end-to-end benchmark and the latency table ---------------------------------------------
+#
+# Both run as a :class:`BackgroundJob` (one of each per session) and land in the shared result store:
+# the benchmark of a plan under ``speed_key`` (model, the plan's ranks, device, threads, execution,
+# timer), the latency table under ``table_key``. A plan's speed is only ever looked up by its own key,
+# so a measurement of another plan is never shown as this one's. lrviz caches both on disk as well
+# (per weights + plan, per layer geometry): measuring again after a restart reads them back.
+
+#: Timer of every speed measurement: None is lrviz's (``torch.utils.benchmark``); tests set a
+#: deterministic ``timer(fn, x) -> list of seconds`` (lrviz then neither reads nor writes its disk cache).
+SPEED_TIMER = None
+#: Execution of the end-to-end benchmark: ``"auto"`` runs both models under the fastest one measured
+#: for the compressed model (see :mod:`lrviz.execution`); tests fix one to skip ``torch.compile``.
+SPEED_EXECUTION = "auto"
+SPEED_DEVICE = "cpu"
+SPEED_BATCHES = (1, 64)
+SPEED_ROUNDS = 3
+#: Batch size of the latency table (per-layer times over ranks: break-even ranks, speed structure).
+TABLE_BATCH = 64
+SPEED_JOB = "_speed_job"
+SPEED_ERROR = "_speed_error"
+TABLE_JOB = "_latency_table_job"
+TABLE_ERROR = "_latency_table_error"
+#: Session-state key of the Ranks page's "Optimise for" choice ("size" or "speed"; survives page switches).
+OPTIMISE_KEY = "_optimise_for"
+
+
+def speed_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _timer_id():
+    return None if SPEED_TIMER is None else id(SPEED_TIMER)
+
+
+def speed_key(ctx: Context, plan) -> tuple:
+    return ("speed", ctx.source.key, plan_key(plan), SPEED_DEVICE, speed_threads(), SPEED_EXECUTION, SPEED_BATCHES, _timer_id())
+
+
+def table_key(ctx: Context) -> tuple:
+    return ("latency-table", ctx.source.key, TABLE_BATCH, SPEED_DEVICE, speed_threads(), _timer_id())
+
+
+def optimise_for() -> str:
+    """The Ranks page's choice: ``"size"`` (default) or ``"speed"``."""
+    return st.session_state.get(OPTIMISE_KEY, "size")
+
+
+def _job_info(slot: str):
+    return st.session_state.get(slot)
+
+
+def _running(slot: str) -> bool:
+    info = _job_info(slot)
+    return info is not None and not info["job"].done
+
+
+def _finish(slot: str, error_slot: str) -> None:
+    """Store the result of a job that ended since the last run (or its error, once, for its key)."""
+    info = _job_info(slot)
+    if info is None or not info["job"].done or info.get("final"):
+        return
+    info["final"] = True
+    job = info["job"]
+    if job.error:
+        st.session_state[error_slot] = (info["key"], job.error)
+    elif job.result is not None:
+        st.session_state.pop(error_slot, None)
+        result_store().put(info["key"], job.result)
+
+
+def _error_for(error_slot: str, key) -> str | None:
+    err = st.session_state.get(error_slot)
+    return err[1] if err is not None and err[0] == key else None
+
+
+#: This session's background jobs that load the CPU (a timing taken beside one of them is not a timing).
+_BUSY = ((SENS_JOB, "layer sensitivities"), ("_ft_job", "fine-tuning"), (TABLE_JOB, "the latency table"),
+         (SPEED_JOB, "a speed measurement"))
+
+
+def timing_busy() -> str | None:
+    """What of this session is running in the background now (then no new timing starts), or None."""
+    return next((what for slot, what in _BUSY if _running(slot)), None)
+
+
+def _progress_of(job, total: int) -> tuple[float, str]:
+    events = job.snapshot()
+    last = events[-1] if events else None
+    if last is None:
+        return 0.0, "starting…"
+    return min(last["done"] / max(last["total"] or total, 1), 1.0), last["text"]
+
+
+# -- end-to-end benchmark of a plan --
+
+
+def _bench_plan(ctx: Context, plan, threads: int):
+    """``run(progress)``, running :func:`lrviz.latency.bench` of the original against ``plan``'s compressed model
+    (built anew: the shared model is never touched) at :data:`SPEED_BATCHES` with ``threads`` (read in
+    the script's thread: a worker thread may see another default); ``progress(done, total, text)``.
+    Everything it needs is read here, in the script's thread (the job's thread has no Streamlit context)."""
+    from lrviz.latency import bench
+
+    original, module, factors, analysis = ctx.original, ctx.module, ctx.factors, ctx.analysis
+    timer, execution = SPEED_TIMER, SPEED_EXECUTION
+
+    def run(progress):
+        if progress is not None:
+            progress(0, len(SPEED_BATCHES), "building the compressed model from cached factors")
+        planned = compress(module, plan, factors)
+        return bench(original, planned, plan, analysis, batches=SPEED_BATCHES, device=SPEED_DEVICE, threads=threads,
+                     execution=execution, per_layer=False, rounds=SPEED_ROUNDS, timer=timer, progress=progress)
+
+    return run
+
+
+def speed_result(ctx: Context, plan):
+    """This plan's measured speed (list of :class:`lrviz.latency.BenchResult`, one per batch), or None."""
+    finish_speed_job()
+    return result_store().get(speed_key(ctx, plan))
+
+
+def speed_job():
+    """This session's speed job info (``job``, ``key``, ``label``) or None."""
+    return _job_info(SPEED_JOB)
+
+
+def speed_running(ctx: Context | None = None, plan=None) -> bool:
+    """Whether this session's speed job runs (for ``plan`` when given)."""
+    if not _running(SPEED_JOB):
+        return False
+    return plan is None or speed_job()["key"] == speed_key(ctx, plan)
+
+
+def finish_speed_job() -> None:
+    _finish(SPEED_JOB, SPEED_ERROR)
+
+
+def speed_error(ctx: Context, plan) -> str | None:
+    """Why the last speed measurement of ``plan`` failed (or None)."""
+    return _error_for(SPEED_ERROR, speed_key(ctx, plan))
+
+
+def start_speed_job(ctx: Context, plan, label: str) -> None:
+    """Measure ``plan``'s speed (original vs compressed, end to end, at :data:`SPEED_BATCHES`) in a
+    background thread; a no-op while one runs or when it is measured already."""
+    key = speed_key(ctx, plan)
+    if _running(SPEED_JOB) or result_store().get(key) is not None:
+        return
+
+    run = _bench_plan(ctx, plan, key[4])
+
+    def _target(progress, should_stop):
+        return run(lambda d, t, text: progress({"done": d, "total": t, "text": text}))
+
+    job = BackgroundJob(_target, name="speed").start()
+    st.session_state[SPEED_JOB] = {"job": job, "key": key, "label": label, "final": False}
+    st.session_state.pop(SPEED_ERROR, None)
+
+
+def measure_speed_now(ctx: Context, plan, label: str):
+    """Measure ``plan``'s speed in this run with a progress bar (the Present page's Measure): the stored
+    result when there is one, this session's running job for it awaited, else measured here — unless
+    another background job of this session loads the CPU (then nothing is timed and a note says so).
+    Returns the results or None (the error, if any, is kept for :func:`speed_error`)."""
+    key = speed_key(ctx, plan)
+    hit = result_store().get(key)
+    if hit is not None:
+        return hit
+    busy = timing_busy()
+    if busy is not None and not speed_running(ctx, plan):
+        st.info(f"Speed not measured: {busy} is running in the background and would slow both models down. Measure the "
+                "speed when it is done.")
+        return None
+    bar = st.progress(0.0, text=f"Speed of {label}: starting…")
+    if speed_running(ctx, plan):
+        job = speed_job()["job"]
+        while not job.wait(0.5):
+            frac, text = _progress_of(job, len(SPEED_BATCHES))
+            bar.progress(frac, text=f"Speed of {label}: {text}")
+        finish_speed_job()
+    else:
+        try:
+            res = _bench_plan(ctx, plan, key[4])(
+                lambda d, t, text: bar.progress(min(d / max(t, 1), 1.0), text=f"Speed of {label}: {text}"))
+        except LrvizError as exc:
+            st.session_state[SPEED_ERROR] = (key, str(exc))
+        except Exception as exc:  # a model that cannot be timed: say why, keep the page
+            st.session_state[SPEED_ERROR] = (key, f"{type(exc).__name__}: {exc}")
+        else:
+            result_store().put(key, res)
+    bar.empty()
+    return result_store().get(key)
+
+
+def speed_progress_bar() -> bool:
+    """Draw this session's speed job's progress; True when it has ended (the caller reruns)."""
+    info = speed_job()
+    if info is None:
+        return False
+    frac, text = _progress_of(info["job"], len(SPEED_BATCHES))
+    st.progress(frac, text=f"Measuring the speed of {info['label']} (batch {' and '.join(map(str, SPEED_BATCHES))}): {text}")
+    return info["job"].done
+
+
+# -- the latency table (per-layer times over ranks) --
+
+
+@dataclass
+class Latency:
+    """A measured :class:`lrviz.latency.LatencyTable` with a memo of its break-even ranks (slider moves
+    ask for the same ones again)."""
+
+    table: Any
+    memo: dict
+
+    def break_even(self, layer: str, mode: int, other: int | None = None) -> int | None:
+        """The largest rank of ``mode`` at which ``layer`` is faster than dense (the other mode at ``other``);
+        None when the table has no such layer."""
+        t = self.table.layers.get(layer)
+        if t is None:
+            return None
+        k = (layer, int(mode), None if other is None else int(other))
+        if k not in self.memo:
+            self.memo[k] = t.break_even(mode, other)
+        return self.memo[k]
+
+    def slower_layers(self, plan) -> list[str]:
+        """Layers of ``plan`` whose planned replacement the table times slower than the dense layer."""
+        out = []
+        for lp in plan.layers:
+            t = self.table.layers.get(lp.name)
+            if t is not None and not lp.is_dense and t.at(lp.ranks) > t.dense_ms:
+                out.append(lp.name)
+        return out
+
+    def predicted_speedup(self, plan) -> float:
+        return self.table.predicted_speedup(plan)
+
+    @property
+    def where(self) -> str:
+        t = self.table
+        return f"batch {t.batch}, {t.device.upper()}, {t.threads} thread{'s' if t.threads != 1 else ''}"
+
+
+def latency_table(ctx: Context) -> Latency | None:
+    """The model's latency table (measured this server run), or None."""
+    _finish(TABLE_JOB, TABLE_ERROR)
+    return result_store().get(table_key(ctx))
+
+
+def table_job():
+    return _job_info(TABLE_JOB)
+
+
+def table_running() -> bool:
+    return _running(TABLE_JOB)
+
+
+def table_error(ctx: Context) -> str | None:
+    return _error_for(TABLE_ERROR, table_key(ctx))
+
+
+def start_table_job(ctx: Context) -> None:
+    """Measure the latency table at :data:`TABLE_BATCH` in a background thread (layers whose geometry is
+    in lrviz's disk cache are read back, identical layers measured once)."""
+    from lrviz.latency import measure_latency_table
+
+    key = table_key(ctx)
+    if timing_busy() or result_store().get(key) is not None:
+        return
+    original, factors, analysis, threads = ctx.original, ctx.factors, ctx.analysis, speed_threads()
+
+    def _target(progress, should_stop):
+        table = measure_latency_table(original, analysis, batch=TABLE_BATCH, device=SPEED_DEVICE, threads=threads, timer=SPEED_TIMER,
+                                      total=True, factors=factors,
+                                      progress=lambda d, t, name: progress({"done": d, "total": t, "text": f"{d}/{t} layers (last: {name})"}))
+        return Latency(table, {})
+
+    job = BackgroundJob(_target, name="latency-table").start()
+    st.session_state[TABLE_JOB] = {"job": job, "key": key, "label": ctx.loaded.name, "final": False}
+    st.session_state.pop(TABLE_ERROR, None)
+
+
+def table_progress_bar() -> bool:
+    info = table_job()
+    if info is None:
+        return False
+    frac, text = _progress_of(info["job"], 1)
+    st.progress(frac, text=f"Latency table of {info['label']} (batch {TABLE_BATCH}, {SPEED_DEVICE.upper()}): {text}")
+    return info["job"].done
+
+
+def speed_structured(ctx: Context, plan):
+    """``plan`` with the factors the latency table times slower than dense dropped (:func:`lrviz.plan.speed_structure`)
+    when the Ranks page optimises for speed and the table is measured; else ``plan`` unchanged."""
+    from lrviz.plan import speed_structure
+
+    lat = result_store().get(table_key(ctx)) if optimise_for() == "speed" else None
+    return plan if lat is None else speed_structure(plan, lat.table, ctx.analysis)

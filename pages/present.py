@@ -1,6 +1,10 @@
 """Present page: a stakeholder view — before/after headline numbers, sample predictions, key plots,
 and a self-contained HTML report (the same cards, figures and notes as the page, see :mod:`lrviz.report`).
 
+Latency is the plan's end-to-end speed measurement (``lrviz.latency.bench`` at batch 1 and 64, shared
+with the Ranks page and looked up by the plan's ranks): original and compressed median times with
+their spread (IQR), device, threads, execution and speedup, or "not measured yet" with a button.
+
 A fine-tuned model is measured, together with the original, only on the evaluation part of its
 fine-tuning split (:func:`lrviz.data.finetune_splits`: images never trained on nor used to pick the
 epoch), and the caption says so. An unmeasured plan shows its sensitivity projection — the same
@@ -12,10 +16,10 @@ import streamlit as st
 from lrviz import compress, plan_cost, samples, tables
 from lrviz.data import DatasetSubset, images_label, overlaps, subset_indices
 from lrviz.errors import LrvizError
-from lrviz.evaluate import compare_latency, evaluate
+from lrviz.evaluate import evaluate
 from lrviz.keys import plan_key
-from lrviz.report import (accuracy_basis, build_report, headline_cards, method_notes, projection_card, projection_note,
-                          report_figures)
+from lrviz.report import (accuracy_basis, build_report, headline_cards, latency_bars, latency_cards, latency_note, method_notes,
+                          projection_card, projection_note, report_figures)
 from pages import _measure as measure
 from pages import _state as state
 
@@ -85,7 +89,8 @@ def _evaluate(model, dataset, text: str):
 
 
 def measure_both(v: View, n: int) -> dict:
-    """Accuracy of the original and the compressed model on the same ``n`` reportable images, and their CPU latency."""
+    """Accuracy of the original and the compressed model on the same ``n`` reportable images, and their
+    speed (when this plan's is not measured yet)."""
     ctx = v.ctx
     held, indices = v.eval_subset(n)
     st.write(f"Accuracy of the original model on {len(indices)} images…")
@@ -97,9 +102,10 @@ def measure_both(v: View, n: int) -> dict:
         r0 = _evaluate(ctx.original, held, "Evaluating the original model:")
         st.write(f"Accuracy of the compressed model ({v.variant})…")
         r1 = _evaluate(v.ft["model"], held, "Evaluating the fine-tuned model:")
-    st.write("CPU latency, batch 1 (interleaved rounds)…")
-    lat = compare_latency({"original": ctx.original, "compressed": v.compressed_model()}, ctx.loaded.input_size, rounds=3, min_run_time=0.15)
-    return {"r0": r0, "r1": r1, "lat": lat, "indices": indices, "basis": v.basis(len(indices))}
+    if measure.speed_result(ctx, v.plan) is None:
+        st.write(f"Speed of both models at batch {' and '.join(map(str, measure.SPEED_BATCHES))} (end to end, interleaved rounds)…")
+        measure.measure_speed_now(ctx, v.plan, v.label)
+    return {"r0": r0, "r1": r1, "indices": indices, "basis": v.basis(len(indices))}
 
 
 def measure_controls(v: View):
@@ -115,7 +121,8 @@ def measure_controls(v: View):
                           key="present_n", disabled=not can_eval,
                           help="of the images that may be reported: the evaluation part of the fine-tuning split when the model is fine-tuned")
     clicked = c[1].button("Measure", type="primary", key="present_measure", disabled=not can_eval,
-                          help="accuracy of both models and CPU latency (batch 1)")
+                          help="accuracy of both models; and their speed at batch 1 and 64 when this plan's is not measured yet "
+                               "(up to a minute: every execution is tried, torch.compile included)")
     if not can_eval:
         c[2].info(f"Accuracy cannot be measured: {ctx.eval_problem}.")
     if clicked:
@@ -132,18 +139,51 @@ def measure_controls(v: View):
 def projected_cards(v: View) -> list[dict]:
     """Cards for an unmeasured plan: its sensitivity projection (the Ranks page's), else "not projected yet"."""
     return [projection_card(v.proj.sens, v.proj.base_top1),
-            {"label": "Accuracy & latency", "value": "not measured", "delta": "press Measure"}]
+            {"label": "Accuracy (measured)", "value": "not measured", "delta": "press Measure"}]
 
 
-def headline(v: View, meas) -> tuple[list[dict], list[dict]]:
+def _cards_row(cards) -> None:
+    for col, card in zip(st.columns(len(cards)), cards):
+        col.metric(card["label"], card["value"], card.get("delta"), delta_color="off", delta_arrow="off")
+
+
+@st.fragment(run_every=1.0)
+def speed_progress() -> None:
+    """Progress of this session's speed job (started here or on the Ranks page); a full rerun when it ends."""
+    if measure.speed_progress_bar():
+        st.rerun()
+
+
+def headline(v: View, meas, speed) -> tuple[list[dict], list[dict]]:
+    """The headline cards (size, FLOPs, accuracy or its projection; then the measured latency) and bars."""
     if meas and meas["r0"] is not None and meas["r1"] is not None:
-        cards, bars = headline_cards(v.cost, meas["r0"], meas["r1"], meas["lat"]["original"], meas["lat"]["compressed"], after=v.variant)
+        cards, bars = headline_cards(v.cost, meas["r0"], meas["r1"], after=v.variant)
     else:
         cards, bars = headline_cards(v.cost)
         cards += projected_cards(v)
-    for col, card in zip(st.columns(len(cards)), cards):
-        col.metric(card["label"], card["value"], card.get("delta"), delta_color="off", delta_arrow="off")
-    return cards, bars
+    _cards_row(cards)
+    lat_cards = latency_cards(speed)
+    bars += latency_bars(speed)
+    if speed is not None:
+        _cards_row(lat_cards)
+    else:
+        c = st.columns([1.3, 1.2, 2.5])
+        card = lat_cards[0]
+        c[0].metric(card["label"], card["value"], card["delta"], delta_color="off", delta_arrow="off")
+        busy = measure.timing_busy()
+        if c[1].button(f"Measure speed (batch {' and '.join(map(str, measure.SPEED_BATCHES))})", key="present_speed",
+                       disabled=busy is not None, help="time the original and the compressed model end to end in the background"
+                       + ("" if busy is None else f"; waits for {busy} (running in the background)")) and busy is None:
+            measure.start_speed_job(v.ctx, v.plan, v.label)
+        with c[2]:
+            if measure.speed_running():
+                speed_progress()
+            elif busy is not None:
+                st.caption(f"Waits for {busy} (running in the background): a timing beside it would be slowed down.")
+    err = measure.speed_error(v.ctx, v.plan)
+    if err:
+        st.error(f"Speed measurement failed: {err}")
+    return cards + lat_cards, bars
 
 
 def basis_caption(v: View, meas, n: int) -> str | None:
@@ -210,12 +250,19 @@ def figures_of(v: View, bars) -> dict:
     return report_figures(v.cost, bars, analysis=a, sweep=sweep, sweep_metric=sweep_metric, base_top1=base_top1, projection=projection)
 
 
-def report(v: View, cards, figs: dict, images, rkey, basis: str | None) -> None:
+def speed_text(v: View, speed) -> str:
+    """The latency method note, on the page and in the report."""
+    same = (" The fine-tuned model has the same layers as the decomposed one, so it runs as fast."
+            if v.ft is not None and speed is not None else "")
+    return latency_note(speed, v.cost.macs_ratio) + same
+
+
+def report(v: View, cards, figs: dict, images, rkey, basis: str | None, latency: str) -> None:
     ctx, loaded = v.ctx, v.ctx.loaded
     st.subheader("Report")
     notes = [f"Model: {loaded.source}; input {'×'.join(map(str, loaded.input_size))}; {loaded.num_classes} classes.",
              f"Plan: {v.label} ({v.variant}); Tucker-2 for k×k convs, truncated SVD for 1×1 convs and linear layers.",
-             *method_notes(projection_note(v.proj.sens, v.proj.base_text), basis)]
+             *method_notes(projection_note(v.proj.sens, v.proj.base_text), basis, latency)]
     if v.ft is not None:
         notes.append(f"Fine-tuning data: {v.ft['split']['description']}.")
     if st.button("Build HTML report", key="build_report"):
@@ -238,9 +285,13 @@ def render() -> None:
     st.title(f"{ctx.loaded.name}: before and after compression")
     st.caption(f"Plan **{v.label}** ({v.variant}) · data: {ctx.data_src.label if ctx.data_src else '–'} · "
                "MACs at batch 1, FLOPs = 2 × MACs, size = params × 4 bytes (float32)")
-    meas, rkey, n = measure_controls(v)
-    cards, bars = headline(v, meas)
+    meas, mkey, n = measure_controls(v)
+    speed = measure.speed_result(ctx, v.plan)  # this plan's (by its ranks), or None
+    cards, bars = headline(v, meas, speed)
     basis = basis_caption(v, meas, n)
+    latency = speed_text(v, speed)
+    st.caption(latency)
+    rkey = (mkey, speed is not None)
     figs = figures_of(v, bars)
     left, right = st.columns(2)
     left.plotly_chart(figs["bars"][1], key="present_bars")
@@ -248,7 +299,7 @@ def render() -> None:
     images = predictions(v) if ctx.eval_problem is None else []
     if "sweep" in figs:
         st.plotly_chart(figs["sweep"][1], key="present_sweep")
-    report(v, cards, figs, images, rkey, basis)
+    report(v, cards, figs, images, rkey, basis, latency)
 
 
 render()

@@ -1,11 +1,17 @@
 """Ranks page: one slider per layer (pairs for Tucker-2), presets (including the budget solver),
-layer sensitivities, live cost + projection, quick evals.
+layer sensitivities, live cost + projection, measured speed, quick evals.
 
 The sliders, the numbers above them, the charts and the quick evaluations are one ``st.fragment``:
 a slider move reruns only that part, and only closed-form code (``plan_cost``, the energy kept and
 the sensitivity projection, < 1 ms): spectra, EVBMF and factor bases come from ``st.cache_resource``,
 sensitivities and the calibrated projector from the shared result store; nothing is decomposed until
 a quick evaluation. Sensitivities are measured in a background thread (progress per layer, Stop).
+
+Speed: the MACs ratio is shown as what it is, a prediction, next to the speedup measured end to end
+(``lrviz.latency.bench`` at batch 1 and 64, a background job, looked up by the plan's ranks only). With
+"Optimise for: speed" a latency table (per-layer times over ranks at batch 64, a background job) gives
+each slider its measured break-even rank, a table-predicted speedup, and drops slower-than-dense
+factors from presets, solved plans and, on request, the current plan (``lrviz.plan.speed_structure``).
 
 The projected top-1 is only ever the data-driven one (layer sensitivities). Until they are measured
 the metric says so and offers the measurement; the data-free energy kept Π q is shown as what it is,
@@ -22,10 +28,12 @@ from lrviz import figures, fmt, make_plan, plan_cost, tables
 from lrviz.budget import solve
 from lrviz.errors import LrvizError
 from lrviz.keys import plan_key
+from lrviz.report import NOT_MEASURED, latency_note, speedup_text
 from pages import _measure as measure
 from pages import _state as state
 
 PRESET_ERROR = "_preset_error"
+PRESET_NOTE = "_preset_note"
 RENDER_MS = "_ranks_render_ms"
 #: The value of the "Projected top-1" metric before there is a data-driven projection.
 NOT_PROJECTED = "not projected yet"
@@ -53,6 +61,21 @@ def current_sens(ctx) -> Sens:
 # ---- presets (callbacks run before the script, so they may set slider state) ----------------------------
 
 
+def _set_plan(ctx, plan, label: str) -> None:
+    """Make ``plan`` current; optimising for speed (with a latency table), without the factors the table
+    times slower than dense."""
+    fast = measure.speed_structured(ctx, plan)
+    st.session_state.pop(PRESET_NOTE, None)
+    if fast is not plan:
+        new = fast.ranks()
+        dropped = sum(a != b for lp in plan.layers for a, b in zip(lp.ranks, new[lp.name]))
+        st.session_state[PRESET_NOTE] = (f"Optimised for speed: {dropped} factor{'s' if dropped != 1 else ''} of {label} dropped "
+                                          "(slower than the dense layer in the latency table)." if dropped else
+                                          f"Optimised for speed: every factor of {label} is faster than its dense layer.")
+        plan, label = fast, f"{label}:speed" if dropped else label
+    state.set_plan(ctx, plan, label)
+
+
 def _apply(ctx, spec: str) -> None:
     try:
         plan = make_plan(ctx.analysis, spec)
@@ -60,7 +83,7 @@ def _apply(ctx, spec: str) -> None:
         st.session_state[PRESET_ERROR] = f"{spec}: {exc}"
         return
     st.session_state.pop(PRESET_ERROR, None)
-    state.set_plan(ctx, plan, spec)
+    _set_plan(ctx, plan, spec)
 
 
 def _solve(ctx) -> None:
@@ -77,7 +100,7 @@ def _solve(ctx) -> None:
         st.session_state[PRESET_ERROR] = f"Solve {metric} {target:g}×: {exc}"
         return
     st.session_state.pop(PRESET_ERROR, None)
-    state.set_plan(ctx, res.plan, res.plan.spec)
+    _set_plan(ctx, res.plan, res.plan.spec)
 
 
 def _preset_button(ctx, label: str, key: str, spec: str) -> None:
@@ -108,6 +131,8 @@ def presets(ctx, ready: bool) -> None:
         solver_preset(ctx, ready)
         if st.session_state.get(PRESET_ERROR):
             st.error(st.session_state[PRESET_ERROR])
+        elif st.session_state.get(PRESET_NOTE):
+            st.caption(st.session_state[PRESET_NOTE])
 
 
 def solver_preset(ctx, ready: bool) -> None:
@@ -123,6 +148,60 @@ def solver_preset(ctx, ready: bool) -> None:
         st.button("Solve", key="preset_solve", on_click=_solve, args=(ctx,), disabled=not ready, width="stretch")
     if not ready:
         q[4].caption("Needs complete layer sensitivities (measure them below).")
+
+
+# ---- optimise for size or speed: the latency table ------------------------------------------------------
+
+
+def _set_optimise() -> None:
+    st.session_state[measure.OPTIMISE_KEY] = st.session_state.get("optimise_for") or "size"
+
+
+def _drop_slower(ctx) -> None:
+    _set_plan(ctx, state.current_plan(ctx), state.current_label(ctx))
+
+
+@st.fragment(run_every=1.0)
+def table_progress() -> None:
+    """Progress of this session's latency-table job, redrawn every second; a full rerun when it ends."""
+    if measure.table_progress_bar():
+        st.rerun()
+
+
+def optimise_panel(ctx) -> None:
+    options = ["size", "speed"]
+    with st.container(border=True):
+        c = st.columns([1.2, 3.2, 1.3])
+        choice = c[0].radio("Optimise for", options, index=options.index(measure.optimise_for()), key="optimise_for", horizontal=True,
+                            on_change=_set_optimise, format_func={"size": "size", "speed": "speed"}.get,
+                            help="size: presets and the solver keep any rank that saves parameters or MACs. speed: a measured latency "
+                                 "table shows each rank's break-even and drops every factor that is slower than its dense layer")
+        if choice != "speed":
+            c[1].caption("Presets and the solver keep every factor that saves parameters or MACs, even one that runs slower than "
+                         "its dense layer. Choose *speed* to measure each layer's break-even rank.")
+            return
+        lat, running, busy = measure.latency_table(ctx), measure.table_running(), measure.timing_busy()
+        where = f"batch {measure.TABLE_BATCH}, {measure.SPEED_DEVICE.upper()}, {measure.speed_threads()} threads"
+        if lat is not None:
+            t = lat.table
+            c[1].markdown(f":green[✓] **Latency table measured** ({lat.where}, {len(t.layers)} layers, every mode timed on a grid of "
+                          f"ranks{f'; {t.cached} read from the disk cache' if t.cached else ''}): each slider shows where its layer is "
+                          "faster than dense; presets and the solver drop every factor that is slower than its dense layer.")
+            c[2].button("Drop slower factors", key="speed_structure", on_click=_drop_slower, args=(ctx,), width="stretch",
+                        help="set every mode whose factor the latency table times slower than the dense layer back to full rank")
+        else:
+            c[1].markdown(f"Latency table **{NOT_MEASURED}** ({where}): every decomposable layer timed over a grid of ranks "
+                          "(identical layers once; cached on disk per layer shape). Until then presets keep every factor.")
+            if c[2].button(f"Measure latency table (batch {measure.TABLE_BATCH})", key="table_measure", disabled=busy is not None,
+                           width="stretch", help=None if busy is None else f"waits for {busy} (running in the background)") \
+                    and busy is None:
+                measure.start_table_job(ctx)
+                running = True
+        if running:
+            table_progress()
+        err = measure.table_error(ctx)
+        if err:
+            st.error(f"Latency table: {err}")
 
 
 # ---- layer sensitivities --------------------------------------------------------------------------------
@@ -235,7 +314,27 @@ class Live:
         self.proj = measure.project_plan(self.ctx, self.plan, self.base, self.sens.projector)
 
 
-def rank_sliders(ctx) -> dict[str, tuple[int, ...]]:
+def break_even_text(lat, l, labels, current) -> tuple[list[str], str]:
+    """Per mode, the slider help's measured break-even, and the layer's one-line summary (speed mode)."""
+    helps, parts = [], []
+    for i, lab in enumerate(labels):
+        other = None if len(labels) == 1 else int(current[1 - i])
+        be = lat.break_even(l.name, i, other) if l.full_ranks[i] > 1 else None
+        at_other = f" with {labels[1 - i]} = {other}" if other is not None and other < l.full_ranks[1 - i] else ""
+        if be is None:
+            helps.append("")
+            continue
+        if be <= 0:
+            helps.append(f"; measured ({lat.where}): no {lab} is faster than the dense layer{at_other}")
+            parts.append(f"{lab}: none")
+        else:
+            helps.append(f"; measured ({lat.where}): faster than dense at {lab} ≤ {be}{at_other}")
+            parts.append(f"{lab} ≤ {be}")
+    return helps, ("faster than dense: " + ", ".join(parts)) if parts else ""
+
+
+def rank_sliders(ctx, lat=None) -> dict[str, tuple[int, ...]]:
+    """The sliders; with a latency table (speed mode) each says where its layer is faster than dense."""
     a, mid = ctx.analysis, ctx.model_id
     st.subheader("Ranks per layer")
     st.caption("Grouped by stage. Tucker-2 layers (k×k convs) have a pair: r_out (output channels) and r_in (input channels); "
@@ -246,15 +345,21 @@ def rank_sliders(ctx) -> dict[str, tuple[int, ...]]:
             for l in layers:
                 vb = a.vbmf_ranks(l.name)
                 cols = st.columns([1.3, 2, 2])
-                cols[0].markdown(f"`{l.name}`  \n<small>{l.kind} {'×'.join(map(str, l.weight_shape))}</small>", unsafe_allow_html=True)
+                labels = tables.mode_labels(l.kind)
+                helps, summary = [""] * len(labels), ""
+                if lat is not None:
+                    current = [st.session_state.get(state.slider_key(mid, l.name, i), l.full_ranks[i]) for i in range(len(labels))]
+                    helps, summary = break_even_text(lat, l, labels, current)
+                extra = f"  \n<small>{summary}</small>" if summary else ""
+                cols[0].markdown(f"`{l.name}`  \n<small>{l.kind} {'×'.join(map(str, l.weight_shape))}</small>{extra}", unsafe_allow_html=True)
                 vals = []
-                for i, lab in enumerate(tables.mode_labels(l.kind)):
+                for i, lab in enumerate(labels):
                     if l.full_ranks[i] <= 1:  # nothing to choose (e.g. a 1-channel input)
                         cols[1 + i].caption(f"{lab} = 1 (full rank 1)")
                         vals.append(1)
                         continue
                     vals.append(cols[1 + i].slider(f"{l.name} · {lab}", 1, int(l.full_ranks[i]), step=1, key=state.slider_key(mid, l.name, i),
-                                                   help=f"full rank {l.full_ranks[i]}, EVBMF rank {vb[i]}", label_visibility="visible"))
+                                                   help=f"full rank {l.full_ranks[i]}, EVBMF rank {vb[i]}{helps[i]}", label_visibility="visible"))
                 ranks[l.name] = tuple(int(v) for v in vals)
     return ranks
 
@@ -319,6 +424,74 @@ def plan_metrics(live: Live) -> None:
     _metric(m[2], "FLOPs / image", fmt.human(c.flops_planned), f"was {fmt.human(c.flops)}", help="FLOPs = 2 × MACs")
     _metric(m[3], "Size (float32)", f"{fmt.size_mb(c.params_planned):.2f} MB", f"was {fmt.size_mb(c.params):.2f} MB")
     projection_metric(m[4], live)
+
+
+def measured_label(batch: int) -> str:
+    """The label of a measured-speedup metric: batch, device, threads."""
+    return f"Measured speedup, batch {batch} ({measure.SPEED_DEVICE.upper()}, {measure.speed_threads()} threads)"
+
+
+def table_label(lat) -> str:
+    return f"Predicted speedup, batch {lat.table.batch} (latency table, {lat.table.device.upper()}, {lat.table.threads} threads)"
+
+
+@st.fragment(run_every=1.0)
+def speed_progress() -> None:
+    """Progress of this session's speed job, redrawn every second; a full rerun when it ends."""
+    if measure.speed_progress_bar():
+        st.rerun()
+
+
+def speed_panel(live: Live, lat) -> None:
+    """The plan's speedup: predicted from MACs, measured end to end at batch 1 and 64 (or "not measured
+    yet"), and with a latency table its prediction; the measurement runs in the background."""
+    ctx, plan, c = live.ctx, live.plan, live.cost
+    speed = measure.speed_result(ctx, plan)  # looked up by this plan's ranks only
+    running, mine, busy = measure.speed_running(), measure.speed_running(ctx, plan), measure.timing_busy()
+    with st.container(border=True):
+        st.markdown("**Speed** — the MACs ratio predicts; the end-to-end timing of the original and this plan measures")
+        m = st.columns([1, 1, 1, 1, 1.1])
+        _metric(m[0], "Speedup predicted from MACs", f"{c.macs_ratio:.2f}×", "counted, not timed",
+                help="MACs of the original ÷ MACs of this plan: an upper bound on the speedup that ignores memory traffic "
+                     "and the extra layers of a factorisation")
+        by_batch = {r.batch: r for r in speed or ()}
+        for col, b in zip(m[1:3], measure.SPEED_BATCHES):
+            r, label = by_batch.get(b), measured_label(b)
+            if r is None:
+                _metric(col, label, NOT_MEASURED, "measuring…" if mine else "press Measure speed")
+            else:
+                _metric(col, label, f"{r.speedup:.2f}×",
+                        f"{r.original_ms:.2f} → {r.planned_ms:.2f} ms (IQR {r.original_iqr_ms:.2f} → {r.planned_iqr_ms:.2f})",
+                        help=f"measured on {r.device.upper()} with {r.threads} threads, both models under {r.execution}: "
+                             f"{speedup_text(r.speedup)}; median and interquartile range (IQR) of interleaved rounds")
+        if lat is not None:
+            _metric(m[3], table_label(lat), f"{lat.predicted_speedup(plan):.2f}×",
+                    "per-layer times, not end to end",
+                    help=f"the latency table ({lat.where}, {lat.table.execution}): the planned layers' measured times plus "
+                         "the rest of the model — a prediction; the measured speedup is the truth")
+        start = m[4].button(f"Measure speed (batch {' and '.join(map(str, measure.SPEED_BATCHES))})", key="speed_measure",
+                            disabled=speed is not None or busy is not None, width="stretch",
+                            help="time the original and this plan end to end in the background (about a minute without a cached "
+                                 "result: every execution is tried, including torch.compile)")
+        if start and busy is None:
+            measure.start_speed_job(ctx, plan, state.current_label(ctx))
+            running = mine = True
+        if speed is not None:
+            st.caption(latency_note(speed, c.macs_ratio))
+        elif running and not mine:
+            st.caption(f"Measuring the speed of another plan ({measure.speed_job()['label']}); this one can be measured after it.")
+        elif busy is not None and not mine:
+            st.caption(f"Measure speed waits for {busy} (running in the background): a timing beside it would be slowed down.")
+        if lat is not None:
+            slow = lat.slower_layers(plan)
+            if slow:
+                st.caption(f"Latency table: {len(slow)} layer{'s' if len(slow) != 1 else ''} of this plan run slower than dense "
+                           f"({', '.join(slow[:6])}{', …' if len(slow) > 6 else ''}) — *Drop slower factors* above sets them back.")
+        if running:
+            speed_progress()
+        err = measure.speed_error(ctx, plan)
+        if err:
+            st.error(f"Speed measurement failed: {err}")
 
 
 def accuracy_delta(drop: float) -> str:
@@ -422,15 +595,19 @@ def plan_section(ctx) -> None:
     t0 = time.perf_counter()
     state.sync_sliders(ctx)
     header, charts_box, evals_box = st.container(), st.container(), st.container()
-    state.set_ranks_from_sliders(ctx, rank_sliders(ctx))
+    lat = measure.latency_table(ctx) if measure.optimise_for() == "speed" else None
+    state.set_ranks_from_sliders(ctx, rank_sliders(ctx, lat))
     live = Live(ctx, current_sens(ctx))  # read again: a quick evaluation may have refitted the projector
     metrics_box = header.container()
+    speed_box = header.container()
     with header:
         projection_settings(live)
     with evals_box:
         quick_evaluations(live)
     with metrics_box:
         plan_metrics(live)
+    with speed_box:
+        speed_panel(live, lat)
     with charts_box:
         charts(live)
     st.session_state[RENDER_MS] = (time.perf_counter() - t0) * 1000
@@ -445,6 +622,7 @@ def render() -> None:
         return
     sens = current_sens(ctx)
     st.title("Ranks")
+    optimise_panel(ctx)
     presets(ctx, sens.ready)
     sensitivity_panel(ctx, sens)
     plan_section(ctx)
