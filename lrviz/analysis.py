@@ -13,7 +13,7 @@ from .errors import LrvizError
 from .cost import LayerIO, check_metric, count_params, layer_macs, layer_params, record_io
 from .layers import MODE_IN, MODE_MATRIX, MODE_OUT, LayerInfo, SkippedLayer, find_layers, get_module
 from .memory import check_memory, estimate_analysis
-from .spectra import LayerSpectrum, layer_spectrum, retained_energy
+from .spectra import LayerSpectrum, layer_spectra, retained_energy
 from .vbmf import VBMFResult, evbmf
 
 __all__ = ["ModelAnalysis", "analyze", "analyze_program"]
@@ -167,23 +167,32 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], name: str = "", progr
         )
     if spectra:  # before any work: a clear message when the largest layer's spectra cannot fit
         check_memory(estimate_analysis(model, layers))
-    io = record_io(model, tuple(input_size))
-    # layers never reached in the forward pass (e.g. auxiliary heads in eval mode) cannot be costed:
-    # report and drop them before computing spectra, so layers, spectra and vbmf cover the same layers
-    unused = [l for l in layers if l.name not in io]
-    if unused:
-        log.info("layers not used in the forward pass are left out: %s", [l.name for l in unused])
-        skipped = list(skipped) + [SkippedLayer(l.name, "unused", _UNUSED_REASON) for l in unused]
-        layers = [l for l in layers if l.name in io]
+    # every unfolding's spectrum and EVBMF estimate, a few at once on worker threads (see
+    # lrviz.spectra.layer_spectra), started before the forward pass so that the two overlap
     want_spectra = spectra
-    spectra: dict[str, LayerSpectrum] = {}
-    vb: dict[str, dict[str, VBMFResult]] = {}
-    for i, l in enumerate(layers if want_spectra else []):
-        sp = layer_spectrum(l, get_module(model, l.name).weight)
-        spectra[l.name] = sp
-        vb[l.name] = {m: evbmf(sp.values[m], sp.shapes[m]) for m in sp.modes}
-        if progress is not None:
-            progress(i + 1, len(layers), l.name)
+    running = layer_spectra([(l, get_module(model, l.name).weight) for l in layers], then=evbmf) if want_spectra else iter(())
+    try:
+        io = record_io(model, tuple(input_size))
+        # layers never reached in the forward pass (e.g. auxiliary heads in eval mode) cannot be costed:
+        # report and drop them (and their spectra), so layers, spectra and vbmf cover the same layers
+        unused = [l for l in layers if l.name not in io]
+        if unused:
+            log.info("layers not used in the forward pass are left out: %s", [l.name for l in unused])
+            skipped = list(skipped) + [SkippedLayer(l.name, "unused", _UNUSED_REASON) for l in unused]
+            layers = [l for l in layers if l.name in io]
+        spectra: dict[str, LayerSpectrum] = {}
+        vb: dict[str, dict[str, VBMFResult]] = {}
+        for sp, est in running:
+            if sp.layer.name not in io:
+                continue
+            spectra[sp.layer.name] = sp
+            vb[sp.layer.name] = est
+            if progress is not None:
+                progress(len(spectra), len(layers), sp.layer.name)
+    finally:
+        close = getattr(running, "close", None)
+        if close is not None:
+            close()
     macs = int(sum(r.macs for r in io.values()))
     return ModelAnalysis(
         model_name=name,

@@ -74,10 +74,20 @@ def _free_energy(log_sigma2: float, s2: np.ndarray, log_s2: np.ndarray, M: int, 
 
 
 def _free_energy_grid(log_sigma2: np.ndarray, s2, log_s2, M: int, alpha: float, xbar: float) -> np.ndarray:
-    """:func:`_free_energy` at many σ² at once (one numpy expression over a grid × spectrum array)."""
-    log_ms = np.log(M) + log_sigma2[:, None]
-    x = s2[None, :] / np.exp(log_ms)
-    total = np.sum(x - (log_s2[None, :] - log_ms), axis=1)
+    """:func:`_free_energy` at many σ² at once.
+
+    ``s2`` must be sorted in descending order (as :func:`evbmf` passes it). ``Σ_h x_h − log x_h`` only
+    needs ``Σ γ_h²`` and ``Σ log γ_h²``, and the τ term is non-zero only for the components with
+    ``x_h > x̄`` — a leading run of ``s2`` — so only those columns of the grid × spectrum array are formed.
+    """
+    log_ms = np.log(M) + np.asarray(log_sigma2, dtype=np.float64)
+    scale = np.exp(log_ms)
+    total = float(np.sum(s2)) / scale - float(np.sum(log_s2)) + len(s2) * log_ms
+    # components above x̄ anywhere on the grid: those above it at the smallest σ²
+    k = int(np.count_nonzero(s2 > xbar * float(np.min(scale)))) if len(s2) else 0
+    if k == 0:
+        return total
+    x = s2[None, :k] / scale[:, None]
     big = x > xbar
     t = np.where(big, _tau(x, alpha), 0.0)  # τ is only defined (and only used) above x̄
     extra = np.where(big, np.log1p(t) + alpha * np.log1p(t / alpha) - t, 0.0)
