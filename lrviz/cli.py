@@ -468,11 +468,29 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _solve_latency(args, loaded, a, proj, ratio: float):
-    """The latency solver: allocate with the latency table, measure the plan end to end next to the
-    original, re-fit the table to those two measurements (:meth:`lrviz.latency.LatencyTable.calibrated`)
-    and solve again (up to 3 rounds). The first plan that measures ≥ the target wins, else the fastest
-    measured."""
+def _next_aim(tried, ratio: float) -> float:
+    """Secant step on log(measured speedup) vs log(aim) through the two measurements closest to the target
+    (one measurement: assume measured ∝ aim)."""
+    import math
+
+    pts = sorted(tried, key=lambda t: abs(math.log(t[1] / ratio)))[:2]
+    a0, m0 = pts[0][0], pts[0][1]
+    if len(pts) == 2 and pts[1][0] != a0 and pts[1][1] > 0 and m0 > 0:
+        k = (math.log(pts[1][1]) - math.log(m0)) / (math.log(pts[1][0]) - math.log(a0))
+        if k > 0.05:
+            return max(1.0, math.exp(math.log(a0) + (math.log(ratio) - math.log(m0)) / k))
+    return max(1.0, a0 * ratio / max(m0, 1e-6))
+
+
+def _solve_latency(args, loaded, a, proj, ratio: float, rounds: int = 5):
+    """The latency solver. The latency table decides *where* to cut (the greedy allocation at a table
+    speedup ``aim``); end-to-end measurements decide *how far*: each round solves at ``aim``, builds the
+    plan and times it next to the original under the chosen execution, then moves ``aim`` by a secant
+    step on log(measured) vs log(aim) towards the target (the first step assumes measured ∝ aim). An aim
+    beyond the table's reach is halved back towards the last reachable one. Of the plans measured, the
+    one with the least projected loss among those meeting the target wins, else the fastest."""
+    import math
+
     from .budget import solve
     from .decompose import compress
     from .latency import bench, choose_execution
@@ -485,33 +503,38 @@ def _solve_latency(args, loaded, a, proj, ratio: float):
     else:
         execution = args.execution
     tab = _table(args, loaded, a, args.batch, execution, device)
-    aim, best = ratio, None
-    for round_ in range(1, 4):
+    aim, reachable, tried = ratio, 1.0, []  # tried: (aim, measured speedup, SolveResult, BenchResult)
+    for round_ in range(1, rounds + 1):
         try:
             res = solve(a, proj, ("latency", aim), snap=args.snap, exclude=args.exclude or (), latency=tab)
         except LrvizError as e:
-            if best is None:
+            if not tried and aim <= ratio:
                 raise LrvizError(f"target latency:{ratio:g} at batch {args.batch}: {e}; ask for less, or try another "
                                  "--execution or --batch") from e
-            print(f"[solve] round {round_}: {aim:.2f}x is beyond what the latency table allows; keeping the fastest "
-                  "plan measured", file=sys.stderr, flush=True)
-            break
+            print(f"[solve] round {round_}: {aim:.2f}x is beyond the latency table's reach", file=sys.stderr, flush=True)
+            aim = 0.5 * (aim + reachable)
+            continue
+        reachable = max(reachable, aim)
         small = compress(loaded.module, res.plan)
         b = bench(loaded.module, small, res.plan, a, batches=[args.batch], device=device, threads=args.threads,
                   execution=execution, per_layer=False, cache=False)[0]
-        print(f"[solve] round {round_}: predicted {res.ratio:.2f}x (latency table, scale {tab.scale:.2f}), "
-              f"measured {b.speedup:.2f}x", file=sys.stderr, flush=True)
-        if best is None or b.speedup > best[1].speedup or (best[1].speedup < ratio <= b.speedup):
-            best = (res, b)
-        if b.speedup >= ratio:
-            best = (res, b)
-            break
-        refit = tab.calibrated(b.original_ms, res.plan, b.planned_ms)
-        if refit.scale != tab.scale:
-            tab, aim = refit, ratio  # the model now matches this execution: aim at the target itself
-        else:
-            tab, aim = refit, aim * ratio / max(b.speedup, 1e-6)  # cannot re-fit: aim higher by the shortfall
-    return best
+        tried.append((aim, b.speedup, res, b))
+        print(f"[solve] round {round_}: table speedup {res.ratio:.2f}x, measured {b.speedup:.2f}x "
+              f"({res.macs_ratio:.2f}x fewer MACs)", file=sys.stderr, flush=True)
+        lo = max((t[0] for t in tried if t[1] < ratio), default=None)  # the largest aim that missed
+        hi = min((t[0] for t in tried if t[1] >= ratio), default=None)  # the smallest aim that met the target
+        if lo is not None and hi is not None and lo < hi <= 1.1 * lo:
+            break  # bracketed within 10 %: the meeting plan is about the least aggressive one
+        aim = _next_aim(tried, ratio)
+        if lo is not None and hi is not None and lo < hi and not (lo < aim < hi):
+            aim = math.sqrt(lo * hi)  # the secant left the bracket: bisect it
+        aim = max(aim, 1.0)
+    meets = [t for t in tried if t[1] >= ratio]
+    if meets:
+        best = min(meets, key=lambda t: t[2].projected_loss)
+    else:
+        best = max(tried, key=lambda t: t[1])
+    return best[2], best[3]
 
 
 def cmd_solve(args) -> int:
