@@ -519,8 +519,9 @@ def _solve_latency(args, loaded, a, proj, ratio: float, rounds: int = 5):
         b = bench(loaded.module, small, res.plan, a, batches=[args.batch], device=device, threads=args.threads,
                   execution=execution, per_layer=False, cache=False)[0]
         tried.append((aim, b.speedup, res, b))
+        acc = f", projected top-1 {res.projected_top1:.2%}" if proj is not None else ""
         print(f"[solve] round {round_}: table speedup {res.ratio:.2f}x, measured {b.speedup:.2f}x "
-              f"({res.macs_ratio:.2f}x fewer MACs)", file=sys.stderr, flush=True)
+              f"({res.macs_ratio:.2f}x fewer MACs{acc})", file=sys.stderr, flush=True)
         lo = max((t[0] for t in tried if t[1] < ratio), default=None)  # the largest aim that missed
         hi = min((t[0] for t in tried if t[1] >= ratio), default=None)  # the smallest aim that met the target
         if lo is not None and hi is not None and lo < hi <= 1.1 * lo:
@@ -562,12 +563,11 @@ def cmd_solve(args) -> int:
         res, measured = _solve_latency(args, loaded, a, proj, ratio)
     else:
         res = solve(a, proj, (metric, ratio), snap=args.snap, exclude=args.exclude or ())
-    head = (f"solved {metric}:{ratio:g} (allocation by {basis}): {res.params_ratio:.2f}x fewer params, "
-            f"{res.macs_ratio:.2f}x fewer MACs")
+    head = f"solved {metric}:{ratio:g}: {res.params_ratio:.2f}x fewer params, {res.macs_ratio:.2f}x fewer MACs"
     if proj is not None:
         pr = proj.project(res.plan)
         head += f"; projected top-1 {pr.top1:.2%} [{pr.interval[0]:.2%}, {pr.interval[1]:.2%}] (original {pr.base_top1:.2%})"
-    print(head)
+    print(f"{head}; allocation by {basis}")
     if measured is not None:
         m = measured
         verdict = "meets" if m.speedup >= ratio else "MISSES"
@@ -642,16 +642,21 @@ def _add_analyze(sub) -> None:
 _PLAN_HELP = "full | vbmf | vbmf:K | energy:F | uniform:F | ratio:T | FILE.json"
 
 
+def _add_plan_options(p, table_where: str) -> None:
+    """``--plan``, ``--exclude``, ``--decompose-classifier``, ``--snap`` and ``--structure`` (compress, bench)."""
+    p.add_argument("--plan", required=True, type=plan_type, metavar="SPEC", help=_PLAN_HELP)
+    p.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense (fnmatch, repeatable)")
+    p.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear (kept dense by default)")
+    p.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K (e.g. 8; a ratio:T plan keeps its budget)")
+    p.add_argument("--structure", choices=["size", "speed"], default="size",
+                   help=f"speed: drop every factor a measured per-layer latency table ({table_where}) times slower than the "
+                        "dense layer (ranks above its break-even); size (default): the plan as it is")
+
+
 def _add_compress(sub) -> None:
     c = sub.add_parser("compress", help="decompose with a rank plan and export model.pt2, plan.json, metrics.json")
     add_model_args(c)
-    c.add_argument("--plan", required=True, type=plan_type, metavar="SPEC", help=_PLAN_HELP)
-    c.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense (fnmatch, repeatable)")
-    c.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear (kept dense by default)")
-    c.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K (e.g. 8; a ratio:T plan keeps its budget)")
-    c.add_argument("--structure", choices=["size", "speed"], default="size",
-                   help="speed: drop every factor a measured per-layer latency table (CPU, batch --speed-batch) says is "
-                        "slower than the dense layer; size (default): the plan as it is")
+    _add_plan_options(c, "CPU, batch --speed-batch")
     c.add_argument("--speed-batch", type=positive_int, default=64, metavar="N", help="batch of the latency table (default 64)")
     c.add_argument("--out", required=True, metavar="DIR", help="new or empty folder for model.pt2, plan.json, metrics.json")
     c.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing lrviz's files there")
@@ -722,13 +727,7 @@ def _add_project(sub) -> None:
 def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="measured latency of the original and the planned model, end to end and per layer")
     add_model_args(b)
-    b.add_argument("--plan", required=True, type=plan_type, metavar="SPEC", help=_PLAN_HELP)
-    b.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
-    b.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
-    b.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K (e.g. 8)")
-    b.add_argument("--structure", choices=["size", "speed"], default="size",
-                   help="speed: measure a per-layer latency table and drop every factor it says is slower than dense "
-                        "(ranks above the break-even); size (default): the plan as it is")
+    _add_plan_options(b, "at the last --batch, on --device")
     add_speed_args(b)
     b.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds (default 5)")
     b.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")

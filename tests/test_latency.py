@@ -261,7 +261,7 @@ def test_cli_solve_latency_target(tmp_path, isolated_cache, monkeypatch, capsys)
     out = tmp_path / "plan.json"
     assert main(["solve", "demo", "--target", "latency:1.5", "--batch", "8", "--execution", "eager", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "meets the 1.5x target" in text and "allocation by spectra" in text
+    assert "meets the 1.5x target" in text and "allocation by spectra" in text and "solved latency:1.5: " in text
     m = __import__("lrviz.models", fromlist=["load_model"]).load_model("demo")
     a = analyze(m.module, m.input_size, "demo")
     plan = RankPlan.load(out, a.layers)
