@@ -619,6 +619,61 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+# --- hand-off ---------------------------------------------------------------------------------
+
+def cmd_export(args) -> int:
+    from .decompose import compress
+    from .handoff import architecture_record, export_files, export_onnx, export_pt2, load_export_dir, parity_batch, check_parity
+
+    files = export_files(args.format)
+    out = check_dir_target(args.out, "--out", force=args.force, owned=files)
+    loaded = _load(args)
+    if not loaded.decomposable:
+        raise LrvizError(f"{args.model} is an exported program: nothing to decompose or export again")
+    data = _dataset(args, loaded) if args.data else None
+    a, plan = _analysis_and_plan(args, loaded, progress=_progress("analyze", every=10))
+    small = compress(loaded.module, plan, progress=_progress("decompose", every=10)).eval()
+    x = parity_batch(loaded.input_size, data)
+    doc = plan.to_dict()
+    doc["architecture"] = architecture_record(args.model, loaded.input_size, loaded.num_classes, args.weights)
+    doc["format"] = args.format
+
+    def write_model(path):
+        import torch
+
+        if args.format == "onnx":
+            doc["parity"] = export_onnx(small, loaded.input_size, path, x)
+        elif args.format == "pt2":
+            doc["parity"] = export_pt2(small, loaded.input_size, path, x)
+        else:
+            torch.save(small.state_dict(), path)
+
+    def write_plan(path):
+        path.write_text(_json_text(doc))
+
+    if args.format == "state_dict":
+        # the parity of a state_dict export is the round trip itself: rebuild it from the files, compare
+        import tempfile
+        from pathlib import Path
+
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            write_model(Path(tmp) / "state_dict.pt")
+            write_plan(Path(tmp) / "plan.json")
+            rebuilt, _, _ = load_export_dir(tmp)
+            with torch.no_grad():
+                doc["parity"] = check_parity(small(x), rebuilt(x), "state_dict round trip")
+    write_dir(out, {files[1]: write_model, "plan.json": write_plan})
+    par = doc["parity"]
+    extra = f", opset {par['opset']}, {par['runtime']}" if "opset" in par else ""
+    print(f"exported {loaded.name} + plan {args.plan} as {args.format}: max |difference| against PyTorch "
+          f"{par['max_abs_diff']:.3g} on a batch of {par['batch']} (output scale {par['output_scale']:.3g}; limit "
+          f"{par['rtol']:g} x scale){extra}")
+    print(f"wrote {', '.join(str(out / f) for f in files)}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import available_models, builtin_models
 
@@ -630,6 +685,22 @@ def cmd_models(args) -> int:
     print("  " + ", ".join(av["torchvision"]))
     print("also: package.module:factory (with --weights FILE), or FILE.pt2 (evaluate/cost only)")
     return 0
+
+
+def _add_export(sub) -> None:
+    x = sub.add_parser("export", help="export the planned model as pt2, ONNX or a state_dict (+ plan.json), checked for parity")
+    add_model_args(x)
+    x.add_argument("--plan", required=True, type=plan_type, metavar="SPEC", help=_PLAN_HELP)
+    x.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
+    x.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
+    x.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K")
+    x.add_argument("--format", required=True, choices=["pt2", "onnx", "state_dict"],
+                   help="pt2: torch.export program; onnx: ONNX with a dynamic batch (checked with onnxruntime); state_dict: "
+                        "plan.json + state_dict.pt, loadable again as MODEL (lrviz evaluate DIR)")
+    x.add_argument("--out", required=True, metavar="DIR", help="new or empty folder")
+    x.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing lrviz's files there")
+    add_data_args(x, required=False)
+    x.set_defaults(func=cmd_export, structure="size")
 
 
 def _add_analyze(sub) -> None:
@@ -770,7 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_analyze, _add_compress, _add_evaluate, _add_train, _add_sensitivity, _add_project, _add_solve, _add_sweep,
-                _add_bench):
+                _add_bench, _add_export):
         add(sub)
     m = sub.add_parser("models", help="list available models")
     m.set_defaults(func=cmd_models)

@@ -513,6 +513,20 @@ def _check_arguments(spec: Any, weights: Any, input_size: Any, num_classes: Any)
     return spec.strip(), size, num_classes
 
 
+def _load_export_dir(path: str, weights) -> LoadedModel:
+    """An lrviz export directory (``plan.json`` + ``state_dict.pt``) rebuilt as a model (see
+    :func:`lrviz.handoff.load_export_dir`)."""
+    from .handoff import load_export_dir
+
+    if weights is not None:
+        raise LrvizError(f"{path} is an export directory: its weights are its state_dict.pt (drop --weights)")
+    net, arch, plan = load_export_dir(path)
+    size = tuple(int(v) for v in arch["input_size"])
+    out_classes = _forward_check(net, str(path), size)
+    return LoadedModel(name=Path(path).name or str(path), module=net, program=None, input_size=size, num_classes=out_classes,
+                       source=f"export directory ({arch['spec']} + plan {plan.spec})")
+
+
 def load_model(
     spec: str,
     *,
@@ -549,6 +563,10 @@ def load_model(
         On unknown specs, unreadable or mismatched weights, unavailable pretrained weights, or a
         model that does not accept ``input_size``.
     """
+    from .handoff import is_export_dir
+
+    if isinstance(spec, str) and is_export_dir(spec):
+        return _load_export_dir(spec, weights)
     spec, size, num_classes = _check_arguments(spec, weights, input_size, num_classes)
     if spec.lower().endswith(".pt2"):
         return _load_exported(spec, weights, size, num_classes)
