@@ -1,5 +1,6 @@
 """Fine-tune & export page: fine-tune the current plan in a background thread (live curve, stop
-button), then download the plan JSON, the weights and a ``torch.export`` program (.pt2).
+button), then download the plan JSON, the weights, a ``torch.export`` program (.pt2) and ONNX, each program checked
+for parity against the PyTorch model (``lrviz.handoff``).
 
 The data is split by :func:`lrviz.data.finetune_splits` into train / validation (best epoch) /
 evaluation parts that share no image; the split (description and indices) is kept with the
@@ -15,7 +16,7 @@ import torch
 from lrviz import compress, figures, fmt, plan_cost, sources, tables
 from lrviz.data import finetune_splits
 from lrviz.errors import LrvizError
-from lrviz.export import save_program
+from lrviz.handoff import export_onnx, export_pt2, parity_batch
 from lrviz.keys import plan_key
 from lrviz.train import finetune
 from pages import _state as state
@@ -156,28 +157,44 @@ def finetune_result(ctx, ft) -> None:
 
 
 def build_exports(ctx, plan, ft) -> dict:
-    """The ``.pt2`` program and the state_dict of the current plan's model (fine-tuned when it is)."""
+    """The ``.pt2`` program, the ONNX file and the state_dict of the current plan's model (fine-tuned when it
+    is); both programs are checked against the PyTorch model on a fixed batch (``lrviz.handoff``)."""
     st.write("Building the model from cached factors…")
     model = ft["model"] if ft is not None else compress(ctx.module, plan, ctx.factors)
-    st.write("Tracing with torch.export…")
+    x = parity_batch(ctx.loaded.input_size)
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        pt2 = save_program(model, ctx.loaded.input_size, Path(tmp) / "model.pt2").read_bytes()
+        st.write("Tracing with torch.export…")
+        out["pt2_parity"] = export_pt2(model, ctx.loaded.input_size, Path(tmp) / "model.pt2", x)
+        out["pt2"] = (Path(tmp) / "model.pt2").read_bytes()
+        st.write("Exporting ONNX and checking it with onnxruntime…")
+        try:
+            out["onnx_parity"] = export_onnx(model, ctx.loaded.input_size, Path(tmp) / "model.onnx", x)
+            out["onnx"] = (Path(tmp) / "model.onnx").read_bytes()
+        except LrvizError as exc:  # the .pt2 and weights are still offered
+            out["onnx_error"] = str(exc)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    return {"pt2": pt2, "state_dict": buf.getvalue()}
+    out["state_dict"] = buf.getvalue()
+    return out
+
+
+def _parity_text(rec: dict) -> str:
+    return f"max |difference| {rec['max_abs_diff']:.2g} at output scale {rec['output_scale']:.2g} on a batch of {rec['batch']}"
 
 
 def export_panel(ctx, plan, ft, running: bool) -> None:
     st.subheader("Export")
     which = "fine-tuned" if ft is not None else "decomposed (not fine-tuned)"
     st.caption(f"Exports the {which} model of the current plan. The plan JSON recreates the structure with "
-               f"`lrviz compress MODEL --plan plan.json`; the .pt2 runs anywhere with `torch.export.load`.")
+               f"`lrviz compress MODEL --plan plan.json`; the .pt2 runs anywhere with `torch.export.load`, the ONNX file with "
+               "onnxruntime (opset 18, dynamic batch); `lrviz export` writes the same from the command line.")
     stem = f"{ctx.loaded.name}-{state.current_label(ctx)}".replace(":", "-").replace("/", "-").replace(" ", "_")
     c = st.columns(3)
     c[0].download_button("Download plan (JSON)", plan.to_json(), file_name=f"{stem}.plan.json", mime="application/json", key="dl_plan", width="stretch")
     exports = st.session_state.setdefault("_exports", {})
     ekey = (ctx.model_id, plan_key(plan), ft is not None and id(ft["model"]))
-    if ekey not in exports and c[1].button("Build .pt2 and weights", key="build_export", type="primary", width="stretch", disabled=running):
+    if ekey not in exports and c[1].button("Build .pt2, ONNX and weights", key="build_export", type="primary", width="stretch", disabled=running):
         with st.status("Exporting…", expanded=True) as status:
             try:
                 exports[ekey] = build_exports(ctx, plan, ft)
@@ -187,10 +204,19 @@ def export_panel(ctx, plan, ft, running: bool) -> None:
                 status.update(label="Export failed", state="error")
                 st.error(f"Export failed: {exc}")
     if ekey in exports:
-        c[1].download_button("Download .pt2 program", exports[ekey]["pt2"], file_name=f"{stem}.pt2", mime="application/octet-stream",
+        e = exports[ekey]
+        c[1].download_button("Download .pt2 program", e["pt2"], file_name=f"{stem}.pt2", mime="application/octet-stream",
                              key="dl_pt2", width="stretch")
-        c[2].download_button("Download weights (state_dict)", exports[ekey]["state_dict"], file_name=f"{stem}.pt",
+        c[2].download_button("Download weights (state_dict)", e["state_dict"], file_name=f"{stem}.pt",
                              mime="application/octet-stream", key="dl_sd", width="stretch")
+        if "onnx" in e:
+            c[0].download_button("Download ONNX", e["onnx"], file_name=f"{stem}.onnx", mime="application/octet-stream",
+                                 key="dl_onnx", width="stretch")
+            st.caption(f"Checked against the PyTorch model: .pt2 {_parity_text(e['pt2_parity'])}; ONNX (opset "
+                       f"{e['onnx_parity']['opset']}, {e['onnx_parity']['runtime']}) {_parity_text(e['onnx_parity'])}.")
+        else:
+            st.caption(f"Checked against the PyTorch model: .pt2 {_parity_text(e['pt2_parity'])}.")
+            st.error(f"ONNX: {e['onnx_error']}")
 
 
 def render() -> None:

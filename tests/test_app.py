@@ -275,7 +275,9 @@ def test_finetune_with_stop_flag_and_export():
     ok(at.run())
     assert not at.error, [e.value for e in at.error]
     labels = [d.label for d in at.get("download_button")]
-    assert {"Download plan (JSON)", "Download .pt2 program", "Download weights (state_dict)"} <= set(labels), labels
+    assert {"Download plan (JSON)", "Download .pt2 program", "Download weights (state_dict)", "Download ONNX"} <= set(labels), labels
+    cap = next(c.value for c in at.caption if "Checked against the PyTorch model" in c.value)
+    assert "ONNX (opset 18" in cap and "max |difference|" in cap, cap
 
 
 def test_background_job_stops_when_asked():
