@@ -29,6 +29,7 @@ All timing goes through a *timer* ``timer(fn, x) -> list[seconds]``; tests pass 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -257,31 +258,26 @@ def _geometry_key(layer: LayerInfo, module: nn.Module, shape, batch, device, thr
     return hashlib.sha256(json.dumps(geo, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _cache_dir():
+def _read_cached(kind: str, key: str):
+    """The cached JSON document ``<cache>/<kind>/<key>.json`` of this format, or None."""
     from .storage import cache_root
 
-    return cache_root() / "latency"
-
-
-def _load_entry(key: str):
-    path = _cache_dir() / f"{key}.json"
     try:
-        doc = json.loads(path.read_text())
-        if doc.get("format") != LATENCY_FORMAT:
-            return None
-        return doc
+        doc = json.loads((cache_root() / kind / f"{key}.json").read_text())
     except (OSError, ValueError):
         return None
+    return doc if isinstance(doc, dict) and doc.get("format") == LATENCY_FORMAT else None
 
 
-def _save_entry(key: str, doc: dict) -> None:
-    from .storage import atomic_write, private_dir
+def _write_cached(kind: str, key: str, doc: dict) -> None:
+    """Write ``<cache>/<kind>/<key>.json`` atomically; a read-only cache only costs a re-measurement."""
+    from .storage import atomic_write, cache_root, private_dir
 
     try:
-        private_dir(_cache_dir())
-        atomic_write(_cache_dir() / f"{key}.json", json.dumps(doc).encode())
-    except (OSError, LrvizError) as e:  # a read-only cache only costs a re-measurement
-        log.debug("latency cache not written: %s", e)
+        private_dir(cache_root() / kind)
+        atomic_write(cache_root() / kind / f"{key}.json", json.dumps(doc).encode())
+    except (OSError, LrvizError) as e:
+        log.debug("%s cache not written: %s", kind, e)
 
 
 def _random_input(shape, device) -> torch.Tensor:
@@ -357,14 +353,14 @@ def measure_latency_table(
             if key in memo:
                 t = memo[key]
             else:
-                doc = _load_entry(key) if use_cache else None
+                doc = _read_cached("latency", key) if use_cache else None
                 if doc is not None:
                     ms, iqr = np.asarray(doc["ms"], dtype=np.float64), np.asarray(doc["iqr_ms"], dtype=np.float64)
                     cached += 1
                 else:
                     ms, iqr = _measure_layer(factors.get(name), l, grids, shape, dev, timer, build_layer)
                     if use_cache:
-                        _save_entry(key, {"format": LATENCY_FORMAT, "ms": ms.tolist(), "iqr_ms": iqr.tolist()})
+                        _write_cached("latency", key, {"format": LATENCY_FORMAT, "ms": ms.tolist(), "iqr_ms": iqr.tolist()})
                 t = LayerLatency(name, l.full_ranks, grids, ms, iqr, shape)
                 memo[key] = t
             out[name] = LayerLatency(name, l.full_ranks, grids, t.ms, t.iqr, shape)
@@ -507,7 +503,7 @@ def bench(
     + plan + batch + device + threads + execution (``cache=False`` re-measures; never with a custom timer).
     Neither model is modified.
     """
-    from .cost import count_macs
+    from .plan import plan_cost
 
     if execution != "auto" and execution not in EXECUTIONS:
         raise LrvizError(f"unknown execution {execution!r}; choose auto or one of {', '.join(EXECUTIONS)}")
@@ -515,7 +511,7 @@ def bench(
     n_threads = int(threads or torch.get_num_threads())
     use_cache = cache and timer is None
     t = timer or benchmark_timer(min_run_time, n_threads)
-    macs_ratio = count_macs(original, analysis.input_size) / max(count_macs(planned, analysis.input_size), 1)
+    macs_ratio = plan_cost(analysis, plan).macs_ratio  # closed form: no forward pass of either model
     results = []
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
@@ -523,7 +519,7 @@ def bench(
         for bi, batch in enumerate(batches):
             key = _bench_key(original, plan, batch, dev, n_threads, execution, per_layer, rounds)
             if use_cache:
-                doc = _load_bench(key)
+                doc = _read_cached("bench", key)
                 if doc is not None:
                     results.append(BenchResult.from_dict(doc, cached=True))
                     continue
@@ -551,7 +547,7 @@ def bench(
             res = BenchResult(int(batch), str(dev), n_threads, ex, p_planned.applied, o, oi, p, pi, e, ei, float(macs_ratio),
                               tuple(layers), ex_times, notes)
             if use_cache:
-                _save_bench(key, res.to_dict())
+                _write_cached("bench", key, res.to_dict())
             results.append(res)
             if progress is not None:
                 progress(bi + 1, len(batches), f"batch {batch}: {o:.2f} ms -> {p:.2f} ms")
@@ -565,38 +561,8 @@ def _per_layer(original, planned, analysis, batch, dev, timer, rounds) -> list[d
     for l in analysis.layers:
         shape = layer_input_shape(l, analysis.io[l.name], batch)
         x = _random_input(shape, dev)
-        a = _timed_module(_copy(get_module(original, l.name)), dev)
-        b = _timed_module(_copy(get_module(planned, l.name)), dev)
+        a = _timed_module(copy.deepcopy(get_module(original, l.name)), dev)
+        b = _timed_module(copy.deepcopy(get_module(planned, l.name)), dev)
         times = _interleaved({"a": a, "b": b}, x, timer, max(1, rounds // 2))
         rows.append({"name": l.name, "original_ms": _stats(times["a"])[0], "planned_ms": _stats(times["b"])[0]})
     return rows
-
-
-def _copy(m: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(m)
-
-
-def _bench_dir():
-    from .storage import cache_root
-
-    return cache_root() / "bench"
-
-
-def _load_bench(key: str):
-    try:
-        doc = json.loads((_bench_dir() / f"{key}.json").read_text())
-        return doc if doc.get("format") == LATENCY_FORMAT else None
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _save_bench(key: str, doc: dict) -> None:
-    from .storage import atomic_write, private_dir
-
-    try:
-        private_dir(_bench_dir())
-        atomic_write(_bench_dir() / f"{key}.json", json.dumps(doc).encode())
-    except (OSError, LrvizError) as e:
-        log.debug("benchmark cache not written: %s", e)

@@ -641,36 +641,30 @@ def snap_plan(analysis: ModelAnalysis, plan: RankPlan, k: int, metric: str | Non
     budget again (rounding down always can, unless the unsnapped plan did not); the result's ratio is
     then ≥ ``target`` whenever the original plan's was.
     """
-    by_name = {l.name: l for l in analysis.layers}
-    new = {}
-    for lp in plan.layers:
-        new[lp.name] = tuple(snap_rank(r, f, k) for r, f in zip(lp.ranks, lp.full_ranks))
-    snapped = plan.with_ranks(new, spec=f"{plan.spec}:snap{k}")
+    spec = f"{plan.spec}:snap{k}"
+    new = {lp.name: tuple(snap_rank(r, f, k) for r, f in zip(lp.ranks, lp.full_ranks)) for lp in plan.layers}
+    snapped = plan.with_ranks(new, spec=spec)
     if metric is None or target is None:
         return snapped
+    # per layer, the ranks rounded down instead (a rank below k has no lower multiple: it stays snapped up)
+    down = {lp.name: tuple(f if r >= f else s if r < k else min(k * (r // k), s)
+                           for r, f, s in zip(lp.ranks, lp.full_ranks, new[lp.name]))
+            for lp in plan.layers}
+    by_name, io = {l.name: l for l in analysis.layers}, analysis.io
 
-    def ratio(p):
-        return plan_cost(analysis, p).ratio(metric)
+    def saving(name: str) -> int:
+        """What rounding layer ``name`` down instead of up saves."""
+        l = by_name[name]
+        return layer_cost(l, io[name], new[name], metric) - layer_cost(l, io[name], down[name], metric)
 
-    down = {}
-    for lp in plan.layers:
-        down[lp.name] = tuple(f if r >= f else s if k * (r // k) < k else min(k * (r // k), s)
-                              for r, f, s in zip(lp.ranks, lp.full_ranks, new[lp.name]))
-    while ratio(snapped) < target:
-        cur = dict(snapped.ranks())
-        ups = [(name, r) for name, r in cur.items() if r != down[name]]
+    cur = dict(new)
+    while plan_cost(analysis, snapped).ratio(metric) < target:
+        ups = [name for name in cur if cur[name] != down[name]]
         if not ups:
             break
-        io = analysis.io
-
-        def saving(item):
-            name, r = item
-            l = by_name[name]
-            return layer_cost(l, io[name], r, metric) - layer_cost(l, io[name], down[name], metric)
-
-        name, _ = max(ups, key=saving)
+        name = max(ups, key=saving)
         cur[name] = down[name]
-        snapped = plan.with_ranks(cur, spec=f"{plan.spec}:snap{k}")
+        snapped = plan.with_ranks(cur, spec=spec)
     return snapped
 
 

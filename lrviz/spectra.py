@@ -154,18 +154,19 @@ def _row_bounds(rows: int, max_rows: int | None = None) -> list[int]:
     return [rows * i // k for i in range(k + 1)]
 
 
-def lower_gram(x: torch.Tensor, exact: bool = True, block_bytes: int = GRAM_BLOCK_BYTES) -> torch.Tensor:
+def lower_gram(x: torch.Tensor, exact: bool = True, block_bytes: int = GRAM_BLOCK_BYTES,
+               dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The lower block triangle (diagonal blocks included) of ``x·xᵀ`` as float64, for a matrix
     ``(rows, cols)``; the strictly upper blocks are left zero.
 
     Enough for ``torch.linalg.eigvalsh`` (which reads only the lower triangle) at up to about half the
     products of :func:`row_gram`. ``exact``: accumulated in float64 over column blocks of at most
     ``block_bytes`` (each promoted on its own); otherwise every row block's product is formed in float32
-    (at most ``block_bytes`` at a time) and added into the float64 result. The sums are the same as
-    :func:`row_gram`'s, in another order.
+    (at most ``block_bytes`` at a time) and added into the result, of ``dtype`` (float64, or float32 for
+    the fast path of :func:`_eigenvalues`). The sums are the same as :func:`row_gram`'s, in another order.
     """
     rows, cols = x.shape
-    g = torch.zeros(rows, rows, dtype=torch.float64, device=x.device)
+    g = torch.zeros(rows, rows, dtype=torch.float64 if exact else dtype, device=x.device)
     if exact:
         bounds = _row_bounds(rows)
         step = max(1, block_bytes // (8 * max(rows, 1)))
@@ -216,11 +217,7 @@ def _eigenvalues(a: torch.Tensor, block_bytes: int = GRAM_BLOCK_BYTES, fast: boo
     x = a if a.shape[0] <= a.shape[1] else a.T
     exact = _is_exact(a)
     if fast and exact and a.dtype in _FAST_DTYPES and min(x.shape) > 1:
-        x32 = x.to(torch.float32)
-        bounds = _row_bounds(x32.shape[0])
-        g32 = torch.zeros(x32.shape[0], x32.shape[0], dtype=torch.float32, device=x.device)
-        for r0, r1 in zip(bounds, bounds[1:]):
-            g32[r0:r1, :r1] = x32[r0:r1] @ x32[:r1].T
+        g32 = lower_gram(x, exact=False, block_bytes=block_bytes, dtype=torch.float32)
         if _may_be_well_conditioned(g32, FAST_MIN_EIG_RATIO):
             ev = torch.linalg.eigvalsh(g32)
             if bool(ev[0] >= FAST_MIN_EIG_RATIO * ev[-1]) and bool(ev[-1] > 0):
