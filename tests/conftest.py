@@ -18,10 +18,13 @@ def rng():
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Sensitivity caches of the test run go to a temporary folder, never to ~/.cache."""
+    """Caches and the experiment store of the test run go to a temporary folder, never to ~/.cache."""
     old = os.environ.get("LRVIZ_CACHE_DIR")
+    old_db = os.environ.pop("LRVIZ_DB", None)  # the experiment store goes under the temporary cache folder too
     os.environ["LRVIZ_CACHE_DIR"] = str(tmp_path_factory.mktemp("lrviz-cache"))
     yield
+    if old_db is not None:
+        os.environ["LRVIZ_DB"] = old_db
     if old is None:
         os.environ.pop("LRVIZ_CACHE_DIR", None)
     else:
