@@ -42,12 +42,13 @@ from .cli_args import (
 )
 from .errors import LrvizError
 from .fmt import human
+from .cli_store import add_runs, record
 from .outputs import check_dir_target, check_file_target, write_dir, write_file
 
 log = logging.getLogger("lrviz.cli")
 
-#: The files ``lrviz compress`` writes into ``--out``.
-COMPRESS_FILES = ("plan.json", "model.pt2", "metrics.json")
+#: The files ``lrviz compress`` writes into ``--out`` (with ``state_dict.pt`` the folder is an export directory: a MODEL).
+COMPRESS_FILES = ("plan.json", "model.pt2", "metrics.json", "state_dict.pt")
 
 
 def _progress(prefix: str, every: int = 1):
@@ -194,12 +195,17 @@ def _analyze_program(args, loaded) -> int:
 def cmd_evaluate(args) -> int:
     from .decompose import compress
     from .evaluate import evaluate
+    from .store import eval_metrics
 
     loaded = _load(args)
     model = loaded.runnable
     ds = _dataset(args, loaded)
+    plan = cost = None
     if args.plan:
-        _, plan = _analysis_and_plan(args, loaded)
+        from .plan import plan_cost
+
+        a, plan = _analysis_and_plan(args, loaded)
+        cost = plan_cost(a, plan)
         model = compress(loaded.module, plan, progress=_progress("decompose", every=10))
     res = evaluate(model, ds, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate", every=10))
     lo, hi = res.top1_ci
@@ -208,6 +214,7 @@ def cmd_evaluate(args) -> int:
           f"top-1 {res.top1:.2%} [95% CI {lo:.2%}, {hi:.2%}]{top5}, loss {res.loss:.4f}")
     if args.json:
         _write_json(args.json, res.to_dict())
+    record(args, "evaluation", loaded, plan=plan, name=args.plan or "original", metrics=eval_metrics(res, cost))
     return 0
 
 
@@ -270,14 +277,36 @@ def cmd_compress(args) -> int:
                                    "val_top1": res.best_val_top1, "data": splits.record()}
             print(f"after fine-tuning ({len(res.history)} epochs, best {res.best_epoch} on {splits.val.n:,} validation images): "
                   f"top-1 {acc2.top1:.2%} on {acc2.n:,} {'held-out ' if splits.held_out else ''}{splits.eval.what} never used for training or selection")
-    write_dir(out, {
-        "plan.json": lambda path: path.write_text(plan.to_json()),
-        "model.pt2": lambda path: save_program(small, loaded.input_size, path),
-        "metrics.json": lambda path: path.write_text(_json_text(metrics)),
-    })
+    from .handoff import architecture_record, is_export_dir
+
+    doc = plan.to_dict()
+    files = {"model.pt2": lambda path: save_program(small, loaded.input_size, path),
+             "metrics.json": lambda path: path.write_text(_json_text(metrics))}
+    if not is_export_dir(args.model):  # the architecture can be built again: the folder is a MODEL (lrviz evaluate DIR)
+        import torch
+
+        doc["architecture"] = architecture_record(args.model, loaded.input_size, loaded.num_classes, args.weights)
+        doc["format"] = "state_dict"
+        files["state_dict.pt"] = lambda path: torch.save(small.state_dict(), path)
+    files["plan.json"] = lambda path: path.write_text(_json_text(doc))
+    write_dir(out, files)
     print(f"plan {args.plan}: params {cost.params:,} -> {cost.params_planned:,} ({cost.params_ratio:.2f}x), "
           f"MACs {cost.macs:,} -> {cost.macs_planned:,} ({cost.macs_ratio:.2f}x); FLOPs = 2 x MACs")
-    print(f"wrote {out / 'model.pt2'}, {out / 'plan.json'}, {out / 'metrics.json'}")
+    print(f"wrote {out / 'model.pt2'}, {out / 'plan.json'}, {out / 'metrics.json'}"
+          + (f", {out / 'state_dict.pt'} (the folder is a MODEL: lrviz evaluate {out})" if "state_dict.pt" in files else ""))
+    from .store import cost_metrics
+
+    rm = cost_metrics(cost)
+    acc = metrics.get("accuracy", {})
+    if "compressed" in acc:
+        c = acc["compressed"]
+        rm.update(top1=c["top1"], lo=c["top1_ci"][0], hi=c["top1_ci"][1], n=c["n"], original_top1=acc["original"]["top1"])
+    if "finetune" in metrics:
+        f = metrics["finetune"]
+        rm.update(epochs_run=f["epochs_run"], best_epoch=f["best_epoch"], val_top1=f["val_top1"], lr=f["lr"])
+    record(args, "finetune" if args.finetune else "export", loaded, plan=plan,
+           name=f"compress {args.plan}" + (f" + fine-tune {args.finetune}" if args.finetune else ""), metrics=rm,
+           payload={"metrics": metrics}, artifact=out.resolve())
     return 0
 
 
@@ -364,6 +393,8 @@ def cmd_sensitivity(args) -> int:
         print(f"anchor: uniform rank fraction {a['fraction']:g} on all layers but the output one -> top-1 {a['top1']:.2%}")
     if args.json:
         _write_json(args.json, sens.to_dict())
+    record(args, "sensitivity", loaded, name=f"sensitivity {sens.n} images", metrics={
+        "n": sens.n, "base_top1": sens.base_top1, "layers": len(sens.layers), "grid_points": args.grid_points, "cache_key": sens.key})
     return 0
 
 
@@ -462,9 +493,17 @@ def cmd_bench(args) -> int:
     print(f"{loaded.name} + plan {args.plan}{' (fastest structure per layer)' if args.structure == 'speed' else ''}")
     for r in res:
         _print_bench(r, "planned")
+    docs = [r.to_dict() for r in res]
     if args.json:
-        docs = [r.to_dict() for r in res]
         _write_json(args.json, docs[0] if len(docs) == 1 else docs)
+    from .plan import plan_cost
+
+    bm = {"params_ratio": plan_cost(a, plan).params_ratio, "macs_ratio": res[0].macs_ratio, "device": res[0].device,
+          "threads": res[0].threads}
+    for r in res:
+        bm.update({f"speedup_b{r.batch}": r.speedup, f"original_ms_b{r.batch}": r.original_ms, f"planned_ms_b{r.batch}": r.planned_ms,
+                   f"execution_b{r.batch}": r.execution})
+    record(args, "bench", loaded, plan=plan, name=f"bench {args.plan}", metrics=bm, payload=docs, data="-")
     return 0
 
 
@@ -586,6 +625,12 @@ def cmd_solve(args) -> int:
     if args.out:
         write_file(args.out, res.plan.to_json().encode(), "--out")
         print(f"wrote {args.out}", file=sys.stderr)
+    sm = {"target": f"{metric}:{ratio:g}", "params_ratio": res.params_ratio, "macs_ratio": res.macs_ratio, "basis": basis}
+    if proj is not None:
+        sm.update(projected_top1=pr.top1, projected_lo=pr.interval[0], projected_hi=pr.interval[1], calibration_n=proj.sens.n)
+    if measured is not None:
+        sm.update(speedup=measured.speedup, batch=measured.batch, execution=measured.execution)
+    record(args, "solve", loaded, plan=res.plan, name=f"solve {metric}:{ratio:g}", metrics=sm)
     return 0
 
 
@@ -616,6 +661,10 @@ def cmd_sweep(args) -> int:
     if args.json:
         _write_json(args.json, {"schema": "lrviz.sweep/1", "model": loaded.name, "data": args.data, "metric": args.metric,
                                 "rows": json.loads(df.to_json(orient="records"))})
+    record(args, "sweep", loaded, name=f"sweep {args.metric} {','.join(f'{t:g}' for t in targets)}",
+           metrics={"metric": args.metric, "targets": list(targets), "strategies": list(strategies), "images": int(df["n"].max())
+                    if "n" in df and df["n"].notna().any() else None, "finetune_epochs": args.finetune_epochs},
+           payload=json.loads(df.to_json(orient="records")))
     return 0
 
 
@@ -623,7 +672,9 @@ def cmd_sweep(args) -> int:
 
 def cmd_export(args) -> int:
     from .decompose import compress
-    from .handoff import architecture_record, export_files, export_onnx, export_pt2, load_export_dir, parity_batch, check_parity
+    from pathlib import Path
+
+    from .handoff import architecture_record, check_parity, export_files, export_onnx, export_pt2, is_export_dir, load_export_dir, parity_batch
 
     files = export_files(args.format)
     out = check_dir_target(args.out, "--out", force=args.force, owned=files)
@@ -636,6 +687,15 @@ def cmd_export(args) -> int:
     x = parity_batch(loaded.input_size, data)
     doc = plan.to_dict()
     doc["architecture"] = architecture_record(args.model, loaded.input_size, loaded.num_classes, args.weights)
+    if is_export_dir(args.model):  # a compressed (e.g. fine-tuned) model exported again: the plan of its own folder
+        if not all(lp.is_dense for lp in plan.layers):
+            if args.format == "state_dict":
+                raise LrvizError(f"{args.model} is already compressed: a further plan cannot be written as one state_dict plan; "
+                                 "export it with --plan full, or as pt2 / onnx")
+            doc.pop("architecture")
+        else:
+            src = json.loads((Path(args.model) / "plan.json").read_text())
+            doc = {k: v for k, v in src.items() if k not in ("parity", "format")}
     doc["format"] = args.format
 
     def write_model(path):
@@ -654,7 +714,6 @@ def cmd_export(args) -> int:
     if args.format == "state_dict":
         # the parity of a state_dict export is the round trip itself: rebuild it from the files, compare
         import tempfile
-        from pathlib import Path
 
         import torch
 
@@ -671,7 +730,75 @@ def cmd_export(args) -> int:
           f"{par['max_abs_diff']:.3g} on a batch of {par['batch']} (output scale {par['output_scale']:.3g}; limit "
           f"{par['rtol']:g} x scale){extra}")
     print(f"wrote {', '.join(str(out / f) for f in files)}")
+    from .plan import plan_cost
+    from .store import cost_metrics
+
+    record(args, "export", loaded, plan=plan, name=f"export {args.format}", artifact=out.resolve(),
+           metrics={"format": args.format, "max_abs_diff": par["max_abs_diff"], "output_scale": par["output_scale"],
+                    **cost_metrics(plan_cost(a, plan))})
     return 0
+
+
+def cmd_report(args) -> int:
+    import shlex
+
+    from .analysis import analyze
+    from .decompose import compress
+    from .plan import plan_cost
+    from .report import compression_report
+    from .store import eval_metrics
+
+    check_file_target(args.out, "--out")
+    loaded = _load(args)
+    if not loaded.decomposable:
+        raise LrvizError(f"{args.model} is an exported program: a report needs a decomposable model")
+    device = _device(args.device)
+    ds = _dataset(args, loaded) if args.data else None
+    a = analyze(loaded.module, loaded.input_size, loaded.name, progress=_progress("analyze", every=10))
+    plan = _plan_for(args, loaded, a)
+    cost = plan_cost(a, plan)
+    small = compress(loaded.module, plan, progress=_progress("decompose", every=10))
+    r0 = r1 = projection = speed = None
+    what = None
+    if ds is not None:
+        from .evaluate import evaluate
+
+        r0 = evaluate(loaded.module, ds, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate original", every=10))
+        r1 = evaluate(small, ds, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate compressed", every=10))
+        what = f"{args.data} test images" + (" (a fixed subset)" if args.limit and args.limit < len(ds) else "")
+        print(f"top-1 original {r0.top1:.2%}, compressed {r1.top1:.2%} (n={r1.n}, {what})")
+        record(args, "evaluation", loaded, name="original", metrics=eval_metrics(r0))
+        record(args, "evaluation", loaded, plan=plan, name=args.plan, metrics=eval_metrics(r1, cost))
+        projection = _cached_projection(args, loaded, ds, plan)
+    if not args.no_latency:
+        from .latency import bench
+
+        speed = bench(loaded.module, small, plan, a, batches=args.batch, device=device, threads=args.threads, execution=args.execution,
+                      per_layer=False, rounds=args.rounds, progress=_progress("bench"))
+        for r in speed:
+            print(f"latency batch {r.batch}: {r.original_ms:.2f} -> {r.planned_ms:.2f} ms ({r.speedup:.2f}x, {r.execution})")
+    command = "lrviz " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+    html = compression_report(loaded, a, plan, cost, r0=r0, r1=r1, accuracy_what=what, projection=projection, speed=speed,
+                              data_label=args.data or "", command=command, device=device)
+    write_file(args.out, html.encode("utf-8"))
+    print(f"plan {args.plan}: {cost.params_ratio:.2f}x fewer params, {cost.macs_ratio:.2f}x fewer MACs; wrote {args.out} "
+          f"({len(html) / 1e6:.1f} MB, self-contained)")
+    return 0
+
+
+def _cached_projection(args, loaded, ds, plan):
+    """The plan's sensitivity projection when complete sensitivities for these images are in the cache (else None:
+    the report then says "not projected yet"; ``lrviz sensitivity`` measures them)."""
+    from .project import SensitivityProjector
+    from .sensitivity import load_sensitivity
+
+    sens = load_sensitivity(loaded.module, ds, limit=args.limit if args.limit is not None else 1000, batch_size=args.batch_size)
+    if not sens.complete:
+        print("no cached layer sensitivities for these images: the report says 'not projected yet' (lrviz sensitivity measures them)",
+              file=sys.stderr)
+        return None
+    proj = SensitivityProjector.from_sensitivities(sens)
+    return None if proj.missing(plan) else proj.project(plan)
 
 
 def cmd_models(args) -> int:
@@ -701,6 +828,22 @@ def _add_export(sub) -> None:
     x.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing lrviz's files there")
     add_data_args(x, required=False)
     x.set_defaults(func=cmd_export, structure="size")
+
+
+def _add_report(sub) -> None:
+    r = sub.add_parser("report", help="a self-contained offline HTML report of a plan: spectra with VBMF cuts, per-layer ranks, "
+                                      "params / MACs / latency / accuracy before and after, environment, the command")
+    add_model_args(r)
+    r.add_argument("--plan", required=True, type=plan_type, metavar="SPEC", help=_PLAN_HELP)
+    r.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
+    r.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
+    r.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K")
+    r.add_argument("--out", required=True, metavar="report.html", help="the HTML file to write")
+    add_data_args(r, required=False)
+    add_speed_args(r)
+    r.add_argument("--rounds", type=positive_int, default=3, help="interleaved timing rounds (default 3)")
+    r.add_argument("--no-latency", action="store_true", help="do not time the models (the report says 'not measured yet')")
+    r.set_defaults(func=cmd_report, structure="size", argv=None)
 
 
 def _add_analyze(sub) -> None:
@@ -839,9 +982,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``lrviz`` parser: one sub-command per ``cmd_*`` function."""
     p = Parser(prog="lrviz", description="Low-rank compression of CNNs: analyse spectra, choose ranks (VBMF, energy, ratio), decompose, evaluate, export.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--no-record", action="store_true", help="do not record results in the experiment store ($LRVIZ_DB)")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_analyze, _add_compress, _add_evaluate, _add_train, _add_sensitivity, _add_project, _add_solve, _add_sweep,
-                _add_bench, _add_export):
+                _add_bench, _add_export, _add_report, add_runs):
         add(sub)
     m = sub.add_parser("models", help="list available models")
     m.set_defaults(func=cmd_models)
@@ -860,8 +1004,12 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except UsageError as e:
         return _fail(e)
+    if hasattr(args, "argv"):
+        args.argv = list(argv) if argv is not None else None  # what reproduces the command (lrviz report records it)
     # the CLI prints its own progress lines; library logs only with -v
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    if not args.verbose:  # torch's note when the compiler's import finds no CUDA toolkit is not the user's business
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         if getattr(args, "json", None):
             check_file_target(args.json, "--json")

@@ -16,6 +16,13 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def _private_store(tmp_path_factory, monkeypatch):
+    """Each test has its own experiment store (``LRVIZ_DB``): what one test's dashboard recorded (a saved
+    configuration, a measured plan, a sweep) never appears in another's session."""
+    monkeypatch.setenv("LRVIZ_DB", str(tmp_path_factory.mktemp("store") / "experiments.sqlite"))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Caches and the experiment store of the test run go to a temporary folder, never to ~/.cache."""

@@ -420,7 +420,7 @@ def test_force_replaces_only_lrviz_files(capsys, caplog, tmp_path, monkeypatch):
     (out / "plan.json").write_text("old")
     rc, stdout, err, *_ = run(capsys, caplog, "compress", "demo", "--plan", "uniform:0.5", "--out", out, "--force")
     assert rc == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt2", "notes.txt", "plan.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt2", "notes.txt", "plan.json", "state_dict.pt"]
     assert (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / "plan.json").read_text())["spec"] == "uniform:0.5"
 
@@ -432,7 +432,7 @@ def test_out_empty_folder_and_new_nested_folder(capsys, caplog, tmp_path, monkey
     for out in (empty, tmp_path / "a" / "b" / "out"):
         rc, stdout, err, *_ = run(capsys, caplog, "compress", "demo", "--plan", "uniform:0.5", "--out", out)
         assert rc == 0, err
-        assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt2", "plan.json"]
+        assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt2", "plan.json", "state_dict.pt"]
     assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["out"]  # no temporary folder left
 
 

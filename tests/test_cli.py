@@ -49,7 +49,7 @@ def test_compress_writes_program_plan_metrics(tmp_path, capsys):
             f"MACs {m['original']:,} -> {m['compressed']:,} ({m['original'] / m['compressed']:.2f}x)") in stdout
     assert f"top-1 original {acc['original']['top1']:.2%}, compressed {acc['compressed']['top1']:.2%} (n=96)" in stdout
     assert f"wrote {out / 'model.pt2'}, {out / 'plan.json'}, {out / 'metrics.json'}" in stdout
-    assert sorted(f.name for f in out.iterdir()) == ["metrics.json", "model.pt2", "plan.json"]
+    assert sorted(f.name for f in out.iterdir()) == ["metrics.json", "model.pt2", "plan.json", "state_dict.pt"]
     assert metrics["params"]["compressed"] < metrics["params"]["original"]
     assert metrics["macs"]["compressed"] < metrics["macs"]["original"]
     assert set(metrics["accuracy"]) == {"original", "compressed"}
