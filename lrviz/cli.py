@@ -214,7 +214,8 @@ def cmd_evaluate(args) -> int:
           f"top-1 {res.top1:.2%} [95% CI {lo:.2%}, {hi:.2%}]{top5}, loss {res.loss:.4f}")
     if args.json:
         _write_json(args.json, res.to_dict())
-    record(args, "evaluation", loaded, plan=plan, name=args.plan or "original", metrics=eval_metrics(res, cost))
+    # ``limit``: the subset asked for (lrviz.data.subset, seeded), so the dashboard can reuse the result
+    record(args, "evaluation", loaded, plan=plan, name=args.plan or "original", metrics={**eval_metrics(res, cost), "limit": args.limit})
     return 0
 
 
@@ -767,8 +768,8 @@ def cmd_report(args) -> int:
         r1 = evaluate(small, ds, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate compressed", every=10))
         what = f"{args.data} test images" + (" (a fixed subset)" if args.limit and args.limit < len(ds) else "")
         print(f"top-1 original {r0.top1:.2%}, compressed {r1.top1:.2%} (n={r1.n}, {what})")
-        record(args, "evaluation", loaded, name="original", metrics=eval_metrics(r0))
-        record(args, "evaluation", loaded, plan=plan, name=args.plan, metrics=eval_metrics(r1, cost))
+        record(args, "evaluation", loaded, name="original", metrics={**eval_metrics(r0), "limit": args.limit})
+        record(args, "evaluation", loaded, plan=plan, name=args.plan, metrics={**eval_metrics(r1, cost), "limit": args.limit})
         projection = _cached_projection(args, loaded, ds, plan)
     if not args.no_latency:
         from .latency import bench

@@ -31,6 +31,10 @@ def short_cause(exc: BaseException, limit: int = 200) -> str:
     lines = str(reason or exc).strip().splitlines()
     if not lines or not lines[0].strip():
         return type(exc).__name__[:limit]
+    if lines[0].startswith("Weights only load failed"):  # torch's first line is advice; the refused object is further down
+        why = next((l.strip() for l in lines if "Unsupported" in l or "GLOBAL" in l), None)
+        if why:
+            return f"refused by weights_only: {why}"[:limit]
     return f"{type(exc).__name__}: {lines[0]}"[:limit]
 
 

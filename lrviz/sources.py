@@ -1,15 +1,26 @@
 """Where the dashboard's model and data come from: sources with explicit cache keys, and their loaders.
 
-A :class:`ModelSource` (bundled model, torchvision architecture, uploaded state_dict or ``.pt2``) and a
-:class:`DataSource` (a :mod:`lrviz.data` name adapted to the model's input) each carry a ``key`` that
+A :class:`ModelSource` (bundled model, torchvision architecture, uploaded state_dict or ``.pt2``, a local
+lrviz export directory) and a :class:`DataSource` (a :mod:`lrviz.data` name adapted to the model's input) each carry a ``key`` that
 identifies them exactly, so the app can cache on strings, never on weights. Uploads go through the
 private store of :mod:`lrviz.uploads`; :func:`load_source` loads them without unpickling anything
 (``torch.load(weights_only=True)``, the checked ``.pt2`` loader) and raises only :class:`LrvizError`.
+
+An export directory (``lrviz export MODEL --plan SPEC --format state_dict --out DIR``, or a fine-tuned
+model the experiment store recorded, :func:`recorded_models`) is checked by :func:`export_dir_source`
+before anything is loaded, keyed by the content of its two files, and rebuilt by
+:func:`lrviz.handoff.load_export_dir` (the recorded architecture, the plan's structure, then
+``state_dict.pt`` with ``weights_only=True``).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import json
+import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +35,18 @@ __all__ = [
     "DataSource",
     "ModelSource",
     "PROGRAM_SUFFIXES",
+    "RecordedModel",
     "STATE_DICT_SUFFIXES",
     "analyze_loaded",
     "builtin_source",
     "dataset_source",
     "eval_problem",
+    "export_dir_source",
     "inference_copy",
     "load_dataset",
     "load_source",
     "program_source",
+    "recorded_models",
     "state_dict_source",
     "torchvision_source",
     "training_source",
@@ -60,6 +74,10 @@ class ModelSource:
         ``None`` (default weights), ``"none"``, ``"pretrained"`` or a file path.
     label : str
         Short text for the UI.
+    filename : str or None
+        The name of the user's uploaded file (error messages name it, not the stored copy).
+    note : str or None
+        A line the UI shows with the model (where an export directory's model came from).
     """
 
     key: str
@@ -67,6 +85,7 @@ class ModelSource:
     weights: str | None
     label: str
     filename: str | None = None
+    note: str | None = None
 
 
 def upload_path(source: ModelSource) -> Path | None:
@@ -101,6 +120,147 @@ def program_source(data: bytes, filename: str, directory: str | Path | None = No
     """An uploaded ``torch.export`` program (``.pt2``)."""
     path, sha = store_upload(data, filename, PROGRAM_SUFFIXES, directory)
     return ModelSource(key=f"program:{sha}", spec=str(path), weights=None, label=filename, filename=filename)
+
+
+# ---- export directories ---------------------------------------------------------------------------
+
+_PLAN_FILE = "plan.json"
+_WEIGHTS_FILE = "state_dict.pt"
+_EXPORT_HOW = "lrviz export MODEL --plan SPEC --format state_dict --out DIR"
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """SHA-256 of a file's bytes; the file's size, modification time and inode are part of the cache key,
+    so a file is hashed again only when it changed (the sidebar asks on every rerun)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_export_plan(p: Path) -> dict:
+    """``plan.json`` of export directory ``p``, checked to describe a ``state_dict`` export (see
+    :func:`export_dir_source`)."""
+    if not p.exists():
+        raise LrvizError(f"{p} does not exist; give the folder an export wrote ({_EXPORT_HOW})")
+    if not p.is_dir():
+        raise LrvizError(f"{p} is not a folder: an export directory holds plan.json and state_dict.pt ({_EXPORT_HOW}); "
+                         "a .pt2 file opens as an exported program")
+    plan_file = p / _PLAN_FILE
+    if not plan_file.is_file():
+        raise LrvizError(f"{p} has no plan.json: it is not an lrviz export directory ({_EXPORT_HOW})")
+    try:
+        doc = json.loads(plan_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise LrvizError(f"{plan_file} cannot be read as JSON: {_short_cause(exc)}") from exc
+    arch = doc.get("architecture") if isinstance(doc, dict) else None
+    if not isinstance(arch, dict) or not isinstance(arch.get("spec"), str):
+        raise LrvizError(f"{plan_file} is a plain plan (no 'architecture' record), not an export directory: load its model "
+                         f"and apply the plan on the Ranks page, or write an export directory ({_EXPORT_HOW})")
+    if not (p / _WEIGHTS_FILE).is_file():
+        fmt = doc.get("format") or "another"
+        hint = " (its model.pt2 opens as an exported program)" if (p / "model.pt2").is_file() else ""
+        raise LrvizError(f"{p} is a {fmt} export without state_dict.pt{hint}: only a --format state_dict export can be "
+                         "opened as a model to analyse and compress further")
+    if not zipfile.is_zipfile(p / _WEIGHTS_FILE):  # torch.save writes a zip archive; its contents are checked on load
+        raise LrvizError(f"{p / _WEIGHTS_FILE} is not an archive torch.save writes (a zip file): it is damaged or was not "
+                         "written by lrviz export; export the folder again")
+    return doc
+
+
+def export_dir_source(path: str | Path) -> ModelSource:
+    """An lrviz ``state_dict`` export directory (``plan.json`` with an ``architecture`` record +
+    ``state_dict.pt``) as a model source, checked before anything is loaded.
+
+    The key is the folder's resolved path plus SHA-256 of both files' bytes, so rewriting the folder
+    (another export, a new fine-tuning) loads the new model, and an unchanged folder hits the cache.
+    Nothing is unpickled here or later: :func:`load_source` goes through
+    :func:`lrviz.handoff.load_export_dir` (``torch.load(weights_only=True)``, ``strict=True``).
+
+    Raises
+    ------
+    LrvizError
+        When ``path`` is not a folder, has no ``plan.json``, holds a plain plan or an export of another
+        format, or its files cannot be read (the message says which and how to write one).
+    """
+    p = Path(str(path).strip()).expanduser()
+    try:
+        p = p.resolve()
+        doc = _read_export_plan(p)
+        plan_bytes = (p / _PLAN_FILE).read_bytes()
+        info = (p / _WEIGHTS_FILE).stat()
+        weights_sha = _file_sha256(str(p / _WEIGHTS_FILE), info.st_size, info.st_mtime_ns, info.st_ino)
+    except OSError as exc:
+        raise LrvizError(f"{p} cannot be read: {exc.strerror or _short_cause(exc)}") from exc
+    arch = doc["architecture"]
+    content = hashlib.sha256(plan_bytes + b"\0" + weights_sha.encode()).hexdigest()
+    where = hashlib.sha256(str(p).encode()).hexdigest()[:12]
+    plan_spec = doc.get("spec") or "custom"
+    return ModelSource(
+        key=f"export_dir:{where}:{content[:32]}", spec=str(p), weights=None,
+        label=f"{p.name or p} ({arch['spec']} + plan {plan_spec})",
+        note=f"Compressed model rebuilt from {p}: {arch['spec']} with plan {plan_spec} (plan.json), weights from state_dict.pt",
+    )
+
+
+@dataclass(frozen=True)
+class RecordedModel:
+    """A fine-tuned or exported model the experiment store recorded, whose export directory is still there."""
+
+    run_id: int
+    kind: str
+    path: str
+    label: str
+
+
+def _recorded_label(run) -> str:
+    plan = None
+    if run.plan_json:
+        try:
+            plan = json.loads(run.plan_json).get("spec")
+        except (ValueError, AttributeError):
+            plan = None
+    what = " / ".join(dict.fromkeys(str(v) for v in (plan, run.name) if v))
+    date = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created))
+    return " · ".join(v for v in (run.model_name or run.model, run.kind, what, date) if v)
+
+
+def recorded_models(store=None, limit: int = 500) -> list[RecordedModel]:
+    """The export directories of fine-tuning runs and exports in the experiment store, newest first.
+
+    Only records whose ``artifact`` is still an export directory with a ``state_dict.pt`` are listed
+    (one entry per folder: its newest record). Without an explicit ``store``, a store that does not
+    exist yet lists nothing (and is not created).
+
+    Raises
+    ------
+    LrvizError
+        When the store cannot be opened or read (see :class:`lrviz.store.Store`).
+    """
+    from .handoff import is_export_dir
+    from .store import Store, store_path
+
+    if store is None:
+        if not store_path().exists():
+            return []
+        store = Store()
+    out: list[RecordedModel] = []
+    seen: set[str] = set()
+    for run in reversed(store.runs(kind=("finetune", "export"), limit=limit)):
+        if not run.artifact:
+            continue
+        p = Path(run.artifact).expanduser()
+        try:
+            usable = is_export_dir(p) and (p / _WEIGHTS_FILE).is_file()
+            where = str(p.resolve())
+        except OSError:
+            continue
+        if usable and where not in seen:
+            seen.add(where)
+            out.append(RecordedModel(run_id=int(run.id), kind=run.kind, path=where, label=_recorded_label(run)))
+    return out
 
 
 def _short_cause(exc: BaseException) -> str:

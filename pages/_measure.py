@@ -10,6 +10,13 @@ disk). The sensitivity projector calibrated to them plus this session's quick ev
 session and refitted only when those change (never on a slider move). Each quick evaluation keeps the
 projection and band that were shown *before* it was measured, so that coverage and error are scored
 out of sample (:func:`record_measurement`).
+
+Every evaluation is recorded in the experiment store (:func:`pages._state.record`, kind
+``evaluation``; a quick evaluation once, with its measured row as the payload) and the benchmark of a
+plan too (``bench``). A new session reads them back: the shared result store is seeded with the
+store's evaluations of the model and data (:func:`cached_eval` then finds them, nothing is measured
+again) and this session's quick evaluations with the stored rows (:func:`measured`), which keep what
+was projected before each was measured.
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ import streamlit as st
 
 from lrviz import RankPlan, compress, fmt, plan_cost, project
 from lrviz.errors import LrvizError
+from lrviz.evaluate import EvalResult
 from lrviz.keys import plan_key
 from lrviz.project import SensitivityProjector
+from lrviz.store import cost_metrics, eval_metrics
+from pages import _state as state
 from pages._jobs import BackgroundJob
 from pages._state import BASE_OVERRIDE_KEY, MEASURED_KEY, Context, result_store
 
@@ -30,6 +40,8 @@ from pages._state import BASE_OVERRIDE_KEY, MEASURED_KEY, Context, result_store
 AUTO_BASELINE_BUDGET = 5e10
 SENS_JOB = "_sens_job"
 SENS_ERROR = "_sens_error"
+#: The newest this many evaluation records of a model and data seed the shared result store.
+SEED_LIMIT = 200
 
 
 # ---- evaluations --------------------------------------------------------------------------------------
@@ -40,7 +52,58 @@ def eval_key(ctx: Context, plan_id: str, n: int | None) -> tuple:
 
 
 def cached_eval(ctx: Context, plan_id: str, n: int | None):
+    """The evaluation of ``plan_id`` (or ``"original"``) on ``n`` images: measured in this process or read from the store."""
+    seed_evaluations(ctx)
     return result_store().get(eval_key(ctx, plan_id, n))
+
+
+def _stored_mark(ctx: Context, plan_id: str, n: int | None) -> tuple:
+    """Result-store key of what the experiment store holds for an evaluation: ``("plain", id)`` (recorded by
+    :func:`run_eval` in this process) or ``("row",)`` (recorded with its measured row)."""
+    return ("stored-eval", state.store_key()) + eval_key(ctx, plan_id, n)
+
+
+def eval_record_metrics(ctx: Context, res, plan, n: int | None) -> dict:
+    """The metrics an evaluation is recorded with: :func:`lrviz.store.eval_metrics` (with the plan's cost),
+    ``limit`` (the subset size asked for: :func:`lrviz.data.subset` of it), the seconds it took."""
+    m = eval_metrics(res, None if plan is None else plan_cost(ctx.analysis, plan))
+    m.update(limit=None if n is None else int(n), seconds=float(getattr(res, "seconds", 0.0) or 0.0),
+             correct=getattr(res, "correct", None))
+    return m
+
+
+def stored_eval(metrics: dict, total: int) -> tuple[int | None, EvalResult] | None:
+    """``(limit, EvalResult)`` of an evaluation record's metrics on data of ``total`` images, or None when the
+    record does not say on which subset it was measured (no ``limit``) or was measured on data of another size."""
+    m = metrics
+    if "limit" not in m or any(m.get(k) is None for k in ("top1", "lo", "hi", "n")):
+        return None
+    limit, n = (None if m["limit"] is None else int(m["limit"])), int(m["n"])
+    if n != (total if limit is None else min(limit, total)):
+        return None
+    top1 = float(m["top1"])
+    res = EvalResult(top1=top1, top1_ci=(float(m["lo"]), float(m["hi"])), top5=None if m.get("top5") is None else float(m["top5"]),
+                     loss=float("nan") if m.get("loss") is None else float(m["loss"]), n=n, seconds=float(m.get("seconds") or 0.0),
+                     correct=int(m["correct"]) if m.get("correct") is not None else round(top1 * n))
+    return limit, res
+
+
+def seed_evaluations(ctx: Context) -> None:
+    """Put the experiment store's evaluations of this model and data into the shared result store (once per
+    process, store, model and data; the newest :data:`SEED_LIMIT`), so that a reload measures nothing again."""
+    seeded = ("store-seeded", state.store_key(), ctx.source.key, ctx.data_key)
+    if ctx.dataset is None or seeded in result_store():
+        return
+    result_store().put(seeded, True)
+    for run in reversed(state.stored_runs(ctx, "evaluation", limit=SEED_LIMIT)):  # newest first: it wins
+        hit = stored_eval(run.metrics, len(ctx.dataset))
+        if hit is None:
+            continue
+        key = eval_key(ctx, run.plan_key or "original", hit[0])
+        if key not in result_store():
+            result_store().put(key, hit[1])
+        if isinstance(run.payload, dict):
+            result_store().put(_stored_mark(ctx, run.plan_key or "original", hit[0]), ("row",))
 
 
 def run_eval(ctx: Context, plan, n: int | None, label: str):
@@ -51,10 +114,11 @@ def run_eval(ctx: Context, plan, n: int | None, label: str):
     """
     from lrviz.evaluate import evaluate
 
-    key = eval_key(ctx, "original" if plan is None else plan_key(plan), n)
-    hit = result_store().get(key)
+    plan_id = "original" if plan is None else plan_key(plan)
+    hit = cached_eval(ctx, plan_id, n)
     if hit is not None:
         return hit
+    key = eval_key(ctx, plan_id, n)
     if ctx.eval_problem:
         st.error(f"Cannot evaluate: {ctx.eval_problem}")
         return None
@@ -74,6 +138,10 @@ def run_eval(ctx: Context, plan, n: int | None, label: str):
         return None
     bar.empty()
     result_store().put(key, res)
+    rid = state.record(ctx, "evaluation", plan=plan, name="original" if plan is None else (plan.spec or label),
+                       metrics=eval_record_metrics(ctx, res, plan, n))
+    if rid is not None:
+        result_store().put(_stored_mark(ctx, plan_id, n), ("plain", rid))
     return res
 
 
@@ -101,9 +169,25 @@ def fmt_ci(res) -> str:
 
 
 def measured(ctx: Context) -> list[dict]:
-    """Quick evaluations of this session for the current model and data (list of dicts)."""
+    """Quick evaluations of this session for the current model and data (list of dicts); a new session
+    starts with those the experiment store keeps (:func:`stored_rows`)."""
     allm = st.session_state.setdefault(MEASURED_KEY, {})
-    return allm.setdefault((ctx.model_id, ctx.data_key, ctx.quick_n), [])
+    key = (ctx.model_id, ctx.data_key, ctx.quick_n)
+    if key not in allm:
+        allm[key] = stored_rows(ctx)
+    return allm[key]
+
+
+def stored_rows(ctx: Context) -> list[dict]:
+    """The measured rows the experiment store keeps for this model, data and quick-evaluation size (one per
+    plan, the newest; oldest first), each with what was projected before it was measured."""
+    rows: dict[str, dict] = {}
+    for run in state.stored_runs(ctx, "evaluation"):
+        p = run.payload
+        if isinstance(p, dict) and run.metrics.get("limit") == ctx.quick_n and p.get("plan_key") and p.get("top1") is not None:
+            rows.pop(p["plan_key"], None)
+            rows[p["plan_key"]] = p
+    return list(rows.values())
 
 
 def record_measurement(ctx: Context, plan, res, label: str, proj=None, projector=None) -> bool:
@@ -140,7 +224,23 @@ def record_measurement(ctx: Context, plan, res, label: str, proj=None, projector
         "calib_lo": None if calib is None else calib.interval[0], "calib_hi": None if calib is None else calib.interval[1],
         "retained": energy_kept(ctx, plan),
     })
+    _store_measurement(ctx, plan, res, label, rows[-1])
     return True
+
+
+def _store_measurement(ctx: Context, plan, res, label: str, row: dict) -> None:
+    """Record a quick evaluation with its measured row, once: it replaces the plain record :func:`run_eval`
+    wrote for the same evaluation in this process; nothing is written when a session recorded the row already."""
+    mark = _stored_mark(ctx, row["plan_key"], ctx.quick_n)
+    held = result_store().get(mark)
+    if held == ("row",):
+        return
+    rid = state.record(ctx, "evaluation", plan=plan, name=label, metrics=eval_record_metrics(ctx, res, plan, ctx.quick_n), payload=row)
+    if rid is None:
+        return
+    result_store().put(mark, ("row",))
+    if held is not None and held[0] == "plain":
+        state.delete_run(held[1])
 
 
 def measured_row(ctx: Context, plan) -> dict | None:
@@ -444,6 +544,8 @@ def _finish(slot: str, error_slot: str) -> None:
     elif job.result is not None:
         st.session_state.pop(error_slot, None)
         result_store().put(info["key"], job.result)
+        if info.get("record") is not None:
+            record_bench(*info["record"], job.result)
 
 
 def _error_for(error_slot: str, key) -> str | None:
@@ -492,6 +594,20 @@ def _bench_plan(ctx: Context, plan, threads: int):
     return run
 
 
+def record_bench(ctx: Context, plan, results) -> None:
+    """Record a plan's measured speed (kind ``bench``: per batch the speedup and the median times, the execution);
+    not when every result was read back from lrviz's disk cache (it was recorded when it was measured)."""
+    if not results or all(r.cached for r in results):
+        return
+    r0 = results[0]
+    m = {"device": r0.device, "threads": r0.threads, "execution": r0.execution, "rounds": SPEED_ROUNDS,
+         "timer": "lrviz" if SPEED_TIMER is None else "injected", **cost_metrics(plan_cost(ctx.analysis, plan))}
+    for r in results:
+        m.update({f"speedup_b{r.batch}": r.speedup, f"original_ms_b{r.batch}": r.original_ms, f"planned_ms_b{r.batch}": r.planned_ms,
+                  f"original_iqr_ms_b{r.batch}": r.original_iqr_ms, f"planned_iqr_ms_b{r.batch}": r.planned_iqr_ms})
+    state.record(ctx, "bench", plan=plan, name=plan.spec or "", metrics=m, payload=[r.to_dict() for r in results])
+
+
 def speed_result(ctx: Context, plan):
     """This plan's measured speed (list of :class:`lrviz.latency.BenchResult`, one per batch), or None."""
     finish_speed_job()
@@ -532,7 +648,7 @@ def start_speed_job(ctx: Context, plan, label: str) -> None:
         return run(lambda d, t, text: progress({"done": d, "total": t, "text": text}))
 
     job = BackgroundJob(_target, name="speed").start()
-    st.session_state[SPEED_JOB] = {"job": job, "key": key, "label": label, "final": False}
+    st.session_state[SPEED_JOB] = {"job": job, "key": key, "label": label, "final": False, "record": (ctx, plan)}
     st.session_state.pop(SPEED_ERROR, None)
 
 
@@ -567,6 +683,7 @@ def measure_speed_now(ctx: Context, plan, label: str):
             st.session_state[SPEED_ERROR] = (key, f"{type(exc).__name__}: {exc}")
         else:
             result_store().put(key, res)
+            record_bench(ctx, plan, res)
     bar.empty()
     return result_store().get(key)
 

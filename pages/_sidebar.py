@@ -7,6 +7,7 @@ the sidebar, which loads the chosen model and data (cached, ``pages/_state.py``)
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
@@ -26,6 +27,8 @@ MODEL_CHOICES = {
     "builtin": "Bundled model",
     "torchvision": "torchvision architecture",
     "program": "Exported program (.pt2)",
+    "export": "Export folder (lrviz export, state_dict)",
+    "recorded": "Fine-tuned / exported (experiment store)",
 }
 UPLOADS_KEY = "_lrviz_uploads"
 #: Streamlit's toolbar: viewer items only (no Deploy button, no developer menu).
@@ -35,6 +38,10 @@ STATE_DICT_TYPES = [s[1:] for s in sources.STATE_DICT_SUFFIXES]
 
 class _NeedInput(Exception):
     """The sidebar waits for the user (an upload, a folder): shown as an info, not an error."""
+
+
+class _Rejected(Exception):
+    """The user's choice cannot be opened; the message is the whole error line."""
 
 
 # ---- model ------------------------------------------------------------------------------------------
@@ -69,10 +76,45 @@ def _model_sidebar() -> sources.ModelSource:
         if weights == "upload":
             return _state_dict_upload("sd_upload_tv", arch, "upload a state_dict file in the sidebar")
         return sources.torchvision_source(arch, weights)
+    if kind == "export":
+        return _export_folder_source()
+    if kind == "recorded":
+        return _recorded_source()
     up = sb.file_uploader("torch.export program (.pt2)", type=["pt2"], key="pt2_upload")
     if up is None:
         raise _NeedInput("upload a .pt2 file in the sidebar")
     return _uploaded_source(up, "program")
+
+
+def _export_folder_source() -> sources.ModelSource:
+    """A local export directory typed in the sidebar (the dashboard runs where the CLI wrote it)."""
+    folder = st.sidebar.text_input("Export folder", key="export_dir_path", placeholder="/path/to/export",
+                                   help="A folder written by `lrviz export MODEL --plan SPEC --format state_dict --out DIR` "
+                                        "(plan.json + state_dict.pt): the compressed model is rebuilt from it").strip()
+    if not folder:
+        raise _NeedInput("enter the path of an export folder in the sidebar (lrviz export MODEL --plan SPEC "
+                         "--format state_dict --out DIR)")
+    try:
+        return sources.export_dir_source(folder)
+    except LrvizError as exc:
+        raise _Rejected(f"Export folder rejected: {exc}") from exc
+
+
+def _recorded_source() -> sources.ModelSource:
+    """A fine-tuned or exported model recorded in the experiment store (its export directory)."""
+    try:
+        entries = {e.run_id: e for e in sources.recorded_models()}
+    except LrvizError as exc:
+        raise _Rejected(f"Cannot list the recorded models: {exc}") from exc
+    if not entries:
+        raise _NeedInput("the experiment store records no fine-tuned or exported model with a state_dict yet "
+                         "(fine-tune on the Fine-tune & export page, or run lrviz export … --format state_dict)")
+    run_id = st.sidebar.selectbox("Recorded model", list(entries), format_func=lambda i: entries[i].label, key="recorded_run")
+    entry = entries[run_id]
+    try:
+        return sources.export_dir_source(entry.path)
+    except LrvizError as exc:
+        raise _Rejected(f"Recorded model (run {entry.run_id}): {exc}") from exc
 
 
 def _uploaded_source(up, kind: str, arch: str | None = None) -> sources.ModelSource:
@@ -137,6 +179,11 @@ def _data_sidebar(loaded) -> tuple[sources.DataSource | None, Any, str | None]:
 # ---- the context and the router -----------------------------------------------------------------------
 
 
+def _plain(text: str) -> str:
+    """``text`` with Markdown's special characters escaped (a folder path is shown as typed)."""
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|~$-])", r"\\\1", text)
+
+
 def _fail(level: str, message: str) -> None:
     """Remember why there is no context: the page shows it once (``_state.require_ctx``), as an error
     or an info; the sidebar does not repeat it."""
@@ -152,6 +199,8 @@ def build_context() -> state.Context | None:
         source = _model_sidebar()
     except _NeedInput as exc:
         return _fail("info", str(exc))
+    except _Rejected as exc:
+        return _fail("error", str(exc))
     except LrvizError as exc:
         return _fail("error", f"Upload rejected: {exc}")
     try:
@@ -160,6 +209,8 @@ def build_context() -> state.Context | None:
     except LrvizError as exc:
         return _fail("error", f"Could not load the model: {exc}")
     st.sidebar.caption(f"**{loaded.name}** · input {'×'.join(map(str, loaded.input_size))} · {loaded.num_classes} classes")
+    if source.note:
+        st.sidebar.caption(_plain(source.note))
     data_src, dataset, data_error = _data_sidebar(loaded)
     quick_n = st.sidebar.select_slider("Quick-evaluation images", QUICK_SIZES, value=DEFAULT_QUICK, key="quick_n",
                                        help="Subset size (deterministic) for quick evaluations, sweeps and saved configurations")

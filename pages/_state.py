@@ -12,6 +12,15 @@ Caching
 * One shared :class:`pages._jobs.ResultStore` for evaluations and sensitivities (``pages/_measure.py``).
 * Per session (``st.session_state``, keys below): the current ranks of each model, measured quick
   evaluations, saved configurations, sweeps, fine-tuning and sensitivity jobs.
+
+Experiment store
+----------------
+:func:`experiment_store` opens the :class:`lrviz.store.Store` of ``$LRVIZ_DB`` (else the cache folder)
+once per process and path. Evaluations, saved configurations, sweeps, fine-tuning runs, benchmarks and
+exports are recorded there (:func:`record`: model fingerprint + data + plan) and read back by a new
+session, so a reload loses nothing. A store that cannot be opened (corrupt, another program's, newer)
+leaves the dashboard working without persistence and every page says so once (:func:`store_notice`);
+a write or read that fails is one warning, never a traceback.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from typing import Any  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from lrviz import FactorCache, make_plan, project, sources  # noqa: E402
+from lrviz.errors import LrvizError  # noqa: E402
 from lrviz.keys import plan_key, short_id  # noqa: E402
+from lrviz.store import Store, model_key, store_path  # noqa: E402
 from pages._jobs import ResultStore  # noqa: E402
 
 #: Session-state keys used by more than one page (the tests read them too).
@@ -77,6 +88,78 @@ def cached_retention_curve(key: str, _analysis):
 @st.cache_resource
 def result_store() -> ResultStore:
     return ResultStore()
+
+
+@st.cache_resource(show_spinner="Fingerprinting the model for the experiment store…", max_entries=6)
+def cached_model_key(key: str, _loaded) -> str:
+    """The store's fingerprint of the model (:func:`lrviz.store.model_key`; a ``.pt2`` program's runnable module)."""
+    return model_key(_loaded.module if _loaded.decomposable else _loaded.runnable)
+
+
+# ---- the experiment store ----------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _cached_store(path: str) -> Store:
+    return Store(path)  # a failure raises, so it is not cached: the next run tries again
+
+
+def store_key() -> str:
+    """The experiment store's path as its cache key (a test that moves ``$LRVIZ_DB`` gets another store)."""
+    return str(store_path().expanduser().absolute())
+
+
+def experiment_store() -> Store | None:
+    """The experiment store of this process (``$LRVIZ_DB``, else the cache folder), or None when it cannot be used."""
+    try:
+        return _cached_store(store_key())
+    except LrvizError:
+        return None
+
+
+def store_notice() -> None:
+    """One error line when the experiment store cannot be used (corrupt, another program's, newer, not writable):
+    the dashboard works on without it."""
+    try:
+        _cached_store(store_key())
+    except LrvizError as exc:
+        st.error(f"Experiment store not used — nothing is kept across reloads: {exc}", icon=":material/database:")
+
+
+def store_call(what: str, fn, default=None):
+    """``fn(store)``, or ``default`` without a store or when it fails (one warning saying what was not done)."""
+    s = experiment_store()
+    if s is None:
+        return default
+    try:
+        return fn(s)
+    except LrvizError as exc:
+        st.warning(f"Experiment store: {what} failed — {exc}", icon="⚠️")
+        return default
+
+
+def record(ctx, kind: str, *, plan=None, name: str = "", metrics: dict | None = None, payload=None, artifact=None,
+           replace: bool = False) -> int | None:
+    """Record ``kind`` for this model and data in the experiment store; its id, or None (not stored)."""
+    return store_call(f"recording the {kind}", lambda s: s.record(
+        kind, model=ctx.store_model, model_name=ctx.loaded.name, data=ctx.store_data, plan=plan, name=name, metrics=metrics,
+        payload=payload, artifact=artifact, origin="dashboard", replace=replace))
+
+
+def stored_runs(ctx, kind=None, *, name: str | None = None, all_data: bool = False, limit: int | None = None) -> list:
+    """This model's records of ``kind`` (one kind, several, or all; named ``name``) on the current data
+    (``all_data``: any), oldest first (``limit``: the newest ``limit``)."""
+    return store_call("reading records", lambda s: s.runs(kind=kind, model=ctx.store_model, data=None if all_data else ctx.store_data,
+                                                          name=name, limit=limit), default=[])
+
+
+def stored_run(run_id: int):
+    """One record of the experiment store by id, or None."""
+    return store_call("reading a record", lambda s: s.get(run_id))
+
+
+def delete_run(run_id: int) -> bool:
+    return bool(store_call("deleting a record", lambda s: s.delete(run_id), default=False))
 
 
 # ---- layout ------------------------------------------------------------------------------------------
@@ -142,6 +225,16 @@ class Context:
     def data_label(self) -> str:
         return self.data_src.label if self.data_src is not None else "the data"
 
+    @property
+    def store_model(self) -> str:
+        """The model as the experiment store keys it (its fingerprint, computed once per model)."""
+        return cached_model_key(self.source.key, self.loaded)
+
+    @property
+    def store_data(self) -> str:
+        """The data as the experiment store (and the CLI) names it: ``<dataset>:<split>`` (the sidebar loads ``test``)."""
+        return f"{self.data_src.name}:test" if self.data_src is not None else "-"
+
 
 def _ensure_router() -> None:
     """Run the router when a page was started without app.py.
@@ -169,6 +262,7 @@ def require_ctx(decomposable: bool = False) -> Context:
         st.stop()
     for note in ctx.notes:
         st.warning(note, icon="⚠️")
+    store_notice()
     if decomposable and not ctx.loaded.decomposable:
         st.info(
             f"{ctx.loaded.name} is an exported program (.pt2): it can be analysed for cost and evaluated, "

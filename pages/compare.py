@@ -1,9 +1,15 @@
 """Compare page: saved configurations, Pareto plots (click a point to load it), ratio sweep of
 allocation strategies at matched params or MACs (:func:`lrviz.budget.sweep`: budget solver, uniform,
-weakened VBMF, energy threshold), measured and projected."""
+weakened VBMF, energy threshold), measured and projected, and the history of the model in the
+experiment store (every session's and the CLI's records; load a record's plan, delete a record).
+
+Saved configurations (kind ``config``, one per name) and sweeps (``sweep``, the result rows as the
+payload) are recorded in the experiment store and a new session starts with them, so a reload keeps them.
+"""
 
 import json
 import math
+import time
 from functools import partial
 from types import SimpleNamespace
 
@@ -15,6 +21,7 @@ from lrviz.budget import STRATEGIES, STRATEGY_LABELS
 from lrviz.budget import sweep as run_sweep
 from lrviz.errors import LrvizError
 from lrviz.keys import plan_key
+from lrviz.store import KINDS
 from pages import _measure as measure
 from pages import _state as state
 
@@ -22,6 +29,9 @@ from pages import _state as state
 SWEEP_RATIOS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 LOADED_KEY = "_compare_loaded"
 PARETO_KEYS = {"params": "pareto_params", "flops": "pareto_flops"}
+HISTORY_LOADED = "_history_loaded"
+#: The History table lists this model's newest this many records.
+HISTORY_LIMIT = 500
 Num = st.column_config.NumberColumn
 #: Accuracies are shown as percentages with one decimal (the frames hold fractions: see :func:`as_percent`).
 PCT = "%.1f%%"
@@ -38,8 +48,41 @@ def as_percent(df: pd.DataFrame, columns) -> pd.DataFrame:
 
 
 def saved(ctx) -> dict:
-    """This session's saved configurations of the current model (name → row)."""
-    return st.session_state.setdefault("_configs", {}).setdefault(ctx.model_id, {})
+    """This session's saved configurations of the current model (name → row); a new session starts with
+    those the experiment store keeps for the model and data."""
+    configs = st.session_state.setdefault("_configs", {})
+    if ctx.model_id not in configs:
+        configs[ctx.model_id] = stored_configs(ctx)
+    return configs[ctx.model_id]
+
+
+def stored_configs(ctx) -> dict:
+    """The saved configurations in the experiment store (name → row, as :func:`config_row` made it; one whose
+    plan does not fit the model's layers is left out)."""
+    out = {}
+    for run in state.stored_runs(ctx, "config"):
+        row = run.payload
+        if not (isinstance(row, dict) and row.get("name") and row.get("plan_json")):
+            continue
+        try:
+            RankPlan.from_json(row["plan_json"], ctx.analysis.layers)
+        except LrvizError:
+            continue
+        out[row["name"]] = {**row, **{k: math.nan if row.get(k) is None else row[k] for k in ("top1", "lo", "hi")}}
+    return out
+
+
+def store_config(ctx, row: dict, plan) -> None:
+    """Record a saved configuration (again: the record of the same name is replaced)."""
+    metrics = {k: row[k] for k in ("top1", "lo", "hi", "n", "params", "params_ratio")}
+    metrics.update(flops=row["flops"], macs_ratio=row["flops_ratio"])
+    state.record(ctx, "config", plan=plan, name=row["name"], metrics=metrics, payload=row, replace=True)
+
+
+def delete_config(ctx, name: str) -> None:
+    saved(ctx).pop(name, None)
+    for run in state.stored_runs(ctx, "config", name=name):
+        state.delete_run(run.id)
 
 
 def config_row(ctx, name: str, plan) -> dict:
@@ -71,6 +114,7 @@ def save_panel(ctx) -> None:
         if c[1].button("Save current plan", type="primary", key="save_config", width="stretch"):
             name = (name or "").strip() or f"config {len(configs) + 1}"
             configs[name] = config_row(ctx, name, plan)
+            store_config(ctx, configs[name], plan)
             st.toast(f"Saved {name!r}")
         run_missing = c[2].button(f"Evaluate unmeasured ({fmt.count(n)} images)", key="eval_configs", width="stretch",
                                   disabled=ctx.eval_problem is not None or not configs)
@@ -80,7 +124,9 @@ def save_panel(ctx) -> None:
         if run_missing:
             measure.run_eval(ctx, RankPlan.from_json(cfg["plan_json"], ctx.analysis.layers), n, name)
         if measure.cached_eval(ctx, cfg["plan_key"], n) is not None:  # measured now, or elsewhere (e.g. Ranks page)
-            configs[name] = config_row(ctx, name, RankPlan.from_json(cfg["plan_json"], ctx.analysis.layers))
+            plan = RankPlan.from_json(cfg["plan_json"], ctx.analysis.layers)
+            configs[name] = config_row(ctx, name, plan)
+            store_config(ctx, configs[name], plan)
 
 
 def pareto_points(ctx, df: pd.DataFrame, base) -> pd.DataFrame:
@@ -136,7 +182,7 @@ def configs_panel(ctx, base) -> None:
     choice = c[0].selectbox("Configuration", list(configs), key="config_choice", label_visibility="collapsed")
     c[1].button("Load into Ranks", key="load_config", on_click=load, args=(ctx, choice), width="stretch")
     if c[2].button("Delete", key="delete_config", width="stretch"):
-        configs.pop(choice, None)
+        delete_config(ctx, choice)
         st.rerun()
     if st.session_state.get(LOADED_KEY):
         st.success(f"Loaded **{st.session_state[LOADED_KEY]}** — the Ranks page now shows its ranks.")
@@ -213,21 +259,132 @@ def sweep_results(sweep: pd.DataFrame, base, metric: str, calibrated: bool) -> N
                + (" Measured on the calibration images, so every point also recalibrates the projection (Ranks page)." if calibrated else ""))
 
 
+#: The numeric columns of a sweep's rows (JSON gives None for a missing value: read back as NaN).
+SWEEP_NUMBERS = ("target", "params", "macs", "params_ratio", "macs_ratio", "projected", "proj_lo", "proj_hi", "top1", "lo", "hi", "n",
+                 "finetuned")
+
+
+def sweep_frame(records) -> pd.DataFrame | None:
+    """A sweep's result table from its stored rows (``df.to_json(orient="records")``), or None."""
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+        return None
+    df = pd.DataFrame(records)
+    for c in SWEEP_NUMBERS:
+        if c in df:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
+
+
+def sweeps_of(ctx) -> dict:
+    """This session's sweeps, keyed ``(model, data, (images, metric))``; a new session starts with those the
+    experiment store keeps for the model and data (the newest per images and metric)."""
+    sweeps = st.session_state.setdefault(state.SWEEPS_KEY, {})
+    seeded = st.session_state.setdefault("_sweeps_seeded", set())
+    if (ctx.model_id, ctx.data_key) not in seeded:
+        seeded.add((ctx.model_id, ctx.data_key))
+        for run in state.stored_runs(ctx, "sweep"):
+            df, m = sweep_frame(run.payload), run.metrics
+            if df is not None and m.get("images") and m.get("metric"):
+                sweeps[(ctx.model_id, ctx.data_key, (int(m["images"]), str(m["metric"])))] = df
+    return sweeps
+
+
+def store_sweep(ctx, result: pd.DataFrame, ratios, metric: str, strategies, images: int) -> None:
+    targets = ", ".join(f"{r:g}×" for r in ratios)
+    state.record(ctx, "sweep", name=f"sweep {metric} {targets}", payload=json.loads(result.to_json(orient="records")),
+                 metrics={"metric": metric, "images": int(images), "strategies": list(strategies), "targets": list(ratios)})
+
+
 def sweep_panel(ctx, base) -> None:
     st.subheader("Ratio sweep")
     sens, projector = measure.calibrated(ctx)
     ratios, metric, strategies, images, go = sweep_controls(ctx, sens, projector)
-    sweeps = st.session_state.setdefault(state.SWEEPS_KEY, {})
+    sweeps = sweeps_of(ctx)
     skey = (ctx.model_id, ctx.data_key, (images, metric))
     if go:
         result = run_and_record(ctx, sens, projector, ratios, metric, strategies, images)
         if result is not None:
             sweeps[skey] = result
+            store_sweep(ctx, result, ratios, metric, strategies, images)
     if ctx.eval_problem:
         st.info(f"Accuracy cannot be measured: {ctx.eval_problem}.")
     sweep = sweeps.get(skey)
     if sweep is not None and len(sweep):
         sweep_results(sweep, base, metric, projector is not None and int(sweep["n"].max()) == sens.n)
+
+
+# ---- history: the experiment store's records of this model -----------------------------------------------
+
+
+def history_frame(runs) -> pd.DataFrame:
+    """One row per record, newest first: when, kind, name, data, plan key, top-1 (a fraction) and the images
+    it was measured on (a fine-tuning run: its best validation top-1), params / MACs ratios, origin, artifact."""
+    rows = []
+    for r in reversed(runs):
+        m = r.metrics
+        top1, n, what = m.get("top1"), m.get("n"), "images"
+        if r.kind == "finetune":
+            top1, n, what = m.get("val_top1"), m.get("val_n"), "validation images"
+        rows.append({"id": r.id, "when": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created)), "kind": r.kind, "name": r.name,
+                     "data": r.data, "plan": r.plan_key or "", "top1": top1,
+                     "on": f"{fmt.count(int(n))} {what}" if top1 is not None and n else "",
+                     "params_ratio": m.get("params_ratio"), "macs_ratio": m.get("macs_ratio"), "origin": r.origin,
+                     "artifact": r.artifact or ""})
+    cols = ["id", "when", "kind", "name", "data", "plan", "top1", "on", "params_ratio", "macs_ratio", "origin", "artifact"]
+    df = pd.DataFrame(rows, columns=cols)
+    for c in ("top1", "params_ratio", "macs_ratio"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
+
+
+def load_run(ctx, run_id: int) -> None:
+    """Load a record's plan into the Ranks page (a callback: the page's header shows it in the same run)."""
+    run = state.stored_run(run_id)
+    try:
+        if run is None or not run.plan_json:
+            raise LrvizError(f"record {run_id} has no plan")
+        plan = RankPlan.from_json(run.plan_json, ctx.analysis.layers)
+    except LrvizError as exc:
+        st.session_state[HISTORY_LOADED] = ("error", f"Cannot load record {run_id}: {exc}")
+        return
+    state.set_plan(ctx, plan, run.name or plan.spec)
+    st.session_state[HISTORY_LOADED] = ("ok", f"Loaded the plan of record {run_id} ({run.kind} {run.name!r}) — the Ranks page now shows its ranks.")
+
+
+def history_panel(ctx) -> None:
+    st.subheader("History")
+    if state.experiment_store() is None:
+        st.caption("No experiment store (see the error above): nothing is recorded.")
+        return
+    kind = st.selectbox("Kind", ["all", *KINDS], key="history_kind", help="which records to list")
+    runs = state.stored_runs(ctx, None if kind == "all" else kind, all_data=True, limit=HISTORY_LIMIT)
+    if not runs:
+        st.info("Nothing recorded for this model yet" + ("" if kind == "all" else f" of kind {kind}") + ": evaluations, saved "
+                "configurations, sweeps, fine-tuning runs, benchmarks and exports of the dashboard and the CLI appear here.")
+        return
+    df = history_frame(runs)
+    st.dataframe(as_percent(df, ["top1"]), hide_index=True, width="stretch", height=state.table_height(len(df)),
+                 column_config={"top1": Num("top-1", format=PCT), "on": "top-1 on", "params_ratio": Num("params ×", format="%.2f"),
+                                "macs_ratio": Num("MACs ×", format="%.2f"), "plan": "plan key"})
+    st.caption(f"The records of this model in the experiment store ({state.store_key()}), newest first, from every session and "
+               "the command line: each top-1 on the images named beside it, of the data in its row (a fine-tuning run: its "
+               "best validation top-1).")
+    by_id = {r.id: r for r in reversed(runs)}  # newest first, as the table
+    c = st.columns([3, 1, 1])
+    chosen = c[0].selectbox("Record", list(by_id), key="history_choice", label_visibility="collapsed",
+                            format_func=lambda i: f"#{i} · {by_id[i].kind} · {by_id[i].name or '-'} · {by_id[i].data}")
+    c[1].button("Load plan into Ranks", key="history_load", on_click=load_run, args=(ctx, chosen), width="stretch",
+                disabled=chosen is None or not by_id[chosen].plan_json)
+    if c[2].button("Delete record", key="history_delete", width="stretch", disabled=chosen is None):
+        run = by_id[chosen]
+        if run.kind == "config" and run.data == ctx.store_data:
+            saved(ctx).pop(run.name, None)
+        state.delete_run(chosen)
+        st.session_state.pop(HISTORY_LOADED, None)
+        st.rerun()
+    msg = st.session_state.get(HISTORY_LOADED)
+    if msg is not None:
+        (st.success if msg[0] == "ok" else st.error)(msg[1])
 
 
 def render() -> None:
@@ -237,6 +394,7 @@ def render() -> None:
     base = measure.baseline(ctx, auto=False)
     configs_panel(ctx, base)
     sweep_panel(ctx, base)
+    history_panel(ctx)
 
 
 render()

@@ -4,21 +4,33 @@ for parity against the PyTorch model (``lrviz.handoff``).
 
 The data is split by :func:`lrviz.data.finetune_splits` into train / validation (best epoch) /
 evaluation parts that share no image; the split (description and indices) is kept with the
-fine-tuned model, so the Present page reports it on the evaluation part only."""
+fine-tuned model, so the Present page reports it on the evaluation part only.
 
+A finished fine-tuning run is recorded in the experiment store (kind ``finetune``: epochs, best epoch,
+validation top-1, the split) with its weights kept as a ``state_dict`` export directory in the store's
+files (:func:`save_finetuned`: ``plan.json`` with the architecture + ``state_dict.pt``, loadable as a
+MODEL by ``lrviz.models.load_model``), and the page lists the model's earlier runs, any of which can be
+loaded back as this session's fine-tuned model. Exports built here are recorded too (kind ``export``).
+"""
+
+import copy
 import io
+import json
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import streamlit as st
 import torch
 
-from lrviz import compress, figures, fmt, plan_cost, sources, tables
+from lrviz import RankPlan, compress, figures, fmt, plan_cost, sources, tables
 from lrviz.data import finetune_splits
 from lrviz.errors import LrvizError
-from lrviz.handoff import export_onnx, export_pt2, parity_batch
+from lrviz.handoff import architecture_record, check_parity, export_onnx, export_pt2, is_export_dir, load_export_dir, parity_batch
 from lrviz.keys import plan_key
-from lrviz.train import finetune
+from lrviz.store import cost_metrics
+from lrviz.train import EpochLog, finetune
 from pages import _state as state
 from pages._jobs import BackgroundJob
 
@@ -27,7 +39,7 @@ ERROR_KEY = "_ft_error"
 
 
 def finish_job() -> bool:
-    """Keep the result of a fine-tuning job that ended since the last run; True while one runs."""
+    """Keep (and record) the result of a fine-tuning job that ended since the last run; True while one runs."""
     info = st.session_state.get(JOB_KEY)
     if info is None:
         return False
@@ -38,14 +50,151 @@ def finish_job() -> bool:
             st.session_state[ERROR_KEY] = job.error
         elif job.result is not None:
             r = job.result
-            st.session_state.setdefault(state.FINETUNED_KEY, {})[info["model_id"]] = {
+            ft = {
                 "plan_key": info["plan_key"], "label": info["label"], "model": r.model, "history": r.history,
                 "best_epoch": r.best_epoch, "val_top1": r.best_val_top1, "cancelled": r.cancelled, "stopped_early": r.stopped_early,
                 "events": job.snapshot(), "config": info["config"], "epochs_run": len(r.history),
                 # which images trained, selected the epoch and may be reported (indices into the data of data_key)
                 "data_key": info["data_key"], "split": info["split"],
             }
+            ft["stored"] = record_finetune(info["ctx"], info["plan"], ft)
+            st.session_state.setdefault(state.FINETUNED_KEY, {})[info["model_id"]] = ft
     return not job.done
+
+
+# ---- the experiment store: fine-tuning runs and their weights ----------------------------------------------
+
+
+def rebuild_spec(source: sources.ModelSource, loaded) -> tuple[str, str | None] | None:
+    """``(spec, original weights)`` that :func:`lrviz.models.load_model` builds this model's architecture from
+    (a builtin, torchvision, timm or ``module:factory`` name; the weights are only noted), or None when there is
+    none: an exported program, or a model loaded from an export directory (a plan on top of another plan)."""
+    spec = source.spec
+    if not loaded.decomposable or spec.lower().endswith(".pt2") or is_export_dir(spec):
+        return None
+    return spec, source.filename or source.weights
+
+
+def save_finetuned(folder: Path, source: sources.ModelSource, loaded, plan, model) -> dict:
+    """Write ``model`` (fine-tuned ``plan`` of ``loaded``) into the empty ``folder`` as a ``state_dict`` export
+    directory — ``plan.json`` (the plan, the architecture, ``format``, the round trip's parity) and
+    ``state_dict.pt`` — rebuilt from those files and checked against ``model`` before it counts (the
+    :func:`lrviz.handoff.load_export_dir` round trip, as ``lrviz export --format state_dict`` checks it).
+    ``model`` is not changed (an eval-mode copy is saved). Returns the parity record.
+
+    Raises
+    ------
+    LrvizError
+        When the architecture cannot be rebuilt from a name (:func:`rebuild_spec`) or the round trip fails.
+    """
+    spec = rebuild_spec(source, loaded)
+    if spec is None:
+        raise LrvizError(f"the architecture of {loaded.name} cannot be rebuilt from a name (an exported program or an export "
+                         "directory), so its fine-tuned weights are not kept as a model")
+    net = copy.deepcopy(model).eval()
+    doc = plan.to_dict()
+    doc["architecture"] = architecture_record(spec[0], loaded.input_size, loaded.num_classes, spec[1])
+    doc["format"] = "state_dict"
+    folder = Path(folder)
+    torch.save(net.state_dict(), folder / "state_dict.pt")
+    (folder / "plan.json").write_text(json.dumps(doc, indent=1))
+    rebuilt, _, _ = load_export_dir(folder)
+    x = parity_batch(loaded.input_size)
+    with torch.no_grad():
+        doc["parity"] = check_parity(net(x), rebuilt(x), "state_dict round trip")
+    (folder / "plan.json").write_text(json.dumps(doc, indent=1))
+    return doc["parity"]
+
+
+def finetune_metrics(ft: dict, cost) -> dict:
+    """What a fine-tuning run is recorded with: epochs, best epoch, validation top-1 and the images of each part."""
+    split = ft["split"]
+    return {"epochs_run": ft["epochs_run"], "best_epoch": ft["best_epoch"], "val_top1": ft["val_top1"], "val_n": split["val"]["n"],
+            "train_n": split["train"]["n"], "eval_n": split["eval"]["n"], "cancelled": ft["cancelled"],
+            "stopped_early": ft["stopped_early"], **{f"cfg_{k}": v for k, v in ft["config"].items()}, **cost_metrics(cost)}
+
+
+def record_finetune(ctx, plan, ft: dict) -> dict:
+    """Record a finished fine-tuning run with its weights kept in the store's files (:func:`save_finetuned`);
+    ``{"id", "artifact", "note"}`` (id None: not recorded; artifact None: the weights not kept, the note says why)."""
+    store = state.experiment_store()
+    if store is None:
+        return {"id": None, "artifact": None, "note": "not recorded: the experiment store cannot be used"}
+    artifact = state.store_call("keeping the fine-tuned weights", lambda s: s.new_artifact_dir("finetune"))
+    note = "weights not kept: no folder for them"
+    if artifact is not None:
+        try:
+            with st.spinner("Keeping the fine-tuned weights in the experiment store (checked by rebuilding them)…"):
+                parity = save_finetuned(artifact, ctx.source, ctx.loaded, plan, ft["model"])
+            note = f"rebuilt from its files with max |difference| {parity['max_abs_diff']:.2g}"
+        except (LrvizError, OSError, RuntimeError) as exc:  # no weights kept; the run is still recorded
+            shutil.rmtree(artifact, ignore_errors=True)
+            artifact, note = None, f"weights not kept: {exc}"
+    payload = {"label": ft["label"], "config": ft["config"], "split": ft["split"], "data_key": ft["data_key"],
+               "history": [h.__dict__ for h in ft["history"]], "note": note}
+    rid = state.record(ctx, "finetune", plan=plan, name=ft["label"], metrics=finetune_metrics(ft, plan_cost(ctx.analysis, plan)),
+                       payload=payload, artifact=artifact)
+    if rid is None and artifact is not None:
+        shutil.rmtree(artifact, ignore_errors=True)  # no record points to it
+        artifact = None
+    return {"id": rid, "artifact": None if artifact is None else str(artifact), "note": note}
+
+
+def load_finetuned(ctx, run) -> dict:
+    """A recorded fine-tuning run loaded back (from its export directory) as this session's fine-tuned model of
+    its plan; the plan becomes the current one."""
+    if not run.artifact or not Path(run.artifact).is_dir():
+        raise LrvizError(f"record {run.id} keeps no weights" + (f" ({run.artifact} is gone)" if run.artifact else ""))
+    p, m = run.payload if isinstance(run.payload, dict) else {}, run.metrics
+    # the dashboard keeps the split in the payload; ``lrviz compress --finetune`` in its metrics.json (the payload)
+    split = p.get("split") or ((p.get("metrics") or {}).get("finetune") or {}).get("data")
+    if not isinstance(split, dict):
+        raise LrvizError(f"record {run.id} does not say which images it was trained and validated on")
+    try:
+        history = tuple(EpochLog(**h) for h in p.get("history", []))
+    except TypeError as exc:
+        raise LrvizError(f"record {run.id} has an unreadable history ({exc})") from exc
+    plan = RankPlan.from_json(run.plan_json, ctx.analysis.layers)
+    net, _, _ = load_export_dir(run.artifact)
+    ft = {"plan_key": plan_key(plan), "label": run.name or plan.spec, "model": net, "history": history,
+          "best_epoch": m.get("best_epoch"), "val_top1": m.get("val_top1"), "cancelled": bool(m.get("cancelled")),
+          "stopped_early": bool(m.get("stopped_early")), "events": [{"event": "epoch", **h.__dict__} for h in history],
+          "config": p.get("config", {}), "epochs_run": m.get("epochs_run", len(history)), "split": split,
+          "data_key": p.get("data_key") or (ctx.data_key if run.data == ctx.store_data else None),
+          "stored": {"id": run.id, "artifact": run.artifact, "note": "loaded from the experiment store"}}
+    state.set_plan(ctx, plan, ft["label"])
+    st.session_state.setdefault(state.FINETUNED_KEY, {})[ctx.model_id] = ft
+    return ft
+
+
+def earlier_runs(ctx) -> None:
+    """The model's fine-tuning runs in the experiment store (every session and data); load one back."""
+    runs = state.stored_runs(ctx, "finetune", all_data=True)
+    if not runs:
+        return
+    st.subheader("Earlier fine-tuning runs")
+    rows = [{"id": r.id, "when": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created)), "plan": r.name, "data": r.data,
+             "epochs": r.metrics.get("epochs_run"), "best epoch": r.metrics.get("best_epoch"),
+             "val top-1": None if r.metrics.get("val_top1") is None else 100.0 * r.metrics["val_top1"],
+             "validation images": r.metrics.get("val_n"), "origin": r.origin, "weights": r.artifact or "not kept"}
+            for r in reversed(runs)]
+    st.dataframe(rows, hide_index=True, width="stretch", height=state.table_height(len(rows)),
+                 column_config={"val top-1": st.column_config.NumberColumn(format="%.1f%%")})
+    st.caption("Validation top-1 of the best epoch, on the validation images (never the evaluation images). The weights are a "
+               "state_dict export directory: `lrviz evaluate DIR` loads it as a model.")
+    by_id = {r.id: r for r in runs}
+    c = st.columns([3, 1])
+    chosen = c[0].selectbox("Run", [r["id"] for r in rows], key="ft_history_choice", label_visibility="collapsed",
+                            format_func=lambda i: f"#{i} · {by_id[i].name} · {by_id[i].data}")
+    if c[1].button("Use this fine-tuned model", key="ft_history_load", width="stretch",
+                   disabled=not (by_id[chosen].artifact and by_id[chosen].plan_json)):
+        try:
+            with st.spinner("Loading the fine-tuned weights…"):
+                load_finetuned(ctx, by_id[chosen])
+        except LrvizError as exc:
+            st.error(f"Cannot load record {chosen}: {exc}")
+        else:
+            st.rerun()
 
 
 def training_data(ctx, train_limit: int | None = None, val_limit: int | None = None):
@@ -78,7 +227,8 @@ def start_job(ctx, plan, cfg: dict, splits) -> None:
 
     job = BackgroundJob(_target, name="finetune").start()
     st.session_state[JOB_KEY] = {"job": job, "plan_key": plan_key(plan), "model_id": ctx.model_id, "label": state.current_label(ctx),
-                                 "config": cfg, "final": False, "data_key": ctx.data_key, "split": splits.record()}
+                                 "config": cfg, "final": False, "data_key": ctx.data_key, "split": splits.record(), "ctx": ctx,
+                                 "plan": plan}
     st.session_state.pop(ERROR_KEY, None)
 
 
@@ -154,6 +304,14 @@ def finetune_result(ctx, ft) -> None:
     hist = [h.__dict__ for h in ft["history"]]
     if hist:
         st.dataframe(hist, hide_index=True, width="stretch")
+    stored = ft.get("stored") or {}
+    if stored.get("id") is None:
+        st.caption(f"Not in the experiment store ({stored.get('note') or 'not recorded'}): it is lost when this tab reloads.")
+    elif stored.get("artifact"):
+        st.caption(f"Experiment store record #{stored['id']}; weights kept in `{stored['artifact']}` ({stored['note']}), a "
+                   "state_dict export directory that `lrviz evaluate DIR` loads as a model.")
+    else:
+        st.caption(f"Experiment store record #{stored['id']} (its metrics only; {stored['note']}).")
 
 
 def build_exports(ctx, plan, ft) -> dict:
@@ -179,6 +337,17 @@ def build_exports(ctx, plan, ft) -> dict:
     return out
 
 
+def record_exports(ctx, plan, ft, built: dict) -> None:
+    """Record each program built (kind ``export``: its format and parity against the PyTorch model)."""
+    for fmt_name in ("pt2", "onnx"):
+        par = built.get(f"{fmt_name}_parity")
+        if par is not None:
+            state.record(ctx, "export", plan=plan, name=f"{state.current_label(ctx)} {fmt_name}",
+                         metrics={"format": fmt_name, "max_abs_diff": par["max_abs_diff"], "output_scale": par["output_scale"],
+                                  "batch": par["batch"], "finetuned": ft is not None, "bytes": len(built[fmt_name]),
+                                  **cost_metrics(plan_cost(ctx.analysis, plan))})
+
+
 def _parity_text(rec: dict) -> str:
     return f"max |difference| {rec['max_abs_diff']:.2g} at output scale {rec['output_scale']:.2g} on a batch of {rec['batch']}"
 
@@ -198,6 +367,7 @@ def export_panel(ctx, plan, ft, running: bool) -> None:
         with st.status("Exporting…", expanded=True) as status:
             try:
                 exports[ekey] = build_exports(ctx, plan, ft)
+                record_exports(ctx, plan, ft, exports[ekey])
                 status.update(label=f"Exported ({len(exports[ekey]['pt2']) / 1e6:.2f} MB .pt2)", state="complete", expanded=False)
                 st.rerun()  # redraw with the download buttons in place of the build button
             except LrvizError as exc:
@@ -235,6 +405,7 @@ def render() -> None:
     if not running:
         finetune_result(ctx, ft)
     export_panel(ctx, plan, ft, running)
+    earlier_runs(ctx)
 
 
 render()
