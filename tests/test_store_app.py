@@ -69,6 +69,14 @@ def restart() -> None:
         rs._data.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process(db):
+    """Each test starts as a fresh server would: what other tests of this process measured is forgotten (else an
+    evaluation they made is found in the shared result store and never recorded here)."""
+    restart()
+    yield
+
+
 def store_errors(at) -> list[str]:
     return [e.value for e in at.error if "Experiment store" in e.value]
 
