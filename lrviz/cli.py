@@ -26,6 +26,7 @@ from .cli_args import (
     UsageError,
     add_calibration_args,
     add_data_args,
+    add_device_args,
     add_model_args,
     add_speed_args,
     batches_type,
@@ -207,7 +208,8 @@ def cmd_evaluate(args) -> int:
         a, plan = _analysis_and_plan(args, loaded)
         cost = plan_cost(a, plan)
         model = compress(loaded.module, plan, progress=_progress("decompose", every=10))
-    res = evaluate(model, ds, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate", every=10))
+    dev = _device(args.device, say=True)
+    res = evaluate(model, ds, limit=args.limit, batch_size=args.batch_size, device=dev, amp=args.amp, progress=_progress("evaluate", every=10))
     lo, hi = res.top1_ci
     top5 = f", top-5 {res.top5:.2%}" if res.top5 is not None else ""
     print(f"{loaded.name}{' + plan ' + args.plan if args.plan else ''} on {args.data} (n={res.n}): "
@@ -254,8 +256,10 @@ def cmd_compress(args) -> int:
     small = compress(loaded.module, plan, progress=_progress("decompose", every=10))
     metrics = cost.to_dict()
     if test is not None:
-        acc0 = evaluate(loaded.module, test, limit=limit, batch_size=args.batch_size, progress=_progress("evaluate original", every=10))
-        acc1 = evaluate(small, test, limit=limit, batch_size=args.batch_size, progress=_progress("evaluate compressed", every=10))
+        dev = _device(args.device, say=True)
+        ev = dict(batch_size=args.batch_size, device=dev, amp=args.amp)
+        acc0 = evaluate(loaded.module, test, limit=limit, progress=_progress("evaluate original", every=10), **ev)
+        acc1 = evaluate(small, test, limit=limit, progress=_progress("evaluate compressed", every=10), **ev)
         metrics["accuracy"] = {"original": acc0.to_dict(), "compressed": acc1.to_dict()}
         print(f"top-1 original {acc0.top1:.2%}, compressed {acc1.top1:.2%} (n={acc1.n})")
         if splits is not None:
@@ -269,9 +273,10 @@ def cmd_compress(args) -> int:
                     print(f"[finetune] epoch {ev['epoch']} step {ev['step']}/{ev['steps']} loss {ev['loss']:.4f}", file=sys.stderr, flush=True)
 
             res = finetune(small, splits.train.dataset, epochs=args.finetune, lr=args.lr, val_set=splits.val.dataset, val_limit=None,
+                           device=dev, amp=args.amp,
                            teacher=loaded.module if args.distill else None, progress=cb)
             small = res.model
-            acc2 = evaluate(small, test, batch_size=args.batch_size, progress=_progress("evaluate fine-tuned", every=10))
+            acc2 = evaluate(small, test, progress=_progress("evaluate fine-tuned", every=10), **ev)
             metrics["accuracy"]["compressed_before_finetune"] = metrics["accuracy"]["compressed"]
             metrics["accuracy"]["compressed"] = acc2.to_dict()
             metrics["finetune"] = {"epochs_run": len(res.history), "best_epoch": res.best_epoch, "lr": args.lr, "distill": bool(args.distill),
@@ -345,6 +350,7 @@ def cmd_train(args) -> int:
             print(f"[train] epoch {ev['epoch']}/{cfg.epochs}: loss {ev['train_loss']:.4f}, val top-1 {ev['val_top1']:.2%}, {ev['seconds']:.0f}s", file=sys.stderr, flush=True)
 
     model, history = train_model(loaded.module, train, cfg, val_set=test, val_limit=args.val_limit, checkpoint=str(out / "checkpoint.pt"),
+                                 device=_device(args.device, say=True),
                                  resume=args.resume, progress=cb)
     write_file(out / "model.pt", lambda f: torch.save(model.state_dict(), f), "--out")
     doc = {"command": "lrviz " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("lrviz") else None, "model": args.model,
@@ -411,7 +417,8 @@ def cmd_project(args) -> int:
         from .evaluate import evaluate
         from .project import DESCRIPTION, project_accuracy
 
-        base = evaluate(loaded.module, _dataset(args, loaded, split=args.split), limit=args.limit, batch_size=args.batch_size)
+        base = evaluate(loaded.module, _dataset(args, loaded, split=args.split), limit=args.limit, batch_size=args.batch_size,
+                        device=_device(args.device))
         pr = project_accuracy(a, plan, base.top1, loaded.num_classes)
         lo, hi = pr.top1 - 0.5 * pr.drop, min(pr.top1 + pr.drop, base.top1)
         doc = {"projected_top1": pr.top1, "interval": [max(lo, 0.0), hi], "basis": "proxy", "detail": DESCRIPTION,
@@ -434,16 +441,15 @@ def cmd_project(args) -> int:
 
 # --- speed ------------------------------------------------------------------------------------
 
-def _device(name: str) -> str:
-    import torch
+def _device(name: str, say: bool = False) -> str:
+    """``--device`` resolved on this machine (:func:`lrviz.devices.resolve_device`: ``auto`` is CUDA when
+    there is a GPU); ``say`` prints where the work runs (stderr)."""
+    from .devices import device_label, resolve_device
 
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise LrvizError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
-        idx = int(name.split(":")[1]) if ":" in name else 0
-        if idx >= torch.cuda.device_count():
-            raise LrvizError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) (0-based)")
-    return name
+    dev = resolve_device(name)
+    if say:
+        print(f"[device] {device_label(dev)}", file=sys.stderr, flush=True)
+    return str(dev)
 
 
 def _table(args, loaded, a, batch: int, execution: str, device: str):
@@ -764,8 +770,9 @@ def cmd_report(args) -> int:
     if ds is not None:
         from .evaluate import evaluate
 
-        r0 = evaluate(loaded.module, ds, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate original", every=10))
-        r1 = evaluate(small, ds, limit=args.limit, batch_size=args.batch_size, progress=_progress("evaluate compressed", every=10))
+        ev = dict(limit=args.limit, batch_size=args.batch_size, device=device)
+        r0 = evaluate(loaded.module, ds, progress=_progress("evaluate original", every=10), **ev)
+        r1 = evaluate(small, ds, progress=_progress("evaluate compressed", every=10), **ev)
         what = f"{args.data} test images" + (" (a fixed subset)" if args.limit and args.limit < len(ds) else "")
         print(f"top-1 original {r0.top1:.2%}, compressed {r1.top1:.2%} (n={r1.n}, {what})")
         record(args, "evaluation", loaded, name="original", metrics={**eval_metrics(r0), "limit": args.limit})
@@ -876,6 +883,7 @@ def _add_compress(sub) -> None:
     c.add_argument("--out", required=True, metavar="DIR", help="new or empty folder for model.pt2, plan.json, metrics.json")
     c.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing lrviz's files there")
     add_data_args(c, required=False)
+    add_device_args(c, amp=True)
     c.add_argument("--finetune", type=count_or_zero, default=0, metavar="EPOCHS",
                    help="fine-tune after decomposing: on the training split (minus a validation part that picks the best epoch); "
                         "accuracies are reported on --data's test split, or on a held-out part when --data is one labelled set")
@@ -897,6 +905,7 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
     e.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K (e.g. 8; a ratio:T plan keeps its budget)")
     add_data_args(e, required=True)
+    add_device_args(e, amp=True)
     e.add_argument("--json", metavar="OUT", help="write {top1, top1_ci, top5, loss, n}")
     e.set_defaults(func=cmd_evaluate)
 
@@ -917,6 +926,7 @@ def _add_train(sub) -> None:
     t.add_argument("--out", required=True, metavar="DIR", help="writes model.pt, checkpoint.pt, history.json")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     add_data_args(t, required=True)
+    add_device_args(t)
     t.add_argument("--val-limit", type=positive_int, default=None, metavar="N")
     t.add_argument("--train-limit", type=positive_int, metavar="N")
     t.set_defaults(func=cmd_train, batch_size=128)
@@ -954,7 +964,7 @@ def _add_bench(sub) -> None:
 
 def _add_solve(sub) -> None:
     so = sub.add_parser("solve", help="ranks for a params, MACs or measured-latency target with the least projected loss")
-    add_calibration_args(so, data_required=False)
+    add_calibration_args(so, data_required=False, device=False)
     so.add_argument("--target", required=True, type=target_type, metavar="params:T|macs:T|latency:T",
                     help="e.g. params:4, macs:3 or latency:1.5 (1.5x faster, measured end to end at --batch on --device)")
     add_speed_args(so, batch_default="64", one_batch=True)
@@ -1014,6 +1024,9 @@ def main(argv=None) -> int:
     try:
         if getattr(args, "json", None):
             check_file_target(args.json, "--json")
+        if getattr(args, "device", None):  # a device this machine lacks, or --amp off CUDA, fails before any work
+            if not _device(args.device).startswith("cuda") and getattr(args, "amp", False):
+                raise LrvizError("mixed precision (--amp) runs on CUDA only; drop --amp or use --device cuda")
         return int(args.func(args) or 0)
     except LrvizError as e:
         return _fail(e)

@@ -23,6 +23,7 @@ __all__ = [
     "add_model_args",
     "batches_type",
     "count_or_zero",
+    "add_device_args",
     "device_type",
     "float_type",
     "input_size_type",
@@ -181,11 +182,23 @@ def batches_type(text: str) -> list[int]:
 
 
 def device_type(text: str) -> str:
-    """``cpu``, ``cuda`` or ``cuda:N`` (checked against the machine later, when torch is imported)."""
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (checked against the machine later, when torch is imported:
+    :func:`lrviz.devices.resolve_device`)."""
     t = str(text).strip().lower()
-    if t == "cpu" or t == "cuda" or (t.startswith("cuda:") and t[5:].isdigit()):
+    if t in ("auto", "cpu", "cuda") or (t.startswith("cuda:") and t[5:].isdigit()):
         return t
-    raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N")
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu, cuda or cuda:N")
+
+
+#: ``--device``'s help.
+DEVICE_HELP = "auto (default: CUDA when this machine has a GPU, else the CPU), cpu, cuda or cuda:N"
+
+
+def add_device_args(p: argparse.ArgumentParser, amp: bool = False) -> None:
+    """``--device`` (and, with ``amp``, ``--amp``: mixed precision on CUDA)."""
+    p.add_argument("--device", type=device_type, default="auto", metavar="DEV", help=DEVICE_HELP)
+    if amp:
+        p.add_argument("--amp", action="store_true", help="mixed precision (bfloat16 autocast) on CUDA")
 
 
 def strategies_type(text: str) -> list[str]:
@@ -215,7 +228,7 @@ def add_speed_args(p: argparse.ArgumentParser, batch_default: str = "1,64", one_
     else:
         p.add_argument("--batch", type=batches_type, default=batches_type(batch_default), metavar="B,B",
                        help=f"batch sizes to time (default {batch_default})")
-    p.add_argument("--device", type=device_type, default="cpu", metavar="DEV", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--device", type=device_type, default="auto", metavar="DEV", help=DEVICE_HELP)
     p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads while timing (default: torch's current count)")
     p.add_argument("--execution", default="auto", choices=["auto", "eager", "fold", "channels_last", "compile"],
                    help="how both models run: auto (default) measures each on this device and takes the fastest for "
@@ -234,11 +247,13 @@ def add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256, metavar="N")
 
 
-def add_calibration_args(p: argparse.ArgumentParser, plan: bool = False, data_required: bool = True) -> None:
+def add_calibration_args(p: argparse.ArgumentParser, plan: bool = False, data_required: bool = True, device: bool = True) -> None:
     """Model, data and calibration options of ``sensitivity``, ``project``, ``solve`` and ``sweep``
-    (with ``plan``: also ``--exclude`` and ``--decompose-classifier``)."""
+    (with ``plan``: also ``--exclude`` and ``--decompose-classifier``; with ``device``: ``--device``)."""
     add_model_args(p)
     add_data_args(p, required=data_required)
+    if device:
+        add_device_args(p)
     p.add_argument("--split", default="test", choices=["test", "train"], help="split of the calibration / evaluation images")
     p.add_argument("--no-cache", action="store_true", help="measure again instead of reading ~/.cache/lrviz/sensitivity")
     p.add_argument("--grid-points", type=int_type(2, 16), default=16, metavar="K",

@@ -195,7 +195,7 @@ class LatencyResult:
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
@@ -271,6 +271,15 @@ def _prepared(model: Any, device: torch.device) -> Iterator[tuple[nn.Module, int
             m.training = flag
 
 
+def _batch_fits(module: nn.Module, data, batch: int, device: torch.device) -> bool:
+    """Whether a batch of ``batch`` images fits in memory (:mod:`lrviz.memory`'s estimate)."""
+    try:
+        _check_batch_memory(module, data, batch, device, None)
+    except LrvizError:
+        return False
+    return True
+
+
 def _check_batch_memory(module: nn.Module, data, batch: int, device: torch.device, static_batch: int | None) -> None:
     """Before the first batch: a clear message when a batch cannot fit in memory (:mod:`lrviz.memory`;
     one probing forward pass of one image)."""
@@ -342,6 +351,7 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 256,
     device: str | torch.device | None = None,
+    amp: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Measure top-1 / top-5 accuracy and mean cross-entropy of a classifier.
@@ -357,9 +367,13 @@ def evaluate(
     limit : int, optional
         Evaluate on a deterministic subset of this many images (see :func:`lrviz.data.subset`).
     batch_size : int
-        Images per forward pass.
+        Images per forward pass, at most: the batch is halved until its memory estimate fits
+        (:func:`lrviz.devices.fitting_batch`), and on CUDA halved again after an out-of-memory error
+        (the evaluation then restarts; the result does not depend on the batch).
     device : str or torch.device, optional
-        Defaults to ``"cuda"`` when available, else ``"cpu"``.
+        ``"auto"`` / None (default): ``"cuda"`` when available, else ``"cpu"``.
+    amp : bool
+        Mixed precision (``torch.autocast``, bfloat16 where supported) — CUDA only.
     progress : callable, optional
         Called as ``progress(done, total)`` after each batch.
 
@@ -374,25 +388,38 @@ def evaluate(
         For an empty dataset, a model whose output is not ``N x num_classes``, labels out of
         range, a model that fails on the data, or bad arguments.
     """
+    from .devices import amp_context, fitting_batch, is_out_of_memory
+
     dev = _resolve_device(device)
     data = subset(dataset, limit)
     total = len(data)
     if total == 0:
         raise LrvizError("The dataset is empty; there is nothing to evaluate. Check the data path.")
     num_classes = getattr(dataset, "num_classes", None)
-    loader = make_loader(data, batch_size=batch_size)
     start = time.perf_counter()
-    tally = _Tally()
-    with _prepared(model, dev) as (module, static_batch), torch.inference_mode():
-        _check_batch_memory(module, data, min(batch_size, total), dev, static_batch)
-        for x, y in loader:
-            x = x.to(dev, non_blocking=True)
-            y = torch.as_tensor(y).to(dev, non_blocking=True).long()
-            out = _forward(module, x, static_batch)
-            _check_output(out, x, y, num_classes)
-            tally.add(out, y)
-            if progress is not None:
-                progress(tally.done, total)
+    with _prepared(model, dev) as (module, static_batch), torch.inference_mode(), amp_context(dev, amp):
+        batch = min(batch_size, total)
+        if static_batch is None:
+            batch = fitting_batch(lambda b: _batch_fits(module, data, b, dev), batch, "an evaluation batch")
+        _check_batch_memory(module, data, batch, dev, static_batch)
+        while True:
+            tally = _Tally()
+            try:
+                for x, y in make_loader(data, batch_size=batch):
+                    x = x.to(dev, non_blocking=True)
+                    y = torch.as_tensor(y).to(dev, non_blocking=True).long()
+                    out = _forward(module, x, static_batch)
+                    _check_output(out, x, y, num_classes)
+                    tally.add(out, y)
+                    if progress is not None:
+                        progress(tally.done, total)
+                break
+            except Exception as exc:  # noqa: BLE001 - only a CUDA out-of-memory error is retried
+                if not (dev.type == "cuda" and is_out_of_memory(exc) and batch > 1 and static_batch is None):
+                    raise
+                torch.cuda.empty_cache()
+                batch //= 2
+                logger.warning("CUDA ran out of memory; evaluating again with batches of %d", batch)
     result = tally.result(time.perf_counter() - start)
     logger.info(
         "Evaluated %d images on %s in %.2fs: top1=%.4f loss=%.4f", result.n, dev, result.seconds,

@@ -88,6 +88,7 @@ def finetune(
     should_stop: Callable[[], bool] | None = None,
     max_grad_norm: float = 5.0,
     keep: str = "best",
+    amp: bool = False,
 ) -> FinetuneResult:
     """Fine-tune a (decomposed) model; returns a new model, ``model`` is not modified.
 
@@ -114,9 +115,19 @@ def finetune(
         Polled every step; returning True cancels (the best weights so far are returned).
     keep : {"best", "last"}
         Return the best validation epoch's weights (default) or the last epoch's.
+    device : str, optional
+        ``"auto"`` / None: CUDA when available, else the CPU.
+    amp : bool
+        Mixed precision on CUDA (:func:`lrviz.devices.amp_context`: bfloat16, or float16 with a gradient
+        scaler); validation runs under it too.
     """
+    from .devices import amp_context, amp_dtype
+
     _check_finetune_args(keep, epochs, lr)
     device = _device(device)
+    with amp_context(device, amp):  # refuses --amp off CUDA before any work
+        pass
+    scaler = torch.amp.GradScaler("cuda", enabled=bool(amp) and amp_dtype(device) == torch.float16)
     net = copy.deepcopy(model).to(device)
     if teacher is not None:
         teacher = copy.deepcopy(teacher).to(device).eval()
@@ -125,7 +136,7 @@ def finetune(
     total_steps = max(1, epochs * steps_per_epoch)
     opt = _sgd(net, lr, weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, total_steps))
-    best = _BestWeights(net, _validate(net, val_set, val_limit, device))
+    best = _BestWeights(net, _validate(net, val_set, val_limit, device, amp))
     loss_fn = _distilled(teacher, distill_alpha, temperature)
     history: list[EpochLog] = []
     cancelled = stopped_early = False
@@ -134,10 +145,10 @@ def finetune(
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         loss_sum, seen, cancelled = _finetune_epoch(net, loader, opt, sched, loss_fn, epoch, device, max_grad_norm,
-                                                    progress, should_stop)
+                                                    progress, should_stop, amp, scaler)
         if cancelled and seen == 0:
             break
-        vres = _validate(net, val_set, val_limit, device)
+        vres = _validate(net, val_set, val_limit, device, amp)
         history.append(_epoch_log(epoch, loss_sum / max(seen, 1), vres, opt, t0, progress))
         stopped_early = not best.offer(net, epoch, vres) and best.bad_epochs >= patience
         if stopped_early or cancelled:
@@ -159,7 +170,9 @@ def _check_finetune_args(keep: str, epochs: int, lr: float) -> None:
 
 
 def _device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .devices import resolve_device
+
+    return resolve_device(device)
 
 
 def _shuffled_loader(train_set, limit: int | None, batch_size: int, seed: int):
@@ -178,8 +191,8 @@ def _cosine(step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
-def _validate(net: nn.Module, val_set, val_limit: int | None, device):
-    return evaluate(net, val_set, limit=val_limit, device=device) if val_set is not None else None
+def _validate(net: nn.Module, val_set, val_limit: int | None, device, amp: bool = False):
+    return evaluate(net, val_set, limit=val_limit, device=device, amp=amp) if val_set is not None else None
 
 
 class _BestWeights:
@@ -232,8 +245,12 @@ def _distilled(teacher: nn.Module | None, alpha: float, temperature: float):
     return loss
 
 
-def _finetune_epoch(net, loader, opt, sched, loss_fn, epoch: int, device, max_grad_norm: float, progress, should_stop):
-    """One epoch of clipped SGD steps; returns ``(summed loss, images seen, cancelled)``."""
+def _finetune_epoch(net, loader, opt, sched, loss_fn, epoch: int, device, max_grad_norm: float, progress, should_stop,
+                    amp: bool = False, scaler=None):
+    """One epoch of clipped SGD steps (forward under autocast with ``amp``; float16 gradients scaled by
+    ``scaler``); returns ``(summed loss, images seen, cancelled)``."""
+    from .devices import amp_context
+
     net.train()
     run_loss, seen = 0.0, 0
     steps = max(1, len(loader))
@@ -241,12 +258,20 @@ def _finetune_epoch(net, loader, opt, sched, loss_fn, epoch: int, device, max_gr
         if should_stop is not None and should_stop():
             return run_loss, seen, True
         x, y = x.to(device), y.to(device)
-        loss = loss_fn(x, net(x), y)
+        with amp_context(device, amp):
+            loss = loss_fn(x, net(x), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        # a freshly truncated net can have large gradients: clip so a small lr stays small
-        torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
-        opt.step()
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            # a freshly truncated net can have large gradients: clip so a small lr stays small
+            torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+            opt.step()
         sched.step()
         run_loss += float(loss.detach()) * len(y)
         seen += len(y)

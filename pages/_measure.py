@@ -27,6 +27,7 @@ from typing import Any
 import streamlit as st
 
 from lrviz import RankPlan, compress, fmt, plan_cost, project
+from lrviz.devices import resolve_device
 from lrviz.errors import LrvizError
 from lrviz.evaluate import EvalResult
 from lrviz.keys import plan_key
@@ -487,7 +488,8 @@ SPEED_TIMER = None
 #: Execution of the end-to-end benchmark: ``"auto"`` runs both models under the fastest one measured
 #: for the compressed model (see :mod:`lrviz.execution`); tests fix one to skip ``torch.compile``.
 SPEED_EXECUTION = "auto"
-SPEED_DEVICE = "cpu"
+#: Where speed is measured: CUDA when this machine has a GPU, else the CPU (lrviz.devices.resolve_device("auto")).
+SPEED_DEVICE = resolve_device("auto").type
 SPEED_BATCHES = (1, 64)
 SPEED_ROUNDS = 3
 #: Batch size of the latency table (per-layer times over ranks: break-even ranks, speed structure).

@@ -13,6 +13,7 @@ from typing import Any
 import streamlit as st
 
 from lrviz import sources
+from lrviz.devices import device_label
 from lrviz.errors import LrvizError
 from pages import _state as state
 
@@ -211,6 +212,8 @@ def build_context() -> state.Context | None:
     st.sidebar.caption(f"**{loaded.name}** · input {'×'.join(map(str, loaded.input_size))} · {loaded.num_classes} classes")
     if source.note:
         st.sidebar.caption(_plain(source.note))
+    st.sidebar.caption(f"Runs on {device_label()}", help="CUDA when this machine has a GPU (evaluations, sensitivities, "
+                       "fine-tuning), else the CPU")
     data_src, dataset, data_error = _data_sidebar(loaded)
     quick_n = st.sidebar.select_slider("Quick-evaluation images", QUICK_SIZES, value=DEFAULT_QUICK, key="quick_n",
                                        help="Subset size (deterministic) for quick evaluations, sweeps and saved configurations")

@@ -151,9 +151,21 @@ def test_evaluation_estimate_scales_with_the_batch_and_refuses_a_batch_too_large
     assert e64.bytes == 2 * e32.bytes == 64 * per_image
     assert [dict(mod._forward_hooks) for mod in m.modules()] == hooks  # the probe adds no hooks
     little_memory(e64.bytes // 2)
-    with pytest.raises(LrvizError, match="smaller batch size"):
+    ref = evaluate(m, ds, batch_size=8)
+    adapted = evaluate(m, ds, batch_size=64)  # halved until the estimate fits (32), same result
+    assert (adapted.n, adapted.correct, adapted.top1) == (64, ref.correct, ref.top1) and adapted.loss == pytest.approx(ref.loss)
+    little_memory(memory.estimate_evaluation(m, (8, 16, 16), 1).bytes // 2)
+    with pytest.raises(LrvizError, match="smaller batch size"):  # not even one image fits: said, not attempted
         evaluate(m, ds, batch_size=64)
-    assert evaluate(m, ds, batch_size=16).n == 64  # a batch that fits
+
+
+def test_fitting_batch_halves_until_it_fits():
+    from lrviz.devices import fitting_batch
+
+    asked = []
+    assert fitting_batch(lambda b: asked.append(b) or b <= 40, 256) == 32 and asked == [256, 128, 64, 32]
+    assert fitting_batch(lambda b: False, 5) == 1
+    assert fitting_batch(lambda b: True, 64) == 64
 
 
 def test_available_memory_is_a_plausible_figure():

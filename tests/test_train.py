@@ -146,7 +146,7 @@ def _scripted_validation(monkeypatch, results):
 
     results, seen = iter(results), []
 
-    def fake_evaluate(net, dataset, *, limit=None, device=None):
+    def fake_evaluate(net, dataset, *, limit=None, device=None, amp=False):
         seen.append(copy.deepcopy(net.state_dict()))
         top1, loss = next(results)
         return EvalResult(top1, (top1, top1), None, loss, len(dataset), 0.0)
