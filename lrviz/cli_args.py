@@ -237,7 +237,8 @@ def add_speed_args(p: argparse.ArgumentParser, batch_default: str = "1,64", one_
 
 
 def add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", metavar="NAME", required=required, help="fashion-mnist | imagefolder:DIR | synthetic[:C,H,W,K,N]")
+    p.add_argument("--data", metavar="NAME", required=required, help="fashion-mnist | imagefolder:DIR | imagenet:DIR (resize 256, "
+                   "center-crop 224, ImageNet mean/std; --limit stratified by class) | synthetic[:C,H,W,K,N]")
     p.add_argument("--data-root", metavar="DIR", help="folder with the dataset files")
     p.add_argument("--limit", type=positive_int, metavar="N", help="evaluate on a deterministic subset of N images")
     p.add_argument("--resize", type=resize_type, metavar="H[,W]", help="resize images (default: the model's input size)")

@@ -11,6 +11,10 @@ Every dataset is built by name through :func:`get_dataset`. Names have the form 
     The 3,000-image *train*-set sample bundled with lrviz: what the dashboard fine-tunes on offline.
 ``imagefolder:DIR``
     A :class:`torchvision.datasets.ImageFolder` over ``DIR`` (one sub-folder per class).
+``imagenet:DIR``
+    ImageNet-style data with the standard evaluation preset (shorter side 256, centre crop 224,
+    ImageNet mean/std; scaled for other input sizes): ``DIR/train`` and ``DIR/val`` (the ``test``
+    split reads ``val``), or directly one sub-folder per class. Its subsets are class-stratified.
 ``synthetic`` or ``synthetic:C,H,W,K,N``
     A small, deterministic, learnable dataset of ``N`` images of shape ``C x H x W`` in ``K``
     classes; needs no files at all (handy for tests and demos).
@@ -19,6 +23,8 @@ Items are ``(image, label)`` pairs: a normalised ``float32`` tensor of shape ``C
 Python ``int``. Every returned dataset has the attributes ``classes`` (list of str),
 ``num_classes`` (int), ``input_size`` (tuple ``(C, H, W)``), ``name`` (str) and ``split`` (the split
 loaded, or None for a kind with one labelled set whose split is ignored, such as ``imagefolder``).
+A dataset may also set ``stratify = True`` next to a ``targets`` list (one int label per item):
+:func:`subset` then picks a class-stratified subset (:func:`stratified_indices`) instead of a random one.
 
 This module holds the registry of kinds (:func:`register_dataset`), :func:`get_dataset`, the
 deterministic subsets and loaders every evaluation uses (:func:`subset`, :func:`make_loader`), and
@@ -50,7 +56,7 @@ from .data_fashion_mnist import (
     fashion_mnist_sample,
     fashion_mnist_train_sample,
 )
-from .data_imagefolder import IMAGENET_MEAN, IMAGENET_STD, imagefolder
+from .data_imagefolder import IMAGENET_MEAN, IMAGENET_STD, imagefolder, imagenet
 from .data_synthetic import synthetic
 from .data_transforms import SPLITS, check_resize
 from .errors import LrvizError, is_int
@@ -77,6 +83,7 @@ __all__ = [
     "make_loader",
     "register_dataset",
     "same_images",
+    "stratified_indices",
     "subset",
     "subset_indices",
     "train_data_name",
@@ -155,21 +162,23 @@ def get_dataset(
     ----------
     name : str
         ``kind[:arg]``, e.g. ``"fashion-mnist"``, ``"imagefolder:/data/imgs"``,
-        ``"synthetic:3,32,32,10,256"``. See :func:`available_datasets`.
+        ``"imagenet:/data/imagenet"``, ``"synthetic:3,32,32,10,256"``. See :func:`available_datasets`.
     split : {"train", "test"}
         Which split to load.
     root : str or path-like, optional
         Folder holding the raw files (Fashion-MNIST). Searched first.
     resize : int or (int, int), optional
         Output image size ``(H, W)``; an int means a square image. For ``imagefolder`` the default
-        is 224; for the other kinds the native size is kept.
+        is 224; for ``imagenet`` it is the centre crop (default 224, after resizing the shorter side
+        to ``round(max(H, W) * 256 / 224)``); for the other kinds the native size is kept.
     grayscale : bool
         Convert to one channel.
     mean, std : sequence of float, optional
         Per-channel normalisation; the defaults depend on the dataset.
     augment : bool
-        Random training augmentation (random crop with 2-pixel padding and horizontal flip). Uses
-        torch's global RNG, so ``torch.manual_seed`` makes it reproducible.
+        Random training augmentation (random crop with 2-pixel padding and horizontal flip;
+        ``imagenet``: ``RandomResizedCrop`` and horizontal flip). Uses torch's global RNG, so
+        ``torch.manual_seed`` makes it reproducible.
 
     Returns
     -------
@@ -192,7 +201,7 @@ def get_dataset(
     if kind not in _DATASETS:
         raise LrvizError(
             f"Unknown dataset {name!r}. Available datasets: {', '.join(available_datasets())} "
-            "(use e.g. 'fashion-mnist', 'imagefolder:DIR' or 'synthetic')."
+            "(use e.g. 'fashion-mnist', 'imagefolder:DIR', 'imagenet:DIR' or 'synthetic')."
         )
     if split not in SPLITS:
         raise LrvizError(f"Unknown split {split!r} for dataset {name!r}; use 'train' or 'test'.")
@@ -242,7 +251,9 @@ def subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
     """Return a deterministic random subset of ``limit`` items.
 
     The items are the first ``limit`` of a fixed permutation (seeded by ``seed``), so a larger
-    limit gives a superset of a smaller one.
+    limit gives a superset of a smaller one. A dataset with ``stratify = True`` and a ``targets``
+    list (``imagenet:DIR``) gets the first ``limit`` of its class-stratified order instead
+    (:func:`stratified_indices`: as even a share of each class as its images allow; also nested).
 
     Parameters
     ----------
@@ -279,16 +290,99 @@ def subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
     n = len(dataset)
     if limit >= n:
         return dataset
-    return DatasetSubset(dataset, subset_indices(n, limit, seed))
+    return DatasetSubset(dataset, subset_indices(dataset, limit, seed))
 
 
-def subset_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
-    """The positions :func:`subset` keeps of a dataset of ``n`` items (all of them, in order, when
-    ``limit`` is None or at least ``n``)."""
+def _stratified_targets(dataset) -> list[int] | None:
+    """The labels to stratify ``dataset``'s subsets on, or None for a plain random subset."""
+    if getattr(dataset, "stratify", False) is not True:
+        return None
+    targets = getattr(dataset, "targets", None)
+    if targets is None or len(targets) != len(dataset):
+        raise LrvizError(
+            f"dataset {getattr(dataset, 'name', type(dataset).__name__)!r} asks for stratified subsets "
+            "(stratify = True) but has no 'targets' list with one label per item; set 'targets' or drop 'stratify'."
+        )
+    return targets
+
+
+def subset_indices(n: int | Dataset, limit: int | None, seed: int = 0) -> list[int]:
+    """The positions :func:`subset` keeps of a dataset (all of them, in order, when ``limit`` is None
+    or at least its length).
+
+    Parameters
+    ----------
+    n : int or Dataset
+        The number of items (a plain random subset: the first ``limit`` of ``torch.randperm(n)``
+        seeded by ``seed``), or the dataset itself, which also honours ``stratify`` (see :func:`subset`).
+    limit : int or None
+        How many to keep.
+    seed : int
+        Seed of the permutation.
+    """
+    targets = None if is_int(n) else _stratified_targets(n)
+    n = int(n) if is_int(n) else len(n)
     if limit is None or limit >= n:
         return list(range(n))
+    if targets is not None:
+        return stratified_indices(targets, limit, seed)
     gen = torch.Generator().manual_seed(int(seed))
     return torch.randperm(n, generator=gen)[: int(limit)].tolist()
+
+
+def _class_seed(seed: int, label: int) -> int:
+    # one independent stream per (seed, class): a class's order does not depend on the other classes
+    return (int(seed) * 1_000_003 + int(label) * 7_919 + 1) % (2**63)
+
+
+def stratified_indices(targets: Sequence[int], limit: int | None, seed: int = 0) -> list[int]:
+    """A deterministic class-stratified subset: ``limit`` positions with as even a share of each class
+    as the class sizes allow.
+
+    Each class's positions are shuffled by their own seeded permutation (seeded by ``seed`` and the
+    label, so a class's order does not depend on the other classes); the classes are visited in a
+    seeded order, and the subset takes round-robin one image of each class still holding any, round
+    after round. The first ``limit`` of that sequence are returned (in that interleaved order), so:
+
+    * every class gets ``floor(limit / K)`` or ``ceil(limit / K)`` images (``K`` classes), the
+      ``limit mod K`` extra ones going to the first classes of the seeded class order;
+    * a class with fewer images gives all it has, and the images it lacks come from the others
+      (the total is exactly ``limit``);
+    * a larger limit gives a superset of a smaller one (the smaller is a prefix of the larger).
+
+    Only the labels are read (no image is decoded); ``O(n log n)`` for ``n`` labels.
+
+    Parameters
+    ----------
+    targets : sequence of int
+        The label of each item (e.g. :attr:`torchvision.datasets.ImageFolder.targets`).
+    limit : int or None
+        How many positions to keep; None, or at least ``len(targets)``, keeps all of them in order.
+    seed : int
+        Seed of the class order and the per-class permutations.
+
+    Returns
+    -------
+    list of int
+        Distinct positions into ``targets``.
+    """
+    t = torch.as_tensor(list(targets) if not isinstance(targets, torch.Tensor) else targets, dtype=torch.long)
+    n = int(t.numel())
+    if limit is None or limit >= n:
+        return list(range(n))
+    labels, inverse, counts = torch.unique(t, sorted=True, return_inverse=True, return_counts=True)
+    by_class = torch.argsort(inverse, stable=True)  # positions grouped by class, in dataset order
+    rank = torch.empty(n, dtype=torch.long)  # each image's place in its class's permuted order
+    start = 0
+    for label, count in zip(labels.tolist(), counts.tolist()):
+        members = by_class[start : start + count]
+        perm = torch.randperm(count, generator=torch.Generator().manual_seed(_class_seed(seed, label)))
+        rank[members[perm]] = torch.arange(count)
+        start += count
+    k = len(labels)
+    slot = torch.randperm(k, generator=torch.Generator().manual_seed(int(seed) % (2**63)))  # class order
+    key = rank * k + slot[inverse]  # round first, then the class's place in the round: all distinct
+    return torch.argsort(key)[: int(limit)].tolist()
 
 
 def make_loader(
@@ -584,7 +678,7 @@ def finetune_splits(
         eval_idx = _limited(eval_idx, eval_limit, "eval_limit")
     elif eval_limit is not None:
         _limited([], eval_limit, "eval_limit")  # checks the value
-        eval_idx = subset_indices(len(eval_data), int(eval_limit), seed)
+        eval_idx = subset_indices(eval_data, int(eval_limit), seed)  # as subset() picks them
     what = images_label(base)
     return DataSplits(
         train=_part("train", augmented if augmented is not None else base, base, train_idx, what),
@@ -604,4 +698,5 @@ register_dataset("fashion-mnist")(fashion_mnist)
 register_dataset("fashion-mnist-sample")(fashion_mnist_sample)
 register_dataset("fashion-mnist-train-sample")(fashion_mnist_train_sample)
 register_dataset("imagefolder")(imagefolder)
+register_dataset("imagenet")(imagenet)
 register_dataset("synthetic")(synthetic)

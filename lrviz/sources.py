@@ -328,7 +328,7 @@ def dataset_source(name: str, input_size: Sequence[int], label: str | None = Non
     gray = False
     if kind in ("fashion-mnist", "fashion-mnist-sample", "fashion-mnist-train-sample"):
         resize = None if (h, w) == (28, 28) else (h, w)
-    elif kind == "imagefolder":
+    elif kind in ("imagefolder", "imagenet"):
         resize, gray = (h, w), c == 1
     key = f"{name}|{resize}|{gray}"
     return DataSource(key=key, name=name, label=label or name, resize=resize, grayscale=gray)

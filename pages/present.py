@@ -69,7 +69,7 @@ class View:
         reportable images) and their indices in the data."""
         idx = self.eval_positions()
         if idx is None:
-            chosen = subset_indices(len(self.ctx.dataset), n)
+            chosen = subset_indices(self.ctx.dataset, n)  # the dataset: a stratified kind (imagenet) picks per class
         else:
             chosen = [idx[i] for i in subset_indices(len(idx), n)]
         return DatasetSubset(self.ctx.dataset, chosen), chosen
