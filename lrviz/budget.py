@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from .plan import LayerPlan, RankPlan, cheapest_structure, classifier_layer, pla
 from .sensitivity import cross_entropy
 
 __all__ = ["parse_target", "candidate_ranks", "SolveResult", "solve", "solve_many", "strategy_plan", "sweep", "STRATEGIES",
-           "SWEEP_COLUMNS"]
+           "SWEEP_COLUMNS", "PlanJob", "PlanWorker"]
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +428,8 @@ def sweep(
     finetune_limit: int | None = 5000,
     progress: Callable[[int, int, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    executor=None,
+    device: str | None = None,
 ) -> pd.DataFrame:
     """Targets × strategies at matched cost: one row each, columns :data:`SWEEP_COLUMNS` (``strategy,
     label, target, metric, params, macs, params_ratio, macs_ratio, spec, ranks, projected, proj_lo,
@@ -437,30 +440,105 @@ def sweep(
     cover), its top-1 measured on ``limit`` images of ``dataset`` (``measure=True``) and its top-1
     after ``finetune_epochs`` of :func:`lrviz.train.finetune` on ``train_set`` (``finetuned``; keep
     ``train_set`` apart from ``dataset``). Unreachable combinations get NaN and ``spec="unreachable"``.
+
+    ``executor`` (e.g. :class:`lrviz.distributed.RayExecutor`): the plans are chosen, costed and
+    projected here, and each one's measurement (compress, evaluate, fine-tune: :class:`PlanJob`) runs
+    as a task of its own; the rows come back in the local order with the local values (same code,
+    same thread count; see :mod:`lrviz.distributed`), on the worker's own device. Stopped halfway,
+    the table holds the rows finished so far.
+
+    ``device``: where the plans are evaluated and fine-tuned here (None: CUDA when present).
     """
     from .decompose import FactorCache, compress
 
     _check_sweep(metric, strategies, projector, measure, dataset, finetune_epochs, train_set)
     targets = [float(t) for t in targets]
     solved = dict(zip(targets, solve_many(analysis, projector, targets, metric, snap))) if "solver" in strategies else {}
-    factors = factors or FactorCache(model)
     jobs = [(s, t) for t in targets for s in strategies]
+    if executor is not None and (measure or finetune_epochs):
+        job = PlanJob(model, dataset, limit, measure, finetune_epochs, train_set, finetune_limit, uuid.uuid4().hex)
+        return _sweep_fanout(executor, job, analysis, jobs, metric, projector, snap, solved, base_top1, progress, should_stop)
+    factors = factors or FactorCache(model)
     rows = []
     for i, (strategy, target) in enumerate(jobs):
         if should_stop is not None and should_stop():
             break
-        row = {"strategy": strategy, "label": STRATEGY_LABELS[strategy], "target": target, "metric": metric, **_UNREACHABLE}
-        plan = strategy_plan(analysis, strategy, metric, target, projector, snap, solved.get(target))
+        row, plan = _plan_row(analysis, strategy, target, metric, projector, snap, solved, base_top1)
         if plan is not None:
-            row.update(_cost_columns(analysis, plan))
-            row.update(_projected_columns(projector, plan, base_top1))
             if measure or finetune_epochs:
                 net = compress(model, plan, factors)
-                row.update(_measured_columns(net, dataset, limit, measure, finetune_epochs, train_set, finetune_limit, should_stop))
+                row.update(_measured_columns(net, dataset, limit, measure, finetune_epochs, train_set, finetune_limit, should_stop,
+                                             device))
         rows.append(row)
         if progress is not None:
             progress(i + 1, len(jobs), f"{strategy} {target:g}×")
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+def _plan_row(analysis: ModelAnalysis, strategy: str, target: float, metric: str, projector, snap, solved, base_top1):
+    """``(row, plan)``: a sweep row with what the driver knows (cost, projection), and its plan (None: unreachable)."""
+    row = {"strategy": strategy, "label": STRATEGY_LABELS[strategy], "target": target, "metric": metric, **_UNREACHABLE}
+    plan = strategy_plan(analysis, strategy, metric, target, projector, snap, solved.get(target))
+    if plan is not None:
+        row.update(_cost_columns(analysis, plan))
+        row.update(_projected_columns(projector, plan, base_top1))
+    return row, plan
+
+
+def _sweep_fanout(executor, job: "PlanJob", analysis, jobs, metric, projector, snap, solved, base_top1, progress,
+                  should_stop) -> pd.DataFrame:
+    """:func:`sweep` with every plan's measurement run by ``executor`` (rows in the local order)."""
+    rows, plans = [], []
+    for strategy, target in jobs:
+        if should_stop is not None and should_stop():
+            break
+        row, plan = _plan_row(analysis, strategy, target, metric, projector, snap, solved, base_top1)
+        rows.append(row)
+        plans.append(plan)
+    todo = [i for i, p in enumerate(plans) if p is not None]
+    finished = [p is None for p in plans]  # unreachable rows are finished as they are
+    done = sum(finished)
+    for j, cols in executor.map(job, [plans[i] for i in todo], should_stop):
+        i = todo[j]
+        rows[i].update(cols)
+        finished[i] = True
+        done += 1
+        if progress is not None:
+            progress(done, len(jobs), f"{rows[i]['strategy']} {rows[i]['target']:g}×")
+    return pd.DataFrame([r for r, ok in zip(rows, finished) if ok], columns=SWEEP_COLUMNS)
+
+
+class PlanJob:
+    """One sweep's measurement of any plan, picklable: what a plan executor ships to its workers.
+
+    :meth:`prepare` (on a worker) makes the factors of the model, :meth:`PlanWorker.run` measures
+    one plan exactly as the local :func:`sweep` does (:func:`lrviz.compress`, then
+    ``_measured_columns``: evaluate, and fine-tune when asked). ``token`` names the run."""
+
+    def __init__(self, model, dataset, limit, measure: bool, finetune_epochs: float, train_set, finetune_limit, token: str):
+        self.model, self.dataset, self.limit, self.measure = model, dataset, limit, measure
+        self.finetune_epochs, self.train_set, self.finetune_limit, self.token = finetune_epochs, train_set, finetune_limit, token
+
+    def prepare(self, device) -> "PlanWorker":
+        from .decompose import FactorCache
+
+        return PlanWorker(self, FactorCache(self.model), device)
+
+
+class PlanWorker:
+    """A worker's side of a :class:`PlanJob`."""
+
+    def __init__(self, job: PlanJob, factors, device=None):
+        self.job, self.factors, self.device = job, factors, (str(device) if device is not None else None)
+
+    def run(self, plan: RankPlan) -> dict:
+        """The measured columns of ``plan`` (``top1, lo, hi, n``, and ``finetuned``)."""
+        from .decompose import compress
+
+        j = self.job
+        net = compress(j.model, plan, self.factors)
+        return _measured_columns(net, j.dataset, j.limit, j.measure, j.finetune_epochs, j.train_set, j.finetune_limit, None,
+                                 self.device)
 
 
 def _check_sweep(metric, strategies, projector, measure, dataset, finetune_epochs, train_set) -> None:
@@ -490,7 +568,7 @@ def _projected_columns(projector, plan: RankPlan, base_top1: float | None) -> di
 
 
 def _measured_columns(net, dataset, limit, measure: bool, finetune_epochs: float, train_set, finetune_limit,
-                      should_stop) -> dict:
+                      should_stop, device=None) -> dict:
     """Top-1 of the planned model ``net`` on ``limit`` images of ``dataset`` (with its interval and
     count), and after a short fine-tune on ``train_set`` (last weights kept, nothing selected on
     ``dataset``)."""
@@ -498,12 +576,12 @@ def _measured_columns(net, dataset, limit, measure: bool, finetune_epochs: float
 
     out: dict = {}
     if measure:
-        res = evaluate(net, dataset, limit=limit)
+        res = evaluate(net, dataset, limit=limit, device=device)
         out.update(top1=res.top1, lo=res.top1_ci[0], hi=res.top1_ci[1], n=res.n)
     if finetune_epochs:
         from .train import finetune
 
         ft = finetune(net, train_set, epochs=max(1, math.ceil(finetune_epochs)), train_limit=finetune_limit, val_set=None,
-                      keep="last", should_stop=should_stop)
-        out["finetuned"] = evaluate(ft.model, dataset, limit=limit).top1
+                      keep="last", should_stop=should_stop, device=device)
+        out["finetuned"] = evaluate(ft.model, dataset, limit=limit, device=device).top1
     return out

@@ -90,6 +90,8 @@ def _dataset(args, loaded, split="test", augment=False, name=None):
 
     name = name or args.data
     resize = tuple(args.resize) if args.resize else None
+    if resize is None and name.partition(":")[0].lower() == "imagenet":
+        resize = tuple(loaded.input_size)[1:]  # the preset scaled to the model (resize 256/224 of it, then crop): one scan
     kw = dict(root=args.data_root, grayscale=args.grayscale, mean=args.mean, std=args.std, augment=augment)
     ds = get_dataset(name, split, resize=resize, **kw)
     want = tuple(loaded.input_size)
@@ -364,7 +366,7 @@ def cmd_train(args) -> int:
 
 # --- sensitivity, projection, solver, sweep ----------------------------------------------------
 
-def _sensitivities(args, loaded):
+def _sensitivities(args, loaded, executor=None):
     from .sensitivity import measure_sensitivity
 
     if not loaded.decomposable:
@@ -372,10 +374,11 @@ def _sensitivities(args, loaded):
     ds = _dataset(args, loaded, split=args.split)
     limit = args.limit if args.limit is not None else 1000
     t0 = time.monotonic()
-    sens = measure_sensitivity(loaded.module, ds, limit=limit, batch_size=args.batch_size, cache=not args.no_cache,
+    device = _device(args.device) if getattr(args, "device", None) else None
+    sens = measure_sensitivity(loaded.module, ds, limit=limit, batch_size=args.batch_size, cache=not args.no_cache, device=device,
                                grid_points=args.grid_points,
                                data_name=f"{args.data} {args.split}, {min(limit, len(ds))} images",
-                               progress=_progress("sensitivity", every=4))
+                               progress=_progress("sensitivity", every=4), executor=executor)
     src = "from the cache" if sens.cached_layers == len(sens.layers) else f"measured in {time.monotonic() - t0:.1f}s"
     print(f"sensitivities of {len(sens.layers)} layers on {sens.n} images ({src}; key {sens.key})", file=sys.stderr)
     return sens
@@ -387,9 +390,28 @@ def _projector(sens):
     return SensitivityProjector.from_sensitivities(sens)
 
 
+def _open_executor(args):
+    """``--ray [ADDRESS]``: a :class:`lrviz.distributed.RayExecutor` (connected before any other work), else None."""
+    from .distributed import open_executor
+
+    ex = open_executor(getattr(args, "ray", None), getattr(args, "ray_threads", None))
+    if ex is not None:
+        print(f"[ray] {ex.workers} worker(s), {ex.threads} thread(s) each{f', {ex.gpus} GPU(s)' if ex.gpus else ''} "
+              f"({'a local Ray' if ex.address == 'local' else ex.address})", file=sys.stderr, flush=True)
+    return ex
+
+
 def cmd_sensitivity(args) -> int:
-    loaded = _load(args)
-    sens = _sensitivities(args, loaded)
+    from .distributed import backend_info
+
+    executor = _open_executor(args)
+    try:
+        loaded = _load(args)
+        sens = _sensitivities(args, loaded, executor)
+    finally:
+        if executor is not None:
+            executor.close()
+    backend = backend_info(executor)
     tab = sens.table()
     print(f"{loaded.name} on {sens.data}: original top-1 {sens.base_top1:.2%}, loss {sens.base_loss:.4f}")
     print(f"{'layer':34s} {'mode':5s} {'full':>5s}  top-1 at rank (drop in points)")
@@ -399,9 +421,10 @@ def cmd_sensitivity(args) -> int:
     for a in sens.anchors:
         print(f"anchor: uniform rank fraction {a['fraction']:g} on all layers but the output one -> top-1 {a['top1']:.2%}")
     if args.json:
-        _write_json(args.json, sens.to_dict())
+        _write_json(args.json, {**sens.to_dict(), "backend": backend["backend"], "workers": backend["workers"]})
     record(args, "sensitivity", loaded, name=f"sensitivity {sens.n} images", metrics={
-        "n": sens.n, "base_top1": sens.base_top1, "layers": len(sens.layers), "grid_points": args.grid_points, "cache_key": sens.key})
+        "n": sens.n, "base_top1": sens.base_top1, "layers": len(sens.layers), "grid_points": args.grid_points, "cache_key": sens.key,
+        "backend": backend["backend"], "workers": backend["workers"]})
     return 0
 
 
@@ -645,32 +668,43 @@ def cmd_sweep(args) -> int:
     from .analysis import analyze
     from .budget import sweep
 
+    from .distributed import backend_info
+
     targets = args.targets
     strategies = args.strategies
-    loaded = _load(args)
-    if not loaded.decomposable:
-        raise LrvizError(f"{args.model} is an exported program: nothing to decompose")
-    a = analyze(loaded.module, loaded.input_size, loaded.name)
-    proj = _projector(_sensitivities(args, loaded)) if "solver" in strategies or not args.no_projection else None
-    ds = _dataset(args, loaded, split=args.split)
-    train = _dataset(args, loaded, split="train", augment=True) if args.finetune_epochs else None
-    from .data import finetune_splits, same_images
+    executor = _open_executor(args)
+    try:
+        loaded = _load(args)
+        if not loaded.decomposable:
+            raise LrvizError(f"{args.model} is an exported program: nothing to decompose")
+        a = analyze(loaded.module, loaded.input_size, loaded.name)
+        proj = _projector(_sensitivities(args, loaded, executor)) if "solver" in strategies or not args.no_projection else None
+        ds = _dataset(args, loaded, split=args.split)
+        train = _dataset(args, loaded, split="train", augment=True) if args.finetune_epochs else None
+        from .data import finetune_splits, same_images
 
-    if train is not None and same_images(train, ds):  # one labelled set: fine-tune on a part the sweep never measures
-        splits = finetune_splits(ds, _dataset(args, loaded, split="train"), augmented=train)
-        ds, train = splits.eval.dataset, splits.train.dataset
-        print(f"[sweep] {splits.description}", file=sys.stderr, flush=True)
-    df = sweep(a, loaded.module, ds, targets, metric=args.metric, strategies=strategies, projector=proj,
-               limit=args.limit if args.limit is not None else 1000, snap=args.snap, finetune_epochs=args.finetune_epochs,
-               train_set=train, finetune_limit=args.train_limit, progress=_progress("sweep"))
+        if train is not None and same_images(train, ds):  # one labelled set: fine-tune on a part the sweep never measures
+            splits = finetune_splits(ds, _dataset(args, loaded, split="train"), augmented=train)
+            ds, train = splits.eval.dataset, splits.train.dataset
+            print(f"[sweep] {splits.description}", file=sys.stderr, flush=True)
+        df = sweep(a, loaded.module, ds, targets, metric=args.metric, strategies=strategies, projector=proj,
+                   limit=args.limit if args.limit is not None else 1000, snap=args.snap, finetune_epochs=args.finetune_epochs,
+                   train_set=train, finetune_limit=args.train_limit, progress=_progress("sweep"), executor=executor,
+                   device=_device(args.device))
+    finally:
+        if executor is not None:
+            executor.close()
+    backend = backend_info(executor)
     cols = ["strategy", "target", "params_ratio", "macs_ratio", "projected", "top1"] + (["finetuned"] if args.finetune_epochs else [])
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.json:
         _write_json(args.json, {"schema": "lrviz.sweep/1", "model": loaded.name, "data": args.data, "metric": args.metric,
+                                "backend": backend["backend"], "workers": backend["workers"],
                                 "rows": json.loads(df.to_json(orient="records"))})
     record(args, "sweep", loaded, name=f"sweep {args.metric} {','.join(f'{t:g}' for t in targets)}",
            metrics={"metric": args.metric, "targets": list(targets), "strategies": list(strategies), "images": int(df["n"].max())
-                    if "n" in df and df["n"].notna().any() else None, "finetune_epochs": args.finetune_epochs},
+                    if "n" in df and df["n"].notna().any() else None, "finetune_epochs": args.finetune_epochs,
+                    "backend": backend["backend"], "workers": backend["workers"]},
            payload=json.loads(df.to_json(orient="records")))
     return 0
 
@@ -935,8 +969,20 @@ def _add_train(sub) -> None:
 def _add_sensitivity(sub) -> None:
     se = sub.add_parser("sensitivity", help="accuracy vs rank per layer and mode (one layer truncated at a time), cached")
     add_calibration_args(se)
-    se.add_argument("--json", metavar="OUT", help="write the curves as JSON")
+    se.add_argument("--json", metavar="OUT", help="write the curves as JSON (with the backend and its number of workers)")
+    _add_ray_options(se, "one task per layer")
     se.set_defaults(func=cmd_sensitivity)
+
+
+def _add_ray_options(p, what: str) -> None:
+    """``--ray [ADDRESS]`` and ``--ray-threads`` (the optional extra lrviz[ray]; :mod:`lrviz.distributed`)."""
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help=f"fan out over Ray, {what}, each on its own worker and device (pip install lrviz[ray]); no ADDRESS: a "
+                        "local Ray with this machine's CPUs and GPUs; HOST:PORT or ray://HOST:PORT: a running cluster; auto: "
+                        "the one Ray finds. Results, cache and store as a local run")
+    p.add_argument("--ray-threads", type=positive_int, default=None, metavar="N",
+                   help="torch threads (and CPUs) per Ray task (default: this process's thread count, which keeps the "
+                        "arithmetic bitwise that of a local run; fewer = more workers)")
 
 
 def _add_project(sub) -> None:
@@ -985,7 +1031,8 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--finetune-epochs", type=count_or_zero, default=0, metavar="E", help="also fine-tune each plan E epochs and measure again")
     sw.add_argument("--train-limit", type=positive_int, default=5000, metavar="N", help="training images per fine-tune")
     sw.add_argument("--no-projection", action="store_true", help="skip sensitivities when the solver is not in the sweep")
-    sw.add_argument("--json", metavar="OUT", help="write the rows as JSON")
+    sw.add_argument("--json", metavar="OUT", help="write the rows as JSON (with the backend and its number of workers)")
+    _add_ray_options(sw, "one task per layer (sensitivities) and per plan (compress + evaluate)")
     sw.set_defaults(func=cmd_sweep)
 
 

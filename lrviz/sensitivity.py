@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ __all__ = [
     "sensitivity_dir",
     "measure_sensitivity",
     "load_sensitivity",
+    "LayerJob",
+    "LayerWorker",
 ]
 
 log = logging.getLogger(__name__)
@@ -337,6 +340,7 @@ def measure_sensitivity(
     factors: FactorCache | None = None, cache: bool = True, cache_root: str | os.PathLike | None = None, data_name: str = "",
     progress: Callable[[int, int, str], None] | None = None, should_stop: Callable[[], bool] | None = None,
     cache_only: bool = False, anchors: Sequence[float] = DEFAULT_ANCHORS, partial: bool = True, pairs: bool = True,
+    executor=None,
 ) -> Sensitivities:
     """Measure (or load from the disk cache) every layer's per-mode sensitivity curve.
 
@@ -377,6 +381,13 @@ def measure_sensitivity(
         Also measure every Tucker-2 layer's two-mode interaction (:class:`PairTerm`, a 4 × 4 grid of
         joint truncations per layer, about 45 % more passes). The quick first estimate is
         ``grid_points=COARSE_POINTS, pairs=False``.
+    executor : optional
+        Where the layers not in the cache are measured: None, here, one after the other; or a layer
+        executor such as :class:`lrviz.distributed.RayExecutor`, whose ``map(job, infos, should_stop)``
+        runs :meth:`LayerJob.prepare` and :meth:`LayerWorker.run` on its workers and yields ``(i,
+        result)`` as each layer finishes. Either way this process writes every layer into the same
+        disk cache (same key, same files) and measures the anchors itself; with the same kind of
+        device and thread count the curves are bitwise those of a local run.
     """
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     infos = _layers_to_measure(model, layers, batch_size, grid_points)
@@ -398,7 +409,25 @@ def measure_sensitivity(
         if progress is not None:
             progress(len(found), len(infos), info.name)
 
-    result.complete = store.obtain(infos, measurer.layer, record, cache_only=cache_only, should_stop=should_stop)
+    if executor is None:
+        result.complete = store.obtain(infos, measurer.layer, record, cache_only=cache_only, should_stop=should_stop)
+    else:
+        job = LayerJob(model if _on_cpu(model) else copy.deepcopy(model).cpu(), x, idx, label_pos, num_classes, batch_size,
+                       int(grid_points), bool(partial), bool(pairs), f"{key}-{uuid.uuid4().hex}")
+        fanned = [0.0]
+
+        def measure_many(todo: list[LayerInfo]):
+            t = time.perf_counter()
+            try:
+                for i, (curves, was_partial) in executor.map(job, todo, should_stop):
+                    if was_partial:
+                        measurer.partial_layers.append(todo[i].name)
+                    yield todo[i], curves
+            finally:
+                fanned[0] += time.perf_counter() - t
+
+        result.complete = store.obtain_many(infos, measure_many, record, cache_only=cache_only, should_stop=should_stop)
+        measurer.seconds += fanned[0]
     items = [(info.name, c) for info in infos for c in found.get(info.name, ())]  # layer order
     result.curves = {(name, c.index): c for name, c in items if isinstance(c, ModeCurve)}
     result.pairs = {name: c for name, c in items if isinstance(c, PairTerm)}
@@ -444,6 +473,10 @@ def _collect(dataset, limit: int | None, seed: int) -> tuple[torch.Tensor, torch
     return torch.cat(xs), torch.cat(ys)
 
 
+def _on_cpu(model: nn.Module) -> bool:
+    return all(t.device.type == "cpu" for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+
+
 def _factors_for(model: nn.Module, factors: FactorCache | None) -> FactorCache:
     if factors is None:
         return FactorCache(model)
@@ -467,17 +500,91 @@ def _reference(work: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     if k <= MAX_CLASSES:
         idx = torch.arange(k).expand(len(y), k)
         label_pos = y.clone()
-        rest = torch.full((len(y),), -math.inf)
     else:
         masked = z0.clone()
         masked[torch.arange(len(y)), y] = -math.inf
         top = masked.topk(MAX_CLASSES - 1, dim=1).indices
         idx = torch.cat([y[:, None], top], dim=1)
         label_pos = torch.zeros(len(y), dtype=torch.long)
+    base, rest = _kept_reference(z0, idx)
+    return idx, base, label_pos.numpy().astype(np.int64), rest, int(k)
+
+
+def _kept_reference(z0: torch.Tensor, idx: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``(base, rest)``: the logits ``z0`` (N, K) of the kept classes ``idx`` (N, M), float32, and the
+    log-sum-exp of the others, float64 (−inf when every class is kept)."""
+    if idx.shape[1] == z0.shape[1]:
+        rest = torch.full((z0.shape[0],), -math.inf)
+    else:
         keep = torch.zeros_like(z0, dtype=torch.bool).scatter_(1, idx, True)
         rest = torch.where(keep, torch.full_like(z0, -math.inf), z0).logsumexp(dim=1)
-    base = z0.gather(1, idx).numpy().astype(np.float32)
-    return idx, base, label_pos.numpy().astype(np.int64), rest.numpy().astype(np.float64), int(k)
+    return z0.gather(1, idx).numpy().astype(np.float32), rest.numpy().astype(np.float64)
+
+
+@dataclass(eq=False)
+class LayerJob:
+    """What measuring any one layer of a run needs, in one picklable object: what a layer executor
+    (``measure_sensitivity(..., executor=...)``, e.g. :class:`lrviz.distributed.RayExecutor`) ships
+    to its workers.
+
+    :meth:`prepare` on a worker builds what the local run builds — the model copied to the worker's
+    device, its reference logits there on the run's kept classes (``idx``, chosen by the driver, so
+    every worker's logit changes have the driver's columns), the factors of the same model — and
+    :meth:`LayerWorker.run` measures one layer with the same code as the local run
+    (:class:`_Measurer`), so on the same kind of device and the same thread count the curves are
+    bitwise those of a local run.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The original model, on the CPU (never modified).
+    x : Tensor (N, C, H, W)
+        The calibration images.
+    idx : Tensor (N, M)
+        The kept classes of every sample.
+    label_pos : ndarray (N,)
+        Column of the true class in the kept logits.
+    num_classes, batch_size, grid_points : int
+    partial, pairs : bool
+        As in :func:`measure_sensitivity`.
+    token : str
+        Names the run: a worker keeps what :meth:`prepare` built for the next layer of the same run.
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    idx: torch.Tensor
+    label_pos: np.ndarray
+    num_classes: int
+    batch_size: int
+    grid_points: int
+    partial: bool
+    pairs: bool
+    token: str
+
+    def prepare(self, device) -> "LayerWorker":
+        dev = torch.device(device)
+        work = copy.deepcopy(self.model).to(dev).eval()
+        with torch.inference_mode():
+            z0 = forward_logits(work, self.x, self.batch_size, dev)
+        base, rest = _kept_reference(z0, self.idx)
+        sens = Sensitivities("", base, np.asarray(self.label_pos), rest, self.num_classes, {}, ())
+        measurer = _Measurer(work, self.x, self.idx, sens, FactorCache(self.model), self.batch_size, dev, self.partial,
+                             self.grid_points, None, self.pairs)
+        return LayerWorker(measurer)
+
+
+class LayerWorker:
+    """A worker's side of a :class:`LayerJob`: :meth:`run` measures one layer."""
+
+    def __init__(self, measurer: "_Measurer"):
+        self.measurer = measurer
+
+    def run(self, info: LayerInfo) -> tuple[list, bool]:
+        """``(curves, partial)``: ``info``'s curves (as :meth:`_Measurer.layer`) and whether they were
+        measured by downstream-only passes."""
+        curves = self.measurer.layer(info)
+        return curves, info.name in self.measurer.partial_layers
 
 
 class _Measurer:

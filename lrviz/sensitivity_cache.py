@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,74 @@ class SensitivityCache:
             record(info, *got)
         for info in deferred:
             got = self.load_or_measure(info, measure, wait=True, should_stop=should_stop)
+            if got is None:
+                return False
+            record(info, *got)
+        return complete
+
+    def obtain_many(self, infos: Sequence[LayerInfo], measure_many: Callable, record: Callable, *, cache_only: bool = False,
+                    should_stop: Callable[[], bool] | None = None) -> bool:
+        """:meth:`obtain` with the missing layers measured together: ``measure_many(todo)`` yields
+        ``(info, curves)`` for the layers of ``todo`` as each finishes, in any order (a layer executor
+        runs them in parallel), and stops early when stopped.
+
+        Same files and the same locking protocol as :meth:`obtain`: each layer to measure is first
+        locked (a layer another process holds is left for the end, when it is usually cached by then),
+        and each result is written and unlocked as soon as it arrives, so a run stopped halfway keeps
+        what it finished. Returns False when stopped, or when ``cache_only`` and a layer is not cached.
+        """
+        complete = True
+        todo: list[LayerInfo] = []
+        deferred: list[LayerInfo] = []
+        locks: dict[str, FileLock] = {}
+        try:
+            for info in infos:
+                curves = self.load_layer(info)
+                if curves is not None:
+                    record(info, curves, True)
+                    continue
+                if cache_only:
+                    complete = False
+                    continue
+                if self.enabled:
+                    lock = _lock(self.folder, _layer_file(self.folder, info.name).name)
+                    if not lock.acquire(blocking=False):
+                        deferred.append(info)
+                        continue
+                    curves = self.load_layer(info)  # another process may have finished it meanwhile
+                    if curves is not None:
+                        lock.release()
+                        record(info, curves, True)
+                        continue
+                    locks[info.name] = lock
+                todo.append(info)
+            if cache_only:
+                return complete
+            if should_stop is not None and should_stop():
+                return False
+            got = 0
+            if todo:
+                with closing(iter(measure_many(todo))) as results:  # closed early: the executor cancels what is left
+                    for info, curves in results:
+                        if curves is None:
+                            return False
+                        if self.enabled:
+                            _save_layer(_layer_file(self.folder, info.name), info, curves, self.key_src)
+                            locks.pop(info.name).release()
+                        record(info, curves, False)
+                        got += 1
+            if got < len(todo):
+                return False  # stopped
+        finally:
+            for lock in locks.values():
+                lock.release()
+
+        def measure_one(info: LayerInfo):
+            with closing(iter(measure_many([info]))) as results:
+                return next((curves for _, curves in results), None)
+
+        for info in deferred:
+            got = self.load_or_measure(info, measure_one, wait=True, should_stop=should_stop)
             if got is None:
                 return False
             record(info, *got)

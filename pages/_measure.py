@@ -437,32 +437,44 @@ def calibrated(ctx: Context, auto: bool = True):
     return sens, (projector(ctx, sens) if sens is not None and sens.complete else None)
 
 
-def start_sensitivity_job(ctx: Context) -> None:
+def start_sensitivity_job(ctx: Context) -> bool:
     """Measure (resume) the sensitivities of (model, data, quick_n) in a background thread, in two stages:
     a first estimate on a coarse grid (:data:`lrviz.sensitivity.COARSE_POINTS` ranks per mode, no pair
     terms; about a third of the passes), published as soon as it is complete (:func:`first_estimate`),
-    then the full grid with pair terms, which replaces it when done."""
+    then the full grid with pair terms, which replaces it when done.
+
+    With ``$LRVIZ_RAY_ADDRESS`` set (``local`` or a cluster's ``HOST:PORT``; :mod:`lrviz.distributed`) the
+    layers are measured as Ray tasks, one per layer, and land in the same disk cache. Returns False (the
+    reason in :data:`SENS_ERROR`) when that address cannot be used; nothing is started then."""
+    from lrviz.distributed import executor_from_env
     from lrviz.sensitivity import COARSE_POINTS, measure_sensitivity
 
     model, dataset, factors, n, name = ctx.original, ctx.dataset, ctx.factors, ctx.quick_n, _data_name(ctx)
     holder: dict = {}
+    try:
+        executor = executor_from_env()
+    except LrvizError as exc:
+        st.session_state[SENS_ERROR] = f"cannot use Ray ({exc})"
+        return False
 
     def _target(progress, should_stop):
         def report(stage):
             return lambda done, total, layer: progress({"event": "layer", "stage": stage, "done": done, "total": total, "layer": layer})
 
         first = measure_sensitivity(model, dataset, limit=n, factors=factors, data_name=f"{name}, first estimate", should_stop=should_stop,
-                                    grid_points=COARSE_POINTS, pairs=False, progress=report("first estimate"))
+                                    grid_points=COARSE_POINTS, pairs=False, progress=report("first estimate"), executor=executor)
         if not first.complete:
             return first  # stopped: the finished layers are cached (shown as partly measured) and the next run resumes
         holder["first"] = first
         return measure_sensitivity(model, dataset, limit=n, factors=factors, data_name=name, should_stop=should_stop,
-                                   progress=report("full grid"))
+                                   progress=report("full grid"), executor=executor)
 
     job = BackgroundJob(_target, name="sensitivity").start()
     st.session_state[SENS_JOB] = {"job": job, "key": sens_key(ctx), "n": n, "model_id": ctx.model_id, "label": name,
-                                  "total": len(ctx.analysis.layers), "final": False, "holder": holder}
+                                  "total": len(ctx.analysis.layers), "final": False, "holder": holder,
+                                  "backend": None if executor is None else f"on Ray, {executor.workers} worker(s)"}
     st.session_state.pop(SENS_ERROR, None)
+    return True
 
 
 def first_estimate(ctx: Context):

@@ -258,7 +258,8 @@ def sensitivity_progress() -> None:
     else:
         text = f"{stage}{done}/{total} layers done (last: {last['layer']})"
     st.progress(min(done / max(total, 1), 1.0),
-                text=("stopping… " if job.stop_requested else "") + f"Sensitivities on {fmt.count(info['n'])} images: {text}")
+                text=("stopping… " if job.stop_requested else "") + f"Sensitivities on {fmt.count(info['n'])} images"
+                     + (f" ({info['backend']})" if info.get("backend") else "") + f": {text}")
     st.button("Stop", key="sens_stop", on_click=job.stop, disabled=job.stop_requested,
               help="stop after the current forward pass; finished layers stay cached and the next run resumes")
     if job.done:
@@ -280,8 +281,7 @@ def sensitivity_panel(ctx, sens: Sens) -> None:
         curves = sens.result is not None and bool(sens.result.curves)
         show_curves = sc[2].toggle("Show curves", key="sens_show", disabled=not curves)
         if start and not sens.running:
-            measure.start_sensitivity_job(ctx)
-            sens.running = True
+            sens.running = measure.start_sensitivity_job(ctx)
         if sens.running:
             sensitivity_progress()
         if st.session_state.get(measure.SENS_ERROR):
