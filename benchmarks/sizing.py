@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--input-size", default="3,224,224")
     ap.add_argument("--num-classes", type=int, default=1000)
     ap.add_argument("--images", type=int, nargs="*", default=[1000, 5000, 50000], help="calibration images")
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16, help="batch of the measured throughput (resnet50 here: 14.4 images/s at 16, 9.5 at 64)")
     ap.add_argument("--grid-points", type=int, default=16)
     ap.add_argument("--gpu-images-per-s", type=float, default=2000.0,
                     help="assumed whole-forward-pass throughput of one GPU for this model (fp32)")
