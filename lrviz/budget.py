@@ -41,8 +41,8 @@ __all__ = ["parse_target", "candidate_ranks", "SolveResult", "solve", "solve_man
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("solver", "uniform", "vbmf", "energy")
-STRATEGY_LABELS = {"solver": "budget solver (sensitivities)", "uniform": "uniform rank fraction", "vbmf": "weakened VBMF",
+STRATEGIES = ("solver", "knapsack", "uniform", "vbmf", "energy")
+STRATEGY_LABELS = {"solver": "budget solver (sensitivities)", "knapsack": "knapsack (exact, additive model)", "uniform": "uniform rank fraction", "vbmf": "weakened VBMF",
                    "energy": "energy threshold"}
 
 
@@ -376,11 +376,13 @@ def solve(analysis: ModelAnalysis, projector, target: str | tuple[str, float], s
 
 
 def strategy_plan(analysis: ModelAnalysis, strategy: str, metric: str, target: float, projector=None,
-                  snap: int | None = None, solved: SolveResult | None = None) -> RankPlan | None:
+                  snap: int | None = None, solved: SolveResult | None = None, choices=None) -> RankPlan | None:
     """The plan of one allocation strategy at a ``metric`` reduction of ``target``; ``None`` when out of
     its reach.
 
-    ``"solver"``: ``solved`` when given, else :func:`solve` with ``projector``; ``"uniform"``,
+    ``"solver"``: ``solved`` when given, else :func:`solve` with ``projector``; ``"knapsack"``:
+    :func:`lrviz.allocate.knapsack_plan` (the exact optimum of the additive model; ``choices`` from
+    :func:`lrviz.allocate.layer_choices`, computed once for several targets); ``"uniform"``,
     ``"vbmf"`` (weakened), ``"energy"``: :func:`lrviz.plan.plan_for_ratio` of that family (±10%).
     """
     if strategy not in STRATEGIES:
@@ -388,8 +390,12 @@ def strategy_plan(analysis: ModelAnalysis, strategy: str, metric: str, target: f
     check_metric(metric)
     if strategy == "solver" and solved is not None:
         return solved.plan
-    if strategy == "solver" and projector is None:
-        raise LrvizError("the solver strategy needs sensitivities")
+    if strategy in ("solver", "knapsack") and projector is None:
+        raise LrvizError(f"the {strategy} strategy needs sensitivities")
+    if strategy == "knapsack":
+        from .allocate import knapsack_plan
+
+        return knapsack_plan(analysis, projector, metric, target, snap=snap, choices=choices)
     try:
         if strategy == "solver":
             return solve(analysis, projector, (metric, target), snap=snap).plan
@@ -454,6 +460,10 @@ def sweep(
     _check_sweep(metric, strategies, projector, measure, dataset, finetune_epochs, train_set)
     targets = [float(t) for t in targets]
     solved = dict(zip(targets, solve_many(analysis, projector, targets, metric, snap))) if "solver" in strategies else {}
+    if "knapsack" in strategies:  # one table of the layers' choices for every target
+        from .allocate import layer_choices
+
+        solved = {**solved, "choices": layer_choices(analysis, projector, metric, snap)}
     jobs = [(s, t) for t in targets for s in strategies]
     if executor is not None and (measure or finetune_epochs):
         job = PlanJob(model, dataset, limit, measure, finetune_epochs, train_set, finetune_limit, uuid.uuid4().hex)
@@ -478,7 +488,7 @@ def sweep(
 def _plan_row(analysis: ModelAnalysis, strategy: str, target: float, metric: str, projector, snap, solved, base_top1):
     """``(row, plan)``: a sweep row with what the driver knows (cost, projection), and its plan (None: unreachable)."""
     row = {"strategy": strategy, "label": STRATEGY_LABELS[strategy], "target": target, "metric": metric, **_UNREACHABLE}
-    plan = strategy_plan(analysis, strategy, metric, target, projector, snap, solved.get(target))
+    plan = strategy_plan(analysis, strategy, metric, target, projector, snap, solved.get(target), solved.get("choices"))
     if plan is not None:
         row.update(_cost_columns(analysis, plan))
         row.update(_projected_columns(projector, plan, base_top1))
@@ -546,8 +556,9 @@ def _check_sweep(metric, strategies, projector, measure, dataset, finetune_epoch
     for s in strategies:
         if s not in STRATEGIES:
             raise LrvizError(f"unknown strategy {s!r}; use {', '.join(STRATEGIES)}")
-    if "solver" in strategies and projector is None:
-        raise LrvizError("the solver strategy needs sensitivities (a projector)")
+    for s in ("solver", "knapsack"):
+        if s in strategies and projector is None:
+            raise LrvizError(f"the {s} strategy needs sensitivities (a projector)")
     if measure and dataset is None:
         raise LrvizError("measuring needs a dataset")
     if finetune_epochs and train_set is None:

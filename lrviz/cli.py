@@ -615,6 +615,9 @@ def cmd_solve(args) -> int:
     metric, ratio = args.target
     if args.out:
         check_file_target(args.out, "--out")
+    if args.method == "knapsack" and (metric == "latency" or not args.data):
+        raise LrvizError("--method knapsack allocates params or macs targets from sensitivities: give --data and a params: or "
+                         "macs: target")
     loaded = _load(args)
     if not loaded.decomposable:
         raise LrvizError(f"{args.model} is an exported program: nothing to decompose")
@@ -630,6 +633,11 @@ def cmd_solve(args) -> int:
     measured = None
     if metric == "latency":
         res, measured = _solve_latency(args, loaded, a, proj, ratio)
+    elif args.method == "knapsack":
+        from .allocate import knapsack_solve
+
+        res = knapsack_solve(a, proj, (metric, ratio), snap=args.snap, exclude=args.exclude or ())
+        basis = "sensitivities, exact knapsack of the additive model"
     else:
         res = solve(a, proj, (metric, ratio), snap=args.snap, exclude=args.exclude or ())
     head = f"solved {metric}:{ratio:g}: {res.params_ratio:.2f}x fewer params, {res.macs_ratio:.2f}x fewer MACs"
@@ -655,7 +663,8 @@ def cmd_solve(args) -> int:
     if args.out:
         write_file(args.out, res.plan.to_json().encode(), "--out")
         print(f"wrote {args.out}", file=sys.stderr)
-    sm = {"target": f"{metric}:{ratio:g}", "params_ratio": res.params_ratio, "macs_ratio": res.macs_ratio, "basis": basis}
+    sm = {"target": f"{metric}:{ratio:g}", "params_ratio": res.params_ratio, "macs_ratio": res.macs_ratio, "basis": basis,
+          "method": args.method}
     if proj is not None:
         sm.update(projected_top1=pr.top1, projected_lo=pr.interval[0], projected_hi=pr.interval[1], calibration_n=proj.sens.n)
     if measured is not None:
@@ -678,7 +687,8 @@ def cmd_sweep(args) -> int:
         if not loaded.decomposable:
             raise LrvizError(f"{args.model} is an exported program: nothing to decompose")
         a = analyze(loaded.module, loaded.input_size, loaded.name)
-        proj = _projector(_sensitivities(args, loaded, executor)) if "solver" in strategies or not args.no_projection else None
+        needs = "solver" in strategies or "knapsack" in strategies
+        proj = _projector(_sensitivities(args, loaded, executor)) if needs or not args.no_projection else None
         ds = _dataset(args, loaded, split=args.split)
         train = _dataset(args, loaded, split="train", augment=True) if args.finetune_epochs else None
         from .data import finetune_splits, same_images
@@ -1017,6 +1027,9 @@ def _add_solve(sub) -> None:
     so.add_argument("--snap", type=positive_int, metavar="K", help="ranks in multiples of K (e.g. 8)")
     so.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
     so.add_argument("--out", metavar="PLAN.json", help="write the plan")
+    so.add_argument("--method", choices=["greedy", "knapsack"], default="greedy",
+                    help="greedy: descend through the joint projection (default); knapsack: the exact optimum of the additive "
+                         "model (each layer's own projected loss increase; params and macs targets)")
     so.set_defaults(func=cmd_solve)
 
 
@@ -1026,7 +1039,7 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--targets", type=targets_type, default=[1.5, 2.0, 3.0, 4.0, 6.0, 8.0], metavar="T,T,...")
     sw.add_argument("--metric", choices=["params", "macs"], default="params")
     sw.add_argument("--strategies", type=strategies_type, default=["solver", "uniform", "vbmf"], metavar="S,S",
-                    help="solver, uniform, vbmf, energy")
+                    help="solver, knapsack, uniform, vbmf, energy")
     sw.add_argument("--snap", type=positive_int, metavar="K", help="solver ranks in multiples of K")
     sw.add_argument("--finetune-epochs", type=count_or_zero, default=0, metavar="E", help="also fine-tune each plan E epochs and measure again")
     sw.add_argument("--train-limit", type=positive_int, default=5000, metavar="N", help="training images per fine-tune")

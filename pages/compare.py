@@ -202,7 +202,7 @@ def sweep_controls(ctx, sens, projector) -> tuple:
            f"{projector.n_fit} measured plan(s)." if projector is not None else
            "Measure layer sensitivities on the Ranks page to add the solver and the projected accuracies.")
     )
-    offered = [s for s in STRATEGIES if s != "solver" or projector is not None]
+    offered = [s for s in STRATEGIES if s not in ("solver", "knapsack") or projector is not None]
     c = st.columns([2, 1.2, 2.2, 1, 1])
     ratios = c[0].multiselect("Ratios (×)", list(SWEEP_RATIOS), default=list(SWEEP_RATIOS), key="sweep_ratios")
     metric = c[1].radio("Matched", ["params", "macs"], key="sweep_metric", horizontal=True, format_func={"params": "params", "macs": "MACs"}.get)

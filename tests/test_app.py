@@ -483,9 +483,11 @@ def test_ranks_with_sensitivities_projects_with_an_interval_and_calibrates(demo_
     assert at.session_state["_ranks_render_ms"] < 3000
 
 
-@pytest.mark.parametrize("target_metric, ratio, snap", [("params", 4.0, False), ("macs", 3.0, True)])
-def test_solver_preset_meets_the_budget(demo_sensitivities, target_metric, ratio, snap):
+@pytest.mark.parametrize("target_metric, ratio, snap, method", [("params", 4.0, False, "greedy"), ("macs", 3.0, True, "greedy"),
+                                                                  ("macs", 4.0, False, "knapsack")])
+def test_solver_preset_meets_the_budget(demo_sensitivities, target_metric, ratio, snap, method):
     at = goto(new_app(SENS_N), "pages/ranks.py")
+    at.radio(key="solve_method").set_value(method)
     at.selectbox(key="solve_metric").set_value(target_metric)
     at.number_input(key="solve_ratio").set_value(ratio)
     if snap:
@@ -497,7 +499,7 @@ def test_solver_preset_meets_the_budget(demo_sensitivities, target_metric, ratio
     label = "Params" if target_metric == "params" else "MACs / image"
     assert ratio_shown(at, label) >= ratio
     state = at.session_state["_plans"][ctx_of(at).model_id]
-    assert state["label"].startswith(f"solve:{target_metric}:{ratio:g}")
+    assert state["label"].startswith(f"{'solve' if method == 'greedy' else 'knapsack'}:{target_metric}:{ratio:g}")
     a = ctx_of(at).analysis
     cost = lrviz.plan_cost(a, lrviz.make_plan(a, "full").with_ranks(state["ranks"]))
     assert (cost.params_ratio if target_metric == "params" else cost.macs_ratio) >= ratio - 1e-9
