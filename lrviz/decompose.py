@@ -113,6 +113,17 @@ class LayerFactors:
         Grouped convs: ``(G, C_in/G, C_in/G)`` (resp. ``(G, n, n)``).
     module : nn.Module
         Untouched copy of the original layer (returned when the plan keeps it dense).
+    reduce_in : Tensor or None
+        Data-aware Tucker-2 only: the input mode's reduce matrix ``Rᵀ`` (columns = the rows of the 1×1
+        ``reduce`` conv), paired with ``basis_in`` = ``B`` (what the core contracts with): the input
+        channels are approximated by the oblique projection ``B[:, :r] R[:r]``. None: ``R = Bᵀ`` (the
+        orthogonal projection of the weight-only factors).
+    data_aware : bool
+        Whether the bases come from input statistics (:mod:`lrviz.activations`).
+    project_out : Tensor or None
+        Data-aware with an output scale ``D`` (the following BatchNorm's gain): the output mode keeps
+        ``y ≈ E Pᵀ y`` with ``basis_out`` = ``E = D⁻¹U`` (the ``expand`` weights) and ``project_out`` =
+        ``P = D U`` (what the core is projected with). None: ``P = E`` (an orthogonal projection).
     """
 
     layer: LayerInfo
@@ -121,6 +132,10 @@ class LayerFactors:
     basis_out: torch.Tensor | None
     basis_in: torch.Tensor | None
     module: nn.Module
+    reduce_in: torch.Tensor | None = None
+    data_aware: bool = False
+    project_out: torch.Tensor | None = None
+    mean_in: torch.Tensor | None = None
 
 
 def _grouped(w: torch.Tensor, layer: LayerInfo) -> torch.Tensor:
@@ -157,7 +172,8 @@ def _stored(b: torch.Tensor | None, layer: LayerInfo) -> torch.Tensor | None:
     return b[0]
 
 
-def factorize(layer: LayerInfo, module: nn.Module) -> LayerFactors:
+def factorize(layer: LayerInfo, module: nn.Module, second_moment: torch.Tensor | None = None,
+              out_scale: torch.Tensor | None = None, mean: torch.Tensor | None = None) -> LayerFactors:
     """Compute the full bases of a layer (the expensive step; cache the result).
 
     Parameters
@@ -166,7 +182,15 @@ def factorize(layer: LayerInfo, module: nn.Module) -> LayerFactors:
         As found by :func:`lrviz.find_layers` for ``module``.
     module : nn.Module
         The ``nn.Conv2d`` / ``nn.Linear`` itself (not modified).
+    second_moment : Tensor, optional
+        ``C = E[x xᵀ]`` of the layer's input channels (:func:`lrviz.activations.input_statistics`):
+        data-aware bases whose truncation minimises the error of the layer's output on such inputs
+        (:func:`_data_aware`). None (and for grouped convolutions): the weight-only bases.
+    out_scale : Tensor, optional
+        With ``second_moment``: per output channel, the gain the error meets next (a BatchNorm's).
     """
+    if second_moment is not None and layer.groups == 1:
+        return _data_aware(layer, module, second_moment, out_scale, mean)
     if tuple(module.weight.shape) != layer.module_weight_shape:
         raise LrvizError(
             f"layer {layer.name!r}: the module's weight is {tuple(module.weight.shape)} but the layer info says "
@@ -193,6 +217,53 @@ def factorize(layer: LayerInfo, module: nn.Module) -> LayerFactors:
     return LayerFactors(layer, w, b, _stored(u_out, layer), _stored(u_in, layer), private)
 
 
+def _data_aware(layer: LayerInfo, module: nn.Module, second_moment: torch.Tensor, out_scale: torch.Tensor | None = None,
+                mean: torch.Tensor | None = None) -> LayerFactors:
+    """Bases chosen from the input statistics ``C = L Lᵀ`` (Cholesky; a tiny ridge only when ``C`` is
+    singular) and the output gain ``D`` (the next BatchNorm's; identity without one), so that truncation
+    minimises the expected squared error of the layer's scaled output ``D y``. With ``W̃ = D W``:
+
+    * matrix (Linear, 1×1 conv): ``U`` = the leading eigenvectors of ``W̃ C W̃ᵀ``; ``W ≈ D⁻¹U_r U_rᵀ D W``
+      is the best rank-r map for inputs with second moment ``C``, measured after ``D``.
+    * Tucker-2, output mode: the same ``U`` from ``Σ_kl W̃_kl C W̃_klᵀ`` (the scaled outputs' second
+      moment when pixels are uncorrelated), kept as the oblique projection ``D⁻¹U_r U_rᵀ D``; input mode:
+      ``V`` = the eigenvectors of ``Lᵀ Ã Ãᵀ L`` (``Ã`` = the mode-1 unfolding of ``W̃``), ``B = L V``,
+      ``R = Vᵀ L⁻¹``: the oblique projection ``B_r R_r`` of the input channels whose loss hurts the
+      output least.
+
+    With ``C = I`` and no output gain these are exactly the weight-only bases (tested)."""
+    from .activations import whitening
+
+    private = copy.deepcopy(module)
+    w = private.weight.detach().cpu()
+    b = None if module.bias is None else module.bias.detach().to("cpu", torch.float64)
+    c = second_moment.to(torch.float64)
+    n_in, n_out = layer.module_weight_shape[1], layer.module_weight_shape[0]
+    if tuple(c.shape) != (n_in, n_in):
+        raise LrvizError(f"layer {layer.name!r}: input statistics are {tuple(c.shape)}, the layer takes {n_in} input channels")
+    d = None if out_scale is None else out_scale.to(torch.float64).clamp_min(1e-12)
+    if d is not None and tuple(d.shape) != (n_out,):
+        raise LrvizError(f"layer {layer.name!r}: an output scale of {tuple(d.shape)} for {n_out} output channels")
+    if mean is not None:
+        mean = mean.to(torch.float64)
+        c = c - torch.outer(mean, mean)  # the covariance: the mean's error goes into the bias (build_layer)
+    l, l_inv = whitening(c)
+    w64 = w.to(torch.float64)
+    wd = w64 if d is None else w64 * d.view(-1, *([1] * (w64.dim() - 1)))  # W̃ = D W
+    if layer.kind == TUCKER2:
+        wl = torch.einsum("oikl,ij->ojkl", wd, l)  # W̃ ×₁ Lᵀ
+        u = _sym_eig_desc(row_gram(wl.flatten(1).unsqueeze(0)))[0]
+        a = wd.transpose(0, 1).flatten(1)  # (C_in, C_out·kh·kw)
+        v = _sym_eig_desc((l.T @ row_gram(a.unsqueeze(0))[0] @ l).unsqueeze(0))[0]
+        expand, project = (u, None) if d is None else (u / d.view(-1, 1), u * d.view(-1, 1))
+        return LayerFactors(layer, w, b, expand, l @ v, private, reduce_in=(v.T @ l_inv).T.contiguous(), data_aware=True,
+                            project_out=project, mean_in=mean)
+    m = wd.reshape(wd.shape[0], -1)
+    u = _sym_eig_desc(row_gram((m @ l).unsqueeze(0)))[0]
+    expand, project = (u, None) if d is None else (u / d.view(-1, 1), u * d.view(-1, 1))
+    return LayerFactors(layer, w, b, expand, None, private, data_aware=True, project_out=project, mean_in=mean)
+
+
 def build_layer(f: LayerFactors, ranks: tuple[int, ...], dtype=None, device=None) -> nn.Module:
     """Build the decomposed replacement of a layer at ``ranks`` from cached factors.
 
@@ -210,9 +281,32 @@ def build_layer(f: LayerFactors, ranks: tuple[int, ...], dtype=None, device=None
     if ranks == f.layer.full_ranks:
         return copy.deepcopy(f.module)
     param = _param_maker(dtype or f.module.weight.dtype, device or f.module.weight.device)
-    if f.layer.kind == TUCKER2:
-        return _tucker2(f, ranks, param)
-    return _truncated_svd(f, ranks, param)
+    built = _tucker2(f, ranks, param) if f.layer.kind == TUCKER2 else _truncated_svd(f, ranks, param)
+    if f.mean_in is not None:
+        _correct_bias(f, built, param)
+    return built
+
+
+def _summed_map(module: nn.Module) -> torch.Tensor:
+    """The matrix a chain of convs / linears applies to a constant input (kernels summed over space), float64."""
+    out = None
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight.detach().to("cpu", torch.float64)
+            mat = w.sum(dim=(2, 3)) if w.dim() == 4 else w
+            out = mat if out is None else mat @ out
+    return out
+
+
+def _correct_bias(f: LayerFactors, built: nn.Module, param) -> None:
+    """Add to the last bias of ``built`` the error its truncation makes on the mean input ``μ`` (away from
+    the borders, where a conv sees the mean everywhere): the output's mean stays the original's."""
+    w = f.weight.to(torch.float64)
+    orig = w.sum(dim=(2, 3)) if w.dim() == 4 else w
+    delta = (orig - _summed_map(built)) @ f.mean_in
+    last = [m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][-1]
+    bias = delta if last.bias is None else last.bias.detach().to("cpu", torch.float64) + delta
+    last.bias = param(bias)
 
 
 def _param_maker(dtype, device):
@@ -250,12 +344,14 @@ def _tucker2(f: LayerFactors, ranks: tuple[int, int], param) -> Tucker2Conv2d:
     parts: list[tuple[str, nn.Module]] = []
     if r_in < i:
         p_in = _per_group(f.basis_in, layer)[:, :, :r_in]  # (G, i, R_in)
-        core = torch.einsum("goikl,gis->goskl", core, p_in)  # core ×₁ U_inᵀ
-        parts.append(("reduce", _conv(G * i, G * r_in, 1, p_in.transpose(1, 2).reshape(G * r_in, i, 1, 1), None, param,
+        q_in = p_in if f.reduce_in is None else _per_group(f.reduce_in, layer)[:, :, :r_in]  # Rᵀ (data-aware) or U_in
+        core = torch.einsum("goikl,gis->goskl", core, p_in)  # core ×₁ U_inᵀ (data-aware: ×₁ Bᵀ)
+        parts.append(("reduce", _conv(G * i, G * r_in, 1, q_in.transpose(1, 2).reshape(G * r_in, i, 1, 1), None, param,
                                       groups=G)))
     if r_out < o:
-        p_out = _per_group(f.basis_out, layer)[:, :, :r_out]  # (G, o, R_out)
-        core = torch.einsum("goikl,gor->grikl", core, p_out)  # core ×₀ U_outᵀ
+        p_out = _per_group(f.basis_out, layer)[:, :, :r_out]  # (G, o, R_out): the expand weights
+        proj = p_out if f.project_out is None else _per_group(f.project_out, layer)[:, :, :r_out]
+        core = torch.einsum("goikl,gor->grikl", core, proj)  # core ×₀ U_outᵀ (data-aware with a gain: ×₀ (D U)ᵀ)
     co, ci = core.shape[1], core.shape[2]
     # stride, padding, dilation and padding mode stay on the core; the bias moves to the last 1×1
     parts.append(("core", _conv(G * ci, G * co, (kh, kw), core.reshape(G * co, ci, kh, kw), f.bias if r_out == o else None,
@@ -275,7 +371,8 @@ def _truncated_svd(f: LayerFactors, ranks: tuple[int], param) -> LowRankLinear |
     (r,) = ranks
     if f.basis_out is not None:
         u = _per_group(f.basis_out, layer)[:, :, :r]  # (G, m, r)
-        first, second = _mm64(u.transpose(1, 2), mat), u  # (G, r, n), (G, m, r)
+        p = u if f.project_out is None else _per_group(f.project_out, layer)[:, :, :r]
+        first, second = _mm64(p.transpose(1, 2), mat), u  # (G, r, n), (G, m, r)
     else:
         v = _per_group(f.basis_in, layer)[:, :, :r]  # (G, n, r)
         first, second = v.transpose(1, 2), _mm64(mat, v)
@@ -344,13 +441,24 @@ class FactorCache:
     the model. Thread-safe (Streamlit runs sessions in threads).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, stats=None):
         self._model = model
         self._layers = {l.name: l for l in find_layers(model)[0]}
         self._digests = {n: _layer_digest(l, get_module(model, n)) for n, l in self._layers.items()}
         self._fingerprint = _combined(self._digests.values())
         self._factors: dict[str, LayerFactors] = {}
         self._lock = threading.Lock()
+        self._stats = stats  # lrviz.activations.ActivationStats: data-aware factors
+
+    @property
+    def kind(self) -> str:
+        """``"weights"`` (bases from the weights alone) or ``"data:<fingerprint of the statistics>"``."""
+        return "weights" if self._stats is None else f"data:{self._stats.fingerprint()}"
+
+    @property
+    def stats(self):
+        """The :class:`lrviz.activations.ActivationStats` of data-aware factors, else None."""
+        return self._stats
 
     @property
     def layers(self) -> dict[str, LayerInfo]:
@@ -388,7 +496,11 @@ class FactorCache:
                     raise LrvizError(
                         f"layer {name!r} changed since this FactorCache was made; make a new FactorCache(model)"
                     )
-                f = factorize(self._layers[name], module)
+                moment = None if self._stats is None else self._stats.second_moment.get(name)
+                if moment is None:
+                    f = factorize(self._layers[name], module)
+                else:
+                    f = factorize(self._layers[name], module, moment, self._stats.out_scale.get(name), self._stats.mean.get(name))
                 self._factors[name] = f
             return f
 
