@@ -1,4 +1,5 @@
-"""Exact rank allocation of the additive model: a multiple-choice knapsack over the sensitivity curves.
+"""Allocators beside the greedy solver: the exact knapsack of the additive model over the sensitivity
+curves (:func:`knapsack_plan`), and a data-free continuous rank search (:func:`continuous_plan`).
 
 The greedy solver (:mod:`lrviz.budget`) descends through the joint projection (every layer's logit
 change added, then scored together). This allocator instead takes the *additive* model of the seed
@@ -32,7 +33,7 @@ from .cost import layer_cost
 from .errors import LrvizError
 from .plan import LayerPlan, RankPlan, classifier_layer, plan_cost
 
-__all__ = ["LayerChoices", "knapsack", "layer_choices", "knapsack_plan", "knapsack_solve", "MAX_UNITS"]
+__all__ = ["LayerChoices", "knapsack", "layer_choices", "knapsack_plan", "knapsack_solve", "continuous_plan", "continuous_solve", "MAX_UNITS"]
 
 #: Budget resolution of the dynamic programme (units of cost).
 MAX_UNITS = 20000
@@ -202,3 +203,161 @@ def knapsack_solve(analysis: ModelAnalysis, projector, target, snap: int | None 
     z = projector.logits(plan)
     return SolveResult(plan, metric, float(ratio), cost.ratio(metric), cost.params_ratio, cost.macs_ratio,
                        projector.sens.loss_of(z), projector.sens.top1_of(z), 0)
+
+
+# --- data-free continuous rank search ---------------------------------------------------------------
+
+def continuous_plan(analysis: ModelAnalysis, metric: str, target: float, snap: int | None = None, exclude: Sequence[str] = (),
+                    keep_classifier: bool = True) -> RankPlan | None:
+    """Ranks for ``metric`` reduced ``target``-fold from the weights alone, by a continuous relaxation.
+
+    Every mode's rank is a real number in ``[1, R]``; the objective is the data-free energy proxy
+    ``−Σ log q(r)`` (q: the mode's retained spectral energy, linear between integer ranks); the cost of
+    a layer is its factored closed form (bilinear in the two Tucker-2 ranks, linear for a matrix),
+    exact at integer ranks. The relaxed problem is solved with SciPy's SLSQP from the uniform fraction
+    that meets the budget; its ranks are then rounded down (so the budget still holds), the cheapest
+    structure applied, and the budget left by rounding refilled one rank at a time where the proxy
+    gains most per unit of cost. None when out of reach; needs ``analysis`` with spectra."""
+    from scipy.optimize import minimize
+
+    from .plan import cheapest_structure
+    from .spectra import energy_curve
+
+    if metric not in ("params", "macs"):
+        raise LrvizError(f"the continuous rank search takes params or macs targets; got {metric!r}")
+    if not analysis.has_spectra:
+        raise LrvizError("the continuous rank search needs the spectra: analyze(..., spectra=True)")
+    target = float(target)
+    if not (target >= 1 and math.isfinite(target)):
+        raise LrvizError(f"target ratio must be ≥ 1; got {target}")
+    keep = classifier_layer(analysis) if keep_classifier else None
+    layers = [l for l in analysis.layers if l.name != keep and not any(fnmatch.fnmatchcase(l.name, p) for p in exclude)
+              and all(f >= 3 for f in l.full_ranks)]
+    if not layers:
+        raise LrvizError("no layer can be compressed (all excluded, the classifier, or too small)")
+    total = float(analysis.total(metric))
+    fixed = total - sum(_full_cost(analysis, l, metric) for l in layers)
+    budget = total / target - fixed
+    if budget <= 0:
+        return None
+
+    def cost_of(l, ranks) -> float:
+        return float(layer_cost(l, analysis.io[l.name], tuple(int(r) for r in ranks), metric))
+
+    # per layer: the factored cost as a polynomial in its ranks, fitted exactly at integer ranks 1 and 2
+    coef, curves, slots = [], [], []
+    for l in layers:
+        if len(l.full_ranks) == 2:
+            c11, c21, c12, c22 = (cost_of(l, r) for r in ((1, 1), (2, 1), (1, 2), (2, 2)))
+            d = c22 - c21 - c12 + c11
+            coef.append((c11 - (c21 - c11) - (c12 - c11) + d, c21 - c11 - d, c12 - c11 - d, d))  # a + b·r_out + c·r_in + d·r_out·r_in
+        else:
+            c1, c2 = cost_of(l, (1,)), cost_of(l, (2,))
+            coef.append((2 * c1 - c2, c2 - c1, 0.0, 0.0))
+        sp = analysis.spectra[l.name]
+        curves.append([np.concatenate([[0.0], energy_curve(sp.values[m])]) for m in sp.modes])
+        slots.append(len(l.full_ranks))
+    full = np.array([f for l in layers for f in l.full_ranks], dtype=np.float64)
+    starts = np.cumsum([0] + slots[:-1])
+
+    def relaxed_cost(x) -> float:
+        out = 0.0
+        for (a, b, c, d), s, n in zip(coef, starts, slots):
+            r0 = x[s]
+            r1 = x[s + 1] if n == 2 else 0.0
+            out += a + b * r0 + c * r1 + d * r0 * r1
+        return out
+
+    def proxy(x) -> float:
+        out = 0.0
+        for cv, s, n in zip(curves, starts, slots):
+            for j in range(n):
+                e = cv[j]
+                out -= math.log(max(float(np.interp(x[s + j], np.arange(len(e)), e)), 1e-300))
+        return out
+
+    lo, hi = 0.0, 1.0  # the uniform fraction meeting the budget: the start
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if relaxed_cost(np.maximum(1.0, mid * full)) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    x0 = np.maximum(1.0, lo * full)
+    if relaxed_cost(x0) > budget:
+        return None
+    res = minimize(proxy, x0, method="SLSQP", bounds=[(1.0, f) for f in full],
+                   constraints=[{"type": "ineq", "fun": lambda x: budget - relaxed_cost(x)}], options={"maxiter": 300, "ftol": 1e-10})
+    x = res.x if res.success and relaxed_cost(res.x) <= budget * (1 + 1e-9) else x0
+    step = snap or 1
+    ranks = {}
+    for l, s, n in zip(layers, starts, slots):
+        rr = []
+        for j in range(n):
+            f = l.full_ranks[j]
+            r = int(math.floor(x[s + j] + 1e-9))
+            r = f if r >= f else max(1, (r // step) * step or min(step, f))
+            rr.append(r)
+        ranks[l.name] = tuple(rr)
+
+    def structure(l, rr):
+        eff = cheapest_structure(l, rr, lambda r: cost_of(l, r))
+        return eff, cost_of(l, eff)
+
+    spent = sum(structure(l, ranks[l.name])[1] for l in layers)
+    if spent > budget:  # rounding down cannot raise the cost; only a snap that rounded up to one step can
+        return None
+
+    def layer_proxy(l, rr) -> float:
+        cv = curves[layers.index(l)]
+        return -sum(math.log(max(float(cv[j][min(int(r), len(cv[j]) - 1)]), 1e-300)) for j, r in enumerate(rr))
+
+    for _ in range(10_000):  # refill what rounding left, best proxy gain per unit of cost first
+        best = None
+        for l in layers:
+            cur = ranks[l.name]
+            _, c_now = structure(l, cur)
+            for j in range(len(cur)):
+                if cur[j] >= l.full_ranks[j]:
+                    continue
+                nxt = list(cur)
+                nxt[j] = min(l.full_ranks[j], cur[j] + step)
+                _, c_new = structure(l, tuple(nxt))
+                if spent - c_now + c_new > budget:
+                    continue
+                gain = layer_proxy(l, cur) - layer_proxy(l, nxt)
+                score = gain / max(c_new - c_now, 1e-9)
+                if gain > 0 and (best is None or score > best[0]):
+                    best = (score, l, tuple(nxt), c_new - c_now)
+        if best is None:
+            break
+        _, l, nxt, dc = best
+        ranks[l.name] = nxt
+        spent += dc
+    chosen = {l.name: structure(l, ranks[l.name])[0] for l in layers}
+    out = []
+    for l in analysis.layers:
+        if l.name in chosen:
+            out.append(LayerPlan(l.name, l.kind, l.weight_shape, tuple(int(r) for r in chosen[l.name]), "continuous"))
+        else:
+            out.append(LayerPlan(l.name, l.kind, l.weight_shape, l.full_ranks, "kept dense"))
+    plan = RankPlan(tuple(out), spec=f"continuous:{metric}:{target:g}" + (f":snap{snap}" if snap else ""), model=analysis.model_name)
+    return plan if plan_cost(analysis, plan).ratio(metric) >= target * (1 - 1e-12) else None
+
+
+def continuous_solve(analysis: ModelAnalysis, projector, target, snap: int | None = None, exclude: Sequence[str] = (),
+                     keep_classifier: bool = True):
+    """:func:`continuous_plan` as a :class:`lrviz.budget.SolveResult` (projected when ``projector`` is
+    given, else NaN). Raises :class:`LrvizError` when the target is out of reach."""
+    from .budget import SolveResult, parse_target
+
+    metric, ratio = parse_target(target) if isinstance(target, str) else target
+    plan = continuous_plan(analysis, metric, ratio, snap, exclude, keep_classifier)
+    if plan is None:
+        raise LrvizError(f"cannot reach a {ratio:g}x {metric} reduction with the continuous rank search")
+    cost = plan_cost(analysis, plan)
+    loss = top1 = math.nan
+    if projector is not None and not projector.missing(plan):
+        z = projector.logits(plan)
+        loss, top1 = projector.sens.loss_of(z), projector.sens.top1_of(z)
+    return SolveResult(plan, metric, float(ratio), cost.ratio(metric), cost.params_ratio, cost.macs_ratio, loss, top1, 0)

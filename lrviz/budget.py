@@ -41,8 +41,9 @@ __all__ = ["parse_target", "candidate_ranks", "SolveResult", "solve", "solve_man
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("solver", "knapsack", "uniform", "vbmf", "energy")
-STRATEGY_LABELS = {"solver": "budget solver (sensitivities)", "knapsack": "knapsack (exact, additive model)", "uniform": "uniform rank fraction", "vbmf": "weakened VBMF",
+STRATEGIES = ("solver", "knapsack", "continuous", "uniform", "vbmf", "energy")
+STRATEGY_LABELS = {"solver": "budget solver (sensitivities)", "knapsack": "knapsack (exact, additive model)",
+                   "continuous": "continuous rank search (data-free)", "uniform": "uniform rank fraction", "vbmf": "weakened VBMF",
                    "energy": "energy threshold"}
 
 
@@ -382,7 +383,8 @@ def strategy_plan(analysis: ModelAnalysis, strategy: str, metric: str, target: f
 
     ``"solver"``: ``solved`` when given, else :func:`solve` with ``projector``; ``"knapsack"``:
     :func:`lrviz.allocate.knapsack_plan` (the exact optimum of the additive model; ``choices`` from
-    :func:`lrviz.allocate.layer_choices`, computed once for several targets); ``"uniform"``,
+    :func:`lrviz.allocate.layer_choices`, computed once for several targets); ``"continuous"``:
+    :func:`lrviz.allocate.continuous_plan` (data-free, from the spectra); ``"uniform"``,
     ``"vbmf"`` (weakened), ``"energy"``: :func:`lrviz.plan.plan_for_ratio` of that family (±10%).
     """
     if strategy not in STRATEGIES:
@@ -396,6 +398,10 @@ def strategy_plan(analysis: ModelAnalysis, strategy: str, metric: str, target: f
         from .allocate import knapsack_plan
 
         return knapsack_plan(analysis, projector, metric, target, snap=snap, choices=choices)
+    if strategy == "continuous":
+        from .allocate import continuous_plan
+
+        return continuous_plan(analysis, metric, target, snap=snap)
     try:
         if strategy == "solver":
             return solve(analysis, projector, (metric, target), snap=snap).plan

@@ -618,6 +618,8 @@ def cmd_solve(args) -> int:
     if args.method == "knapsack" and (metric == "latency" or not args.data):
         raise LrvizError("--method knapsack allocates params or macs targets from sensitivities: give --data and a params: or "
                          "macs: target")
+    if args.method == "continuous" and metric == "latency":
+        raise LrvizError("--method continuous allocates params or macs targets; use the greedy method for latency")
     loaded = _load(args)
     if not loaded.decomposable:
         raise LrvizError(f"{args.model} is an exported program: nothing to decompose")
@@ -638,6 +640,11 @@ def cmd_solve(args) -> int:
 
         res = knapsack_solve(a, proj, (metric, ratio), snap=args.snap, exclude=args.exclude or ())
         basis = "sensitivities, exact knapsack of the additive model"
+    elif args.method == "continuous":
+        from .allocate import continuous_solve
+
+        res = continuous_solve(a, proj, (metric, ratio), snap=args.snap, exclude=args.exclude or ())
+        basis = "spectra, continuous rank search (data-free)"
     else:
         res = solve(a, proj, (metric, ratio), snap=args.snap, exclude=args.exclude or ())
     head = f"solved {metric}:{ratio:g}: {res.params_ratio:.2f}x fewer params, {res.macs_ratio:.2f}x fewer MACs"
@@ -1027,9 +1034,10 @@ def _add_solve(sub) -> None:
     so.add_argument("--snap", type=positive_int, metavar="K", help="ranks in multiples of K (e.g. 8)")
     so.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
     so.add_argument("--out", metavar="PLAN.json", help="write the plan")
-    so.add_argument("--method", choices=["greedy", "knapsack"], default="greedy",
+    so.add_argument("--method", choices=["greedy", "knapsack", "continuous"], default="greedy",
                     help="greedy: descend through the joint projection (default); knapsack: the exact optimum of the additive "
-                         "model (each layer's own projected loss increase; params and macs targets)")
+                         "model (each layer's own projected loss increase); continuous: a data-free continuous rank search on "
+                         "the spectra (knapsack and continuous: params and macs targets)")
     so.set_defaults(func=cmd_solve)
 
 
@@ -1039,7 +1047,7 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--targets", type=targets_type, default=[1.5, 2.0, 3.0, 4.0, 6.0, 8.0], metavar="T,T,...")
     sw.add_argument("--metric", choices=["params", "macs"], default="params")
     sw.add_argument("--strategies", type=strategies_type, default=["solver", "uniform", "vbmf"], metavar="S,S",
-                    help="solver, knapsack, uniform, vbmf, energy")
+                    help="solver, knapsack, continuous, uniform, vbmf, energy")
     sw.add_argument("--snap", type=positive_int, metavar="K", help="solver ranks in multiples of K")
     sw.add_argument("--finetune-epochs", type=count_or_zero, default=0, metavar="E", help="also fine-tune each plan E epochs and measure again")
     sw.add_argument("--train-limit", type=positive_int, default=5000, metavar="N", help="training images per fine-tune")

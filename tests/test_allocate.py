@@ -131,8 +131,10 @@ def test_out_of_reach_and_bad_metric(tiny_projector):
         knapsack_plan(a, proj, "params", 0.5)
 
 
-def test_cli_solve_and_sweep_with_the_knapsack(tmp_path, capsys):
+def test_cli_solve_and_sweep_with_the_knapsack(tmp_path, capsys, monkeypatch):
     import json
+
+    monkeypatch.setenv("LRVIZ_CACHE_DIR", str(tmp_path / "cache"))  # its sensitivities stay its own (test_cli measures these)
 
     from lrviz.cli import main
 
@@ -147,9 +149,68 @@ def test_cli_solve_and_sweep_with_the_knapsack(tmp_path, capsys):
     assert main(["solve", *model, "--target", "macs:2", "--method", "knapsack"]) == 2
     assert "--method knapsack allocates params or macs targets from sensitivities" in capsys.readouterr().err
     sw = tmp_path / "sw.json"
-    assert main(["sweep", *model, *data, "--targets", "1.5,2", "--metric", "macs", "--strategies", "solver,knapsack",
-                 "--json", str(sw)]) == 0
+    assert main(["solve", *model, "--target", "params:2", "--method", "continuous"]) == 0  # data-free: no --data needed
+    out = capsys.readouterr().out
+    assert out.startswith("solved params:2: ") and "allocation by spectra, continuous rank search (data-free)" in out
+    assert main(["solve", *model, "--target", "latency:2", "--method", "continuous"]) == 2
+    assert "--method continuous allocates params or macs targets" in capsys.readouterr().err
+    rc = main(["sweep", *model, *data, "--targets", "1.5,2", "--metric", "macs", "--strategies", "solver,knapsack,continuous",
+               "--json", str(sw)])
+    assert rc == 0
     rows = json.loads(sw.read_text())["rows"]
-    assert [r["strategy"] for r in rows] == ["solver", "knapsack"] * 2
+    assert [r["strategy"] for r in rows] == ["solver", "knapsack", "continuous"] * 2
     for r in rows:
         assert r["macs_ratio"] >= r["target"] and 0 <= r["top1"] <= 1 and r["label"]
+
+
+def _proxy(a, plan) -> float:
+    """The data-free energy proxy −Σ log q of a plan's truncated modes."""
+    from lrviz.spectra import retained_energy
+
+    out = 0.0
+    for lp in plan.layers:
+        sp = a.spectra[lp.name]
+        for m, r, f in zip(sp.modes, lp.ranks, lp.full_ranks):
+            if r < f:
+                out -= math.log(retained_energy(sp.values[m], r))
+    return out
+
+
+@pytest.mark.parametrize("metric, target", [("params", 2.0), ("macs", 3.0), ("params", 4.0)])
+def test_continuous_rank_search_meets_the_budget_and_beats_uniform_on_its_proxy(metric, target):
+    import torch
+
+    from helpers import tiny_net
+    from lrviz.allocate import continuous_plan
+    from lrviz.analysis import analyze
+    from lrviz.budget import strategy_plan
+    from lrviz.plan import plan_cost
+
+    torch.manual_seed(0)
+    net = tiny_net()
+    with torch.no_grad():  # unequal spectra: one layer nearly low-rank, the others not
+        w = net[3].weight
+        w.copy_(w * torch.logspace(0, -3, w.shape[0]).view(-1, 1, 1, 1))
+    a = analyze(net, (3, 16, 16), "tiny")
+    plan = continuous_plan(a, metric, target)
+    assert plan is not None and plan.spec == f"continuous:{metric}:{target:g}"
+    assert plan_cost(a, plan).ratio(metric) >= target
+    uniform = strategy_plan(a, "uniform", metric, target)
+    if uniform is not None and plan_cost(a, uniform).ratio(metric) >= target:
+        assert _proxy(a, plan) <= _proxy(a, uniform) + 1e-9
+    by = {lp.name: lp for lp in plan.layers}
+    assert by["3"].ranks[0] < by["3"].full_ranks[0]  # the nearly low-rank mode is cut
+
+
+def test_continuous_rank_search_errors():
+    from helpers import tiny_net
+    from lrviz.allocate import continuous_plan
+    from lrviz.analysis import analyze
+    from lrviz.errors import LrvizError
+
+    a = analyze(tiny_net(), (3, 16, 16), "tiny")
+    assert continuous_plan(a, "params", 500.0) is None
+    with pytest.raises(LrvizError, match="params or macs"):
+        continuous_plan(a, "latency", 2.0)
+    with pytest.raises(LrvizError, match="needs the spectra"):
+        continuous_plan(analyze(tiny_net(), (3, 16, 16), "tiny", spectra=False), "params", 2.0)

@@ -484,7 +484,7 @@ def test_ranks_with_sensitivities_projects_with_an_interval_and_calibrates(demo_
 
 
 @pytest.mark.parametrize("target_metric, ratio, snap, method", [("params", 4.0, False, "greedy"), ("macs", 3.0, True, "greedy"),
-                                                                  ("macs", 4.0, False, "knapsack")])
+                                                                  ("macs", 4.0, False, "knapsack"), ("params", 3.0, False, "continuous")])
 def test_solver_preset_meets_the_budget(demo_sensitivities, target_metric, ratio, snap, method):
     at = goto(new_app(SENS_N), "pages/ranks.py")
     at.radio(key="solve_method").set_value(method)
@@ -499,7 +499,7 @@ def test_solver_preset_meets_the_budget(demo_sensitivities, target_metric, ratio
     label = "Params" if target_metric == "params" else "MACs / image"
     assert ratio_shown(at, label) >= ratio
     state = at.session_state["_plans"][ctx_of(at).model_id]
-    assert state["label"].startswith(f"{'solve' if method == 'greedy' else 'knapsack'}:{target_metric}:{ratio:g}")
+    assert state["label"].startswith(f"{'solve' if method == 'greedy' else method}:{target_metric}:{ratio:g}")
     a = ctx_of(at).analysis
     cost = lrviz.plan_cost(a, lrviz.make_plan(a, "full").with_ranks(state["ranks"]))
     assert (cost.params_ratio if target_metric == "params" else cost.macs_ratio) >= ratio - 1e-9
