@@ -52,16 +52,22 @@ def _cache_files(root: Path) -> dict:
 
 def test_demo_sensitivity_on_ray_equals_local_run(tmp_path, capsys, monkeypatch):
     """The issue's test: the demo on 100 images, --ray (lrviz starts and stops its own local Ray) vs a
-    local run: same cache files, same JSON but for the backend and timing, backend recorded in the store."""
+    local run: same cache files, same JSON but for the backend and timing, backend recorded in the store.
+
+    The local run uses the test session's cache: when the dashboard tests measured these sensitivities
+    already (the same key: demo, 100 sample images, the default grid) it reads the files a local
+    measurement wrote; otherwise it measures them. The Ray run measures into an empty folder."""
+    import os
+
     assert not ray.is_initialized()
-    data = ["--data", "fashion-mnist-sample", "--limit", "100", "--grid-points", "6"]  # a coarser grid: half the passes
-    docs = {}
+    data = ["--data", "fashion-mnist-sample", "--limit", "100"]
+    docs, roots = {}, {"local": Path(os.environ["LRVIZ_CACHE_DIR"]), "ray": tmp_path / "ray"}
     for backend, extra in (("local", []), ("ray", ["--ray"])):
-        monkeypatch.setenv("LRVIZ_CACHE_DIR", str(tmp_path / backend))
+        monkeypatch.setenv("LRVIZ_CACHE_DIR", str(roots[backend]))
         rc, out, err = run(capsys, "sensitivity", "demo", *data, "--json", str(tmp_path / f"{backend}.json"), *extra)
         assert rc == 0, err
-        assert "measured in" in err
         docs[backend] = (json.loads((tmp_path / f"{backend}.json").read_text()), out)
+    assert "measured in" in err  # the Ray run measured every layer
     assert "[ray] 1 worker(s), 2 thread(s) each (a local Ray)" in err  # 2 CPUs, the driver's 2 threads per task
     assert not ray.is_initialized()  # the Ray lrviz started is shut down again
     local, ray_doc = docs["local"][0], docs["ray"][0]
@@ -72,14 +78,16 @@ def test_demo_sensitivity_on_ray_equals_local_run(tmp_path, capsys, monkeypatch)
             d.pop(k)
     assert ray_doc == local
     assert docs["ray"][1] == docs["local"][1]  # the printed table too
-    a, b = _cache_files(tmp_path / "local" / "sensitivity"), _cache_files(tmp_path / "ray" / "sensitivity")
+    key = local["key"]
+    a = _cache_files(roots["local"] / "sensitivity" / key)
+    b = _cache_files(roots["ray"] / "sensitivity" / key)
     assert len([f for f in a if f.endswith(".npz")]) == 22 and a == b
 
     from lrviz.store import Store
 
     runs = [r for r in Store().runs() if r.kind == "sensitivity"]
     assert sorted(r.metrics["backend"] for r in runs) == ["local", "ray"]
-    assert {r.metrics["cache_key"] for r in runs} == {local["key"]}  # the same cache entry
+    assert {r.metrics["cache_key"] for r in runs} == {key}  # the same cache entry
 
 
 def test_sweep_on_ray_equals_local_sweep(tmp_path, capsys, monkeypatch, shared_ray):
