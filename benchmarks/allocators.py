@@ -1,5 +1,6 @@
 """Allocation methods side by side on the demo: the greedy budget solver, the exact knapsack of the
-additive model, the data-free continuous rank search, uniform and weakened VBMF at the same MAC (or params) reductions, right after
+additive model, Bayesian optimisation (optuna, on the projection), the data-free continuous rank search,
+uniform and weakened VBMF at the same MAC (or params) reductions, right after
 decomposition (no fine-tuning), measured on images no method saw.
 
     python benchmarks/allocators.py [--targets 2,3,4,6] [--metric macs] [--calibration 500]
@@ -31,7 +32,7 @@ def main() -> None:
     import torch.utils.data as tud
 
     from lrviz import FactorCache, analyze, compress, plan_cost
-    from lrviz.allocate import continuous_plan, knapsack_plan, layer_choices
+    from lrviz.allocate import bayes_plan, continuous_plan, knapsack_plan, layer_choices
     from lrviz.budget import solve_many, strategy_plan
     from lrviz.data import get_dataset
     from lrviz.errors import LrvizError
@@ -71,13 +72,16 @@ def main() -> None:
     t0 = time.perf_counter()
     cont = {t: continuous_plan(a, args.metric, t) for t in targets}
     t_cont = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bayes = {t: bayes_plan(a, proj, args.metric, t) for t in targets}
+    t_bayes = time.perf_counter() - t0
     print(f"allocation time for {len(targets)} targets: greedy solver {t_greedy:.2f} s, knapsack {t_knap:.2f} s, "
-          f"continuous {t_cont:.2f} s "
+          f"continuous {t_cont:.2f} s, Bayesian optimisation {t_bayes:.2f} s (120 trials each) "
           f"({sum(len(g.ranks) for g in choices[0])} Pareto choices over {len(choices[0])} layers)")
     print(f"{'target':>6s} {'method':24s} {'params':>7s} {'MACs':>7s} {'projected':>10s} {'measured top-1 [95% CI]':>26s}")
     for t in targets:
         plans = {"greedy solver": greedy[t].plan if greedy[t] is not None else None, "knapsack (additive)": knap[t],
-                 "continuous (data-free)": cont[t],
+                 "Bayesian opt. (optuna)": bayes[t], "continuous (data-free)": cont[t],
                  "uniform": strategy_plan(a, "uniform", args.metric, t), "weakened VBMF": strategy_plan(a, "vbmf", args.metric, t)}
         for name, plan in plans.items():
             if plan is None:

@@ -41,9 +41,9 @@ __all__ = ["parse_target", "candidate_ranks", "SolveResult", "solve", "solve_man
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("solver", "knapsack", "continuous", "uniform", "vbmf", "energy")
+STRATEGIES = ("solver", "knapsack", "bayes", "continuous", "uniform", "vbmf", "energy")
 STRATEGY_LABELS = {"solver": "budget solver (sensitivities)", "knapsack": "knapsack (exact, additive model)",
-                   "continuous": "continuous rank search (data-free)", "uniform": "uniform rank fraction", "vbmf": "weakened VBMF",
+                   "bayes": "Bayesian optimisation (optuna, projection)", "continuous": "continuous rank search (data-free)", "uniform": "uniform rank fraction", "vbmf": "weakened VBMF",
                    "energy": "energy threshold"}
 
 
@@ -384,7 +384,8 @@ def strategy_plan(analysis: ModelAnalysis, strategy: str, metric: str, target: f
     ``"solver"``: ``solved`` when given, else :func:`solve` with ``projector``; ``"knapsack"``:
     :func:`lrviz.allocate.knapsack_plan` (the exact optimum of the additive model; ``choices`` from
     :func:`lrviz.allocate.layer_choices`, computed once for several targets); ``"continuous"``:
-    :func:`lrviz.allocate.continuous_plan` (data-free, from the spectra); ``"uniform"``,
+    :func:`lrviz.allocate.continuous_plan` (data-free, from the spectra); ``"bayes"``:
+    :func:`lrviz.allocate.bayes_plan` (optuna TPE on the projection); ``"uniform"``,
     ``"vbmf"`` (weakened), ``"energy"``: :func:`lrviz.plan.plan_for_ratio` of that family (±10%).
     """
     if strategy not in STRATEGIES:
@@ -392,7 +393,7 @@ def strategy_plan(analysis: ModelAnalysis, strategy: str, metric: str, target: f
     check_metric(metric)
     if strategy == "solver" and solved is not None:
         return solved.plan
-    if strategy in ("solver", "knapsack") and projector is None:
+    if strategy in ("solver", "knapsack", "bayes") and projector is None:
         raise LrvizError(f"the {strategy} strategy needs sensitivities")
     if strategy == "knapsack":
         from .allocate import knapsack_plan
@@ -402,6 +403,10 @@ def strategy_plan(analysis: ModelAnalysis, strategy: str, metric: str, target: f
         from .allocate import continuous_plan
 
         return continuous_plan(analysis, metric, target, snap=snap)
+    if strategy == "bayes":
+        from .allocate import bayes_plan
+
+        return bayes_plan(analysis, projector, metric, target, snap=snap)
     try:
         if strategy == "solver":
             return solve(analysis, projector, (metric, target), snap=snap).plan
@@ -562,7 +567,7 @@ def _check_sweep(metric, strategies, projector, measure, dataset, finetune_epoch
     for s in strategies:
         if s not in STRATEGIES:
             raise LrvizError(f"unknown strategy {s!r}; use {', '.join(STRATEGIES)}")
-    for s in ("solver", "knapsack"):
+    for s in ("solver", "knapsack", "bayes"):
         if s in strategies and projector is None:
             raise LrvizError(f"the {s} strategy needs sensitivities (a projector)")
     if measure and dataset is None:

@@ -615,9 +615,9 @@ def cmd_solve(args) -> int:
     metric, ratio = args.target
     if args.out:
         check_file_target(args.out, "--out")
-    if args.method == "knapsack" and (metric == "latency" or not args.data):
-        raise LrvizError("--method knapsack allocates params or macs targets from sensitivities: give --data and a params: or "
-                         "macs: target")
+    if args.method in ("knapsack", "bayes") and (metric == "latency" or not args.data):
+        raise LrvizError(f"--method {args.method} allocates params or macs targets from sensitivities: give --data and a "
+                         "params: or macs: target")
     if args.method == "continuous" and metric == "latency":
         raise LrvizError("--method continuous allocates params or macs targets; use the greedy method for latency")
     loaded = _load(args)
@@ -640,6 +640,11 @@ def cmd_solve(args) -> int:
 
         res = knapsack_solve(a, proj, (metric, ratio), snap=args.snap, exclude=args.exclude or ())
         basis = "sensitivities, exact knapsack of the additive model"
+    elif args.method == "bayes":
+        from .allocate import bayes_solve
+
+        res = bayes_solve(a, proj, (metric, ratio), snap=args.snap, exclude=args.exclude or ())
+        basis = f"sensitivities, Bayesian optimisation (optuna TPE, {res.steps} trials, seed 0)"
     elif args.method == "continuous":
         from .allocate import continuous_solve
 
@@ -694,7 +699,7 @@ def cmd_sweep(args) -> int:
         if not loaded.decomposable:
             raise LrvizError(f"{args.model} is an exported program: nothing to decompose")
         a = analyze(loaded.module, loaded.input_size, loaded.name)
-        needs = "solver" in strategies or "knapsack" in strategies
+        needs = any(s in strategies for s in ("solver", "knapsack", "bayes"))
         proj = _projector(_sensitivities(args, loaded, executor)) if needs or not args.no_projection else None
         ds = _dataset(args, loaded, split=args.split)
         train = _dataset(args, loaded, split="train", augment=True) if args.finetune_epochs else None
@@ -1034,10 +1039,11 @@ def _add_solve(sub) -> None:
     so.add_argument("--snap", type=positive_int, metavar="K", help="ranks in multiples of K (e.g. 8)")
     so.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
     so.add_argument("--out", metavar="PLAN.json", help="write the plan")
-    so.add_argument("--method", choices=["greedy", "knapsack", "continuous"], default="greedy",
+    so.add_argument("--method", choices=["greedy", "knapsack", "bayes", "continuous"], default="greedy",
                     help="greedy: descend through the joint projection (default); knapsack: the exact optimum of the additive "
-                         "model (each layer's own projected loss increase); continuous: a data-free continuous rank search on "
-                         "the spectra (knapsack and continuous: params and macs targets)")
+                         "model (each layer's own projected loss increase); bayes: Bayesian optimisation of the allocation's "
+                         "shape on the projection (optuna, pip install lrviz[bayes]); continuous: a data-free continuous rank "
+                         "search on the spectra (all but greedy: params and macs targets)")
     so.set_defaults(func=cmd_solve)
 
 
@@ -1047,7 +1053,7 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--targets", type=targets_type, default=[1.5, 2.0, 3.0, 4.0, 6.0, 8.0], metavar="T,T,...")
     sw.add_argument("--metric", choices=["params", "macs"], default="params")
     sw.add_argument("--strategies", type=strategies_type, default=["solver", "uniform", "vbmf"], metavar="S,S",
-                    help="solver, knapsack, continuous, uniform, vbmf, energy")
+                    help="solver, knapsack, bayes, continuous, uniform, vbmf, energy")
     sw.add_argument("--snap", type=positive_int, metavar="K", help="solver ranks in multiples of K")
     sw.add_argument("--finetune-epochs", type=count_or_zero, default=0, metavar="E", help="also fine-tune each plan E epochs and measure again")
     sw.add_argument("--train-limit", type=positive_int, default=5000, metavar="N", help="training images per fine-tune")

@@ -197,17 +197,17 @@ def sweep_controls(ctx, sens, projector) -> tuple:
     st.caption(
         "For each target reduction T of the chosen metric, build the plan of each allocation strategy at matched cost and "
         "evaluate it: the budget solver (least projected loss; needs layer sensitivities), a uniform rank fraction, a "
-        "weakened VBMF (vbmf:K, K bisected) and an energy threshold; the exact knapsack of the additive model and a "
-        "data-free continuous rank search can be added. A strategy that cannot reach T is left out. "
+        "weakened VBMF (vbmf:K, K bisected) and an energy threshold; the exact knapsack of the additive model, Bayesian "
+        "optimisation and a data-free continuous rank search can be added. A strategy that cannot reach T is left out. "
         + (f"Projected accuracies (dotted) come from the sensitivities measured on {fmt.count(sens.n)} images, calibrated to "
            f"{projector.n_fit} measured plan(s)." if projector is not None else
            "Measure layer sensitivities on the Ranks page to add the solver and the projected accuracies.")
     )
-    offered = [s for s in STRATEGIES if s not in ("solver", "knapsack") or projector is not None]
+    offered = [s for s in STRATEGIES if s not in ("solver", "knapsack", "bayes") or projector is not None]
     c = st.columns([2, 1.2, 2.2, 1, 1])
     ratios = c[0].multiselect("Ratios (×)", list(SWEEP_RATIOS), default=list(SWEEP_RATIOS), key="sweep_ratios")
     metric = c[1].radio("Matched", ["params", "macs"], key="sweep_metric", horizontal=True, format_func={"params": "params", "macs": "MACs"}.get)
-    default = [s for s in offered if s not in ("knapsack", "continuous")]  # offered, off by default (README: the solver does better)
+    default = [s for s in offered if s not in ("knapsack", "bayes", "continuous")]  # offered, off by default (README: the solver does better)
     strategies = c[2].multiselect("Strategies", offered, default=default, key="sweep_strategies", format_func=STRATEGY_LABELS.get)
     images = c[3].number_input("Images", 50, 10000, ctx.quick_n, 50, key="sweep_n",
                                help="the default (the quick-evaluation size) measures on the calibration images of the projection")

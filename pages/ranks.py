@@ -96,10 +96,11 @@ def _solve(ctx) -> None:
     snap = 8 if st.session_state.get("solve_snap") else None
     try:
         method = st.session_state.get("solve_method")
-        if method in ("knapsack", "continuous"):
-            from lrviz.allocate import continuous_solve, knapsack_solve
+        if method in ("knapsack", "bayes", "continuous"):
+            from lrviz.allocate import bayes_solve, continuous_solve, knapsack_solve
 
-            res = (knapsack_solve if method == "knapsack" else continuous_solve)(ctx.analysis, projector, (metric, target), snap=snap)
+            fn = {"knapsack": knapsack_solve, "bayes": bayes_solve, "continuous": continuous_solve}[method]
+            res = fn(ctx.analysis, projector, (metric, target), snap=snap)
         else:
             res = solve(ctx.analysis, projector, (metric, target), snap=snap)
     except LrvizError as exc:
@@ -149,10 +150,10 @@ def solver_preset(ctx, ready: bool) -> None:
     q[2].number_input("Reduction (×)", 1.0, 50.0, 3.0, 0.5, key="solve_ratio", disabled=not ready,
                       help="the solved plan has at least this many times fewer params (or MACs)")
     with q[3]:
-        st.radio("Method", ["greedy", "knapsack", "continuous"], key="solve_method", horizontal=True, disabled=not ready,
+        st.radio("Method", ["greedy", "knapsack", "bayes", "continuous"], key="solve_method", horizontal=True, disabled=not ready,
                  help="greedy: cuts ranks step by step through the joint projection; knapsack: the exact optimum of the "
-                      "additive model (each layer's own projected loss increase, summed); continuous: a data-free continuous "
-                      "rank search on the spectra")
+                      "additive model (each layer's own projected loss increase, summed); bayes: Bayesian optimisation (optuna) of "
+                      "the allocation on the projection; continuous: a data-free continuous rank search on the spectra")
         st.checkbox("Snap to multiples of 8", key="solve_snap", disabled=not ready,
                     help="hardware-friendly widths: every factored rank is a multiple of 8")
         st.button("Solve", key="preset_solve", on_click=_solve, args=(ctx,), disabled=not ready, width="stretch")

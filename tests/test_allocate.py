@@ -154,11 +154,13 @@ def test_cli_solve_and_sweep_with_the_knapsack(tmp_path, capsys, monkeypatch):
     assert out.startswith("solved params:2: ") and "allocation by spectra, continuous rank search (data-free)" in out
     assert main(["solve", *model, "--target", "latency:2", "--method", "continuous"]) == 2
     assert "--method continuous allocates params or macs targets" in capsys.readouterr().err
-    rc = main(["sweep", *model, *data, "--targets", "1.5,2", "--metric", "macs", "--strategies", "solver,knapsack,continuous",
+    assert main(["solve", *model, *data, "--target", "params:2", "--method", "bayes"]) == 0
+    assert "allocation by sensitivities, Bayesian optimisation (optuna TPE, 120 trials, seed 0)" in capsys.readouterr().out
+    rc = main(["sweep", *model, *data, "--targets", "1.5,2", "--metric", "macs", "--strategies", "solver,knapsack,bayes,continuous",
                "--json", str(sw)])
     assert rc == 0
     rows = json.loads(sw.read_text())["rows"]
-    assert [r["strategy"] for r in rows] == ["solver", "knapsack", "continuous"] * 2
+    assert [r["strategy"] for r in rows] == ["solver", "knapsack", "bayes", "continuous"] * 2
     for r in rows:
         assert r["macs_ratio"] >= r["target"] and 0 <= r["top1"] <= 1 and r["label"]
 
@@ -214,3 +216,42 @@ def test_continuous_rank_search_errors():
         continuous_plan(a, "latency", 2.0)
     with pytest.raises(LrvizError, match="needs the spectra"):
         continuous_plan(analyze(tiny_net(), (3, 16, 16), "tiny", spectra=False), "params", 2.0)
+
+
+def test_bayesian_allocation_is_seeded_meets_the_budget_and_projects_no_worse_than_uniform(tiny_projector):
+    pytest.importorskip("optuna")
+    from lrviz.allocate import bayes_plan
+    from lrviz.plan import plan_cost
+
+    a, proj = tiny_projector
+    p1 = bayes_plan(a, proj, "macs", 2.0, trials=25, seed=3)
+    p2 = bayes_plan(a, proj, "macs", 2.0, trials=25, seed=3)
+    assert p1 is not None and p1.spec == "bayes:macs:2" and p1.layers == p2.layers  # seeded: the same plan
+    assert plan_cost(a, p1).macs_ratio >= 2.0
+    only_uniform = bayes_plan(a, proj, "macs", 2.0, trials=1, seed=3)  # the enqueued uniform trial alone
+    loss = lambda p: proj.sens.loss_of(proj.logits(p))  # noqa: E731
+    assert loss(p1) <= loss(only_uniform) + 1e-12
+    calls = []
+
+    def measure(plan):
+        calls.append(plan)
+        return -len(calls)  # the first measured (best projected) wins
+
+    best = bayes_plan(a, proj, "macs", 2.0, trials=25, seed=3, measure=measure, top_k=3)
+    assert len(calls) == 3 and best.layers == calls[0].layers == p1.layers
+
+
+def test_bayesian_allocation_errors(tiny_projector, monkeypatch):
+    import builtins
+
+    from lrviz.allocate import bayes_plan
+    from lrviz.errors import LrvizError
+
+    a, proj = tiny_projector
+    with pytest.raises(LrvizError, match="needs sensitivities"):
+        bayes_plan(a, None, "macs", 2.0)
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda n, *x, **k: (_ for _ in ()).throw(ImportError(n)) if n == "optuna"
+                        else real(n, *x, **k))
+    with pytest.raises(LrvizError, match=r"pip install lrviz\[bayes\]"):
+        bayes_plan(a, proj, "macs", 2.0)

@@ -484,7 +484,8 @@ def test_ranks_with_sensitivities_projects_with_an_interval_and_calibrates(demo_
 
 
 @pytest.mark.parametrize("target_metric, ratio, snap, method", [("params", 4.0, False, "greedy"), ("macs", 3.0, True, "greedy"),
-                                                                  ("macs", 4.0, False, "knapsack"), ("params", 3.0, False, "continuous")])
+                                                                  ("macs", 4.0, False, "knapsack"), ("params", 3.0, False, "continuous"),
+                                                                  ("macs", 2.0, False, "bayes")])
 def test_solver_preset_meets_the_budget(demo_sensitivities, target_metric, ratio, snap, method):
     at = goto(new_app(SENS_N), "pages/ranks.py")
     at.radio(key="solve_method").set_value(method)
