@@ -40,6 +40,48 @@ __all__ = ["LayerChoices", "knapsack", "layer_choices", "knapsack_plan", "knapsa
 MAX_UNITS = 20000
 
 
+def _check(what: str, metric: str, target: float) -> float:
+    """``target`` as a float after checking ``metric`` (params or macs) and the ratio (≥ 1, finite)."""
+    if metric not in ("params", "macs"):
+        raise LrvizError(f"the {what} takes params or macs targets; got {metric!r}")
+    target = float(target)
+    if not (target >= 1 and math.isfinite(target)):
+        raise LrvizError(f"target ratio must be ≥ 1; got {target}")
+    return target
+
+
+def _allocatable(analysis: ModelAnalysis, exclude: Sequence[str], keep_classifier: bool, ok) -> list:
+    """The layers an allocator may cut: not the classifier (when kept), not ``exclude``d, ``ok(layer)``."""
+    keep = classifier_layer(analysis) if keep_classifier else None
+    return [l for l in analysis.layers if l.name != keep and not any(fnmatch.fnmatchcase(l.name, p) for p in exclude) and ok(l)]
+
+
+def _plan(analysis: ModelAnalysis, chosen: dict, note: str, metric: str, target: float, snap: int | None,
+          dense: dict | None = None) -> RankPlan:
+    """A plan with ``chosen`` ranks (name → ranks, noted ``note``), every other layer dense; its spec
+    ``note:metric:target[:snapK]``."""
+    out = []
+    for l in analysis.layers:
+        if l.name in chosen:
+            out.append(LayerPlan(l.name, l.kind, l.weight_shape, tuple(int(r) for r in chosen[l.name]), note))
+        else:
+            out.append(LayerPlan(l.name, l.kind, l.weight_shape, l.full_ranks, (dense or {}).get(l.name, "kept dense")))
+    return RankPlan(tuple(out), spec=f"{note}:{metric}:{target:g}" + (f":snap{snap}" if snap else ""), model=analysis.model_name)
+
+
+def _result(analysis: ModelAnalysis, projector, plan: RankPlan, metric: str, ratio: float, steps: int = 0):
+    """``plan`` as a :class:`lrviz.budget.SolveResult`, its projection scored jointly like the solver's
+    (NaN without a projector covering it)."""
+    from .budget import SolveResult
+
+    cost = plan_cost(analysis, plan)
+    loss = top1 = math.nan
+    if projector is not None and not projector.missing(plan):
+        z = projector.logits(plan)
+        loss, top1 = projector.sens.loss_of(z), projector.sens.top1_of(z)
+    return SolveResult(plan, metric, float(ratio), cost.ratio(metric), cost.params_ratio, cost.macs_ratio, loss, top1, int(steps))
+
+
 @dataclass
 class LayerChoices:
     """One layer's choices: ``ranks[i]`` (effective: the cheapest structure they allow), their ``cost[i]``
@@ -151,11 +193,7 @@ def knapsack_plan(analysis: ModelAnalysis, projector, metric: str, target: float
     """The exact optimum of the additive model for ``metric`` reduced ``target``-fold (params or MACs);
     None when out of reach. ``choices``: :func:`layer_choices` computed once for several targets;
     ``max_units``: the budget resolution (a budget of at most that many params / MACs is solved exactly)."""
-    if metric not in ("params", "macs"):
-        raise LrvizError(f"the knapsack allocator takes params or macs targets; got {metric!r}")
-    target = float(target)
-    if not (target >= 1 and math.isfinite(target)):
-        raise LrvizError(f"target ratio must be ≥ 1; got {target}")
+    target = _check("knapsack allocator", metric, target)
     groups, dense = choices if choices is not None else layer_choices(analysis, projector, metric, snap, exclude, keep_classifier)
     total = float(analysis.total(metric))
     by = {l.name: l for l in analysis.layers}
@@ -168,14 +206,8 @@ def knapsack_plan(analysis: ModelAnalysis, projector, metric: str, target: float
     got = knapsack(units, [g.loss for g in groups], int(math.floor(budget / unit + 1e-9)))
     if got is None:
         return None
-    pick = dict(zip((g.name for g in groups), (g.ranks[i] for g, i in zip(groups, got[0]))))
-    layers = []
-    for l in analysis.layers:
-        if l.name in pick:
-            layers.append(LayerPlan(l.name, l.kind, l.weight_shape, tuple(int(r) for r in pick[l.name]), "knapsack"))
-        else:
-            layers.append(LayerPlan(l.name, l.kind, l.weight_shape, l.full_ranks, dense.get(l.name, "kept dense")))
-    plan = RankPlan(tuple(layers), spec=f"knapsack:{metric}:{target:g}" + (f":snap{snap}" if snap else ""), model=analysis.model_name)
+    pick = {g.name: g.ranks[i] for g, i in zip(groups, got[0])}
+    plan = _plan(analysis, pick, "knapsack", metric, target, snap, dense)
     if plan_cost(analysis, plan).ratio(metric) < target * (1 - 1e-12):
         raise AssertionError("knapsack plan misses its budget")  # cannot happen: costs were rounded up
     return plan
@@ -190,20 +222,16 @@ def knapsack_solve(analysis: ModelAnalysis, projector, target, snap: int | None 
     """:func:`lrviz.budget.solve` with the knapsack allocator: a :class:`lrviz.budget.SolveResult` for
     ``target`` (``"macs:4"`` or ``(metric, ratio)``), its projection scored jointly like the solver's.
     Raises :class:`LrvizError` when the target is out of reach."""
-    from .budget import SolveResult, parse_target
+    from .budget import parse_target
 
     metric, ratio = parse_target(target) if isinstance(target, str) else target
     if projector is None:
         raise LrvizError("the knapsack allocator needs sensitivities (--data)")
-    choices = layer_choices(analysis, projector, metric, snap, exclude, keep_classifier) if metric in ("params", "macs") else None
-    plan = knapsack_plan(analysis, projector, metric, ratio, snap, exclude, keep_classifier, choices=choices)
+    plan = knapsack_plan(analysis, projector, metric, ratio, snap, exclude, keep_classifier)
     if plan is None:
         raise LrvizError(f"cannot reach a {ratio:g}x {metric} reduction with the knapsack allocator: even the smallest "
                          "candidate ranks of every measured layer are not enough")
-    cost = plan_cost(analysis, plan)
-    z = projector.logits(plan)
-    return SolveResult(plan, metric, float(ratio), cost.ratio(metric), cost.params_ratio, cost.macs_ratio,
-                       projector.sens.loss_of(z), projector.sens.top1_of(z), 0)
+    return _result(analysis, projector, plan, metric, ratio)
 
 
 # --- data-free continuous rank search ---------------------------------------------------------------
@@ -224,16 +252,10 @@ def continuous_plan(analysis: ModelAnalysis, metric: str, target: float, snap: i
     from .plan import cheapest_structure
     from .spectra import energy_curve
 
-    if metric not in ("params", "macs"):
-        raise LrvizError(f"the continuous rank search takes params or macs targets; got {metric!r}")
+    target = _check("continuous rank search", metric, target)
     if not analysis.has_spectra:
         raise LrvizError("the continuous rank search needs the spectra: analyze(..., spectra=True)")
-    target = float(target)
-    if not (target >= 1 and math.isfinite(target)):
-        raise LrvizError(f"target ratio must be ≥ 1; got {target}")
-    keep = classifier_layer(analysis) if keep_classifier else None
-    layers = [l for l in analysis.layers if l.name != keep and not any(fnmatch.fnmatchcase(l.name, p) for p in exclude)
-              and all(f >= 3 for f in l.full_ranks)]
+    layers = _allocatable(analysis, exclude, keep_classifier, lambda l: all(f >= 3 for f in l.full_ranks))
     if not layers:
         raise LrvizError("no layer can be compressed (all excluded, the classifier, or too small)")
     total = float(analysis.total(metric))
@@ -335,14 +357,7 @@ def continuous_plan(analysis: ModelAnalysis, metric: str, target: float, snap: i
         _, l, nxt, dc = best
         ranks[l.name] = nxt
         spent += dc
-    chosen = {l.name: structure(l, ranks[l.name])[0] for l in layers}
-    out = []
-    for l in analysis.layers:
-        if l.name in chosen:
-            out.append(LayerPlan(l.name, l.kind, l.weight_shape, tuple(int(r) for r in chosen[l.name]), "continuous"))
-        else:
-            out.append(LayerPlan(l.name, l.kind, l.weight_shape, l.full_ranks, "kept dense"))
-    plan = RankPlan(tuple(out), spec=f"continuous:{metric}:{target:g}" + (f":snap{snap}" if snap else ""), model=analysis.model_name)
+    plan = _plan(analysis, {l.name: structure(l, ranks[l.name])[0] for l in layers}, "continuous", metric, target, snap)
     return plan if plan_cost(analysis, plan).ratio(metric) >= target * (1 - 1e-12) else None
 
 
@@ -350,18 +365,13 @@ def continuous_solve(analysis: ModelAnalysis, projector, target, snap: int | Non
                      keep_classifier: bool = True):
     """:func:`continuous_plan` as a :class:`lrviz.budget.SolveResult` (projected when ``projector`` is
     given, else NaN). Raises :class:`LrvizError` when the target is out of reach."""
-    from .budget import SolveResult, parse_target
+    from .budget import parse_target
 
     metric, ratio = parse_target(target) if isinstance(target, str) else target
     plan = continuous_plan(analysis, metric, ratio, snap, exclude, keep_classifier)
     if plan is None:
         raise LrvizError(f"cannot reach a {ratio:g}x {metric} reduction with the continuous rank search")
-    cost = plan_cost(analysis, plan)
-    loss = top1 = math.nan
-    if projector is not None and not projector.missing(plan):
-        z = projector.logits(plan)
-        loss, top1 = projector.sens.loss_of(z), projector.sens.top1_of(z)
-    return SolveResult(plan, metric, float(ratio), cost.ratio(metric), cost.params_ratio, cost.macs_ratio, loss, top1, 0)
+    return _result(analysis, projector, plan, metric, ratio)
 
 
 # --- Bayesian-optimisation allocation (optuna) -------------------------------------------------------
@@ -384,56 +394,52 @@ def bayes_plan(analysis: ModelAnalysis, projector, metric: str, target: float, *
         import optuna
     except ImportError:
         raise LrvizError("the Bayesian-optimisation allocator needs optuna: pip install lrviz[bayes]") from None
-    if metric not in ("params", "macs"):
-        raise LrvizError(f"the Bayesian-optimisation allocator takes params or macs targets; got {metric!r}")
     if projector is None:
         raise LrvizError("the Bayesian-optimisation allocator needs sensitivities (a projector)")
-    target = float(target)
-    if not (target >= 1 and math.isfinite(target)):
-        raise LrvizError(f"target ratio must be ≥ 1; got {target}")
+    target = _check("Bayesian-optimisation allocator", metric, target)
     from .plan import cheapest_structure
 
-    keep = classifier_layer(analysis) if keep_classifier else None
-    layers = [l for l in analysis.layers if l.name != keep and not any(fnmatch.fnmatchcase(l.name, p) for p in exclude)
-              and any(f > 1 and projector.sens.curve(l.name, m) is not None for m, f in enumerate(l.full_ranks))]
+    def measured(l, m) -> bool:
+        return l.full_ranks[m] > 1 and projector.sens.curve(l.name, m) is not None
+
+    layers = _allocatable(analysis, exclude, keep_classifier, lambda l: any(measured(l, m) for m in range(len(l.full_ranks))))
     if not layers:
         raise LrvizError("no layer can be compressed with the measured sensitivities (all excluded or unmeasured)")
     budget = float(analysis.total(metric)) / target
     step = snap or 1
 
     def cost_fn(l):
-        return lambda r: float(layer_cost(l, analysis.io[l.name], tuple(int(v) for v in r), metric))
+        return lambda r: float(layer_cost(l, analysis.io[l.name], None if r is None else tuple(int(v) for v in r), metric))
 
-    def plan_at(u: Sequence[float], s: float) -> RankPlan:
-        out, chosen = [], {}
+    # the model's cost with the allocatable layers' planned costs in place of their dense ones (as plan_cost)
+    fixed = float(analysis.total(metric)) - sum(cost_fn(l)(None) for l in layers)
+
+    def ranks_at(u: Sequence[float], s: float) -> dict:
+        chosen = {}
         for l, ul in zip(layers, u):
             rr = []
             for m, f in enumerate(l.full_ranks):
-                measured = f > 1 and projector.sens.curve(l.name, m) is not None
-                r = f if not measured else min(f, max(1, math.ceil(min(1.0, s * ul) * f)))
-                if measured and r < f and step > 1:
+                r = f if not measured(l, m) else min(f, max(1, math.ceil(min(1.0, s * ul) * f)))
+                if measured(l, m) and r < f and step > 1:
                     r = min(f, max(step, (r // step) * step))
                 rr.append(r)
             chosen[l.name] = cheapest_structure(l, tuple(rr), cost_fn(l))
-        for l in analysis.layers:
-            ranks = chosen.get(l.name, l.full_ranks)
-            out.append(LayerPlan(l.name, l.kind, l.weight_shape, tuple(int(r) for r in ranks), "bayes" if l.name in chosen else "kept dense"))
-        return RankPlan(tuple(out), spec=f"bayes:{metric}:{target:g}" + (f":snap{snap}" if snap else ""), model=analysis.model_name)
+        return chosen
 
-    def cost_of(plan) -> float:
-        return float(plan_cost(analysis, plan).macs_planned if metric == "macs" else plan_cost(analysis, plan).params_planned)
+    def cost_of(chosen: dict) -> float:
+        return fixed + sum(cost_fn(l)(chosen[l.name]) for l in layers)
 
     def fit(u) -> RankPlan | None:
         lo, hi = 0.0, 1.0 / max(min(u), 1e-9)
-        if cost_of(plan_at(u, lo)) > budget:
+        if cost_of(ranks_at(u, lo)) > budget:
             return None
         for _ in range(30):
             mid = (lo + hi) / 2
-            if cost_of(plan_at(u, mid)) <= budget:
+            if cost_of(ranks_at(u, mid)) <= budget:
                 lo = mid
             else:
                 hi = mid
-        return plan_at(u, lo)
+        return _plan(analysis, ranks_at(u, lo), "bayes", metric, target, snap)
 
     base_loss = projector.sens.loss_of(projector.sens.base_logits)
     seen: dict[tuple, tuple[float, RankPlan]] = {}
@@ -465,14 +471,11 @@ def bayes_solve(analysis: ModelAnalysis, projector, target, snap: int | None = N
                 keep_classifier: bool = True, trials: int = 120, seed: int = 0):
     """:func:`bayes_plan` (projection only) as a :class:`lrviz.budget.SolveResult`; raises
     :class:`LrvizError` when the target is out of reach."""
-    from .budget import SolveResult, parse_target
+    from .budget import parse_target
 
     metric, ratio = parse_target(target) if isinstance(target, str) else target
     plan = bayes_plan(analysis, projector, metric, ratio, trials=trials, seed=seed, snap=snap, exclude=exclude,
                       keep_classifier=keep_classifier)
     if plan is None:
         raise LrvizError(f"cannot reach a {ratio:g}x {metric} reduction with the Bayesian-optimisation allocator")
-    cost = plan_cost(analysis, plan)
-    z = projector.logits(plan)
-    return SolveResult(plan, metric, float(ratio), cost.ratio(metric), cost.params_ratio, cost.macs_ratio,
-                       projector.sens.loss_of(z), projector.sens.top1_of(z), int(trials))
+    return _result(analysis, projector, plan, metric, ratio, trials)

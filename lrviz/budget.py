@@ -471,20 +471,22 @@ def sweep(
     _check_sweep(metric, strategies, projector, measure, dataset, finetune_epochs, train_set)
     targets = [float(t) for t in targets]
     solved = dict(zip(targets, solve_many(analysis, projector, targets, metric, snap))) if "solver" in strategies else {}
+    choices = None
     if "knapsack" in strategies:  # one table of the layers' choices for every target
         from .allocate import layer_choices
 
-        solved = {**solved, "choices": layer_choices(analysis, projector, metric, snap)}
+        choices = layer_choices(analysis, projector, metric, snap)
     jobs = [(s, t) for t in targets for s in strategies]
     if executor is not None and (measure or finetune_epochs):
         job = PlanJob(model, dataset, limit, measure, finetune_epochs, train_set, finetune_limit, uuid.uuid4().hex)
-        return _sweep_fanout(executor, job, analysis, jobs, metric, projector, snap, solved, base_top1, progress, should_stop)
+        return _sweep_fanout(executor, job, analysis, jobs, metric, projector, snap, solved, base_top1, progress, should_stop,
+                             choices)
     factors = factors or FactorCache(model)
     rows = []
     for i, (strategy, target) in enumerate(jobs):
         if should_stop is not None and should_stop():
             break
-        row, plan = _plan_row(analysis, strategy, target, metric, projector, snap, solved, base_top1)
+        row, plan = _plan_row(analysis, strategy, target, metric, projector, snap, solved, base_top1, choices)
         if plan is not None:
             if measure or finetune_epochs:
                 net = compress(model, plan, factors)
@@ -496,10 +498,11 @@ def sweep(
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
 
 
-def _plan_row(analysis: ModelAnalysis, strategy: str, target: float, metric: str, projector, snap, solved, base_top1):
+def _plan_row(analysis: ModelAnalysis, strategy: str, target: float, metric: str, projector, snap, solved, base_top1,
+              choices=None):
     """``(row, plan)``: a sweep row with what the driver knows (cost, projection), and its plan (None: unreachable)."""
     row = {"strategy": strategy, "label": STRATEGY_LABELS[strategy], "target": target, "metric": metric, **_UNREACHABLE}
-    plan = strategy_plan(analysis, strategy, metric, target, projector, snap, solved.get(target), solved.get("choices"))
+    plan = strategy_plan(analysis, strategy, metric, target, projector, snap, solved.get(target), choices)
     if plan is not None:
         row.update(_cost_columns(analysis, plan))
         row.update(_projected_columns(projector, plan, base_top1))
@@ -507,13 +510,13 @@ def _plan_row(analysis: ModelAnalysis, strategy: str, target: float, metric: str
 
 
 def _sweep_fanout(executor, job: "PlanJob", analysis, jobs, metric, projector, snap, solved, base_top1, progress,
-                  should_stop) -> pd.DataFrame:
+                  should_stop, choices=None) -> pd.DataFrame:
     """:func:`sweep` with every plan's measurement run by ``executor`` (rows in the local order)."""
     rows, plans = [], []
     for strategy, target in jobs:
         if should_stop is not None and should_stop():
             break
-        row, plan = _plan_row(analysis, strategy, target, metric, projector, snap, solved, base_top1)
+        row, plan = _plan_row(analysis, strategy, target, metric, projector, snap, solved, base_top1, choices)
         rows.append(row)
         plans.append(plan)
     todo = [i for i, p in enumerate(plans) if p is not None]

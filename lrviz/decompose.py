@@ -250,18 +250,18 @@ def _data_aware(layer: LayerInfo, module: nn.Module, second_moment: torch.Tensor
     l, l_inv = whitening(c)
     w64 = w.to(torch.float64)
     wd = w64 if d is None else w64 * d.view(-1, *([1] * (w64.dim() - 1)))  # W̃ = D W
-    if layer.kind == TUCKER2:
-        wl = torch.einsum("oikl,ij->ojkl", wd, l)  # W̃ ×₁ Lᵀ
-        u = _sym_eig_desc(row_gram(wl.flatten(1).unsqueeze(0)))[0]
+    tucker = layer.kind == TUCKER2
+    # the output mode: the leading eigenvectors U of W̃ C W̃ᵀ (Tucker-2: summed over the kernel's positions)
+    u = _sym_eig_desc(row_gram((torch.einsum("oikl,ij->ojkl", wd, l).flatten(1) if tucker else wd.reshape(wd.shape[0], -1) @ l)
+                               .unsqueeze(0)))[0]
+    expand, project = (u, None) if d is None else (u / d.view(-1, 1), u * d.view(-1, 1))  # E = D⁻¹U, P = D U
+    basis_in = reduce_in = None
+    if tucker:  # the input mode: V of Lᵀ Ã Ãᵀ L, B = L V, R = Vᵀ L⁻¹
         a = wd.transpose(0, 1).flatten(1)  # (C_in, C_out·kh·kw)
         v = _sym_eig_desc((l.T @ row_gram(a.unsqueeze(0))[0] @ l).unsqueeze(0))[0]
-        expand, project = (u, None) if d is None else (u / d.view(-1, 1), u * d.view(-1, 1))
-        return LayerFactors(layer, w, b, expand, l @ v, private, reduce_in=(v.T @ l_inv).T.contiguous(), data_aware=True,
-                            project_out=project, mean_in=mean)
-    m = wd.reshape(wd.shape[0], -1)
-    u = _sym_eig_desc(row_gram((m @ l).unsqueeze(0)))[0]
-    expand, project = (u, None) if d is None else (u / d.view(-1, 1), u * d.view(-1, 1))
-    return LayerFactors(layer, w, b, expand, None, private, data_aware=True, project_out=project, mean_in=mean)
+        basis_in, reduce_in = l @ v, (v.T @ l_inv).T.contiguous()
+    return LayerFactors(layer, w, b, expand, basis_in, private, reduce_in=reduce_in, data_aware=True, project_out=project,
+                        mean_in=mean)
 
 
 def build_layer(f: LayerFactors, ranks: tuple[int, ...], dtype=None, device=None) -> nn.Module:

@@ -137,12 +137,17 @@ class SensitivityCache:
             if got is None:
                 return False
             record(info, *got)
+        return self._deferred(deferred, measure, record, should_stop) and complete
+
+    def _deferred(self, deferred: Sequence[LayerInfo], measure: Callable, record: Callable, should_stop) -> bool:
+        """Pass 2 of :meth:`obtain`: wait for each layer another process held, then load (or measure)
+        it; False when stopped."""
         for info in deferred:
             got = self.load_or_measure(info, measure, wait=True, should_stop=should_stop)
             if got is None:
                 return False
             record(info, *got)
-        return complete
+        return True
 
     def obtain_many(self, infos: Sequence[LayerInfo], measure_many: Callable, record: Callable, *, cache_only: bool = False,
                     should_stop: Callable[[], bool] | None = None) -> bool:
@@ -205,12 +210,7 @@ class SensitivityCache:
             with closing(iter(measure_many([info]))) as results:
                 return next((curves for _, curves in results), None)
 
-        for info in deferred:
-            got = self.load_or_measure(info, measure_one, wait=True, should_stop=should_stop)
-            if got is None:
-                return False
-            record(info, *got)
-        return complete
+        return self._deferred(deferred, measure_one, record, should_stop) and complete
 
     def load_or_measure(self, info: LayerInfo, measure: Callable, wait: bool, should_stop=None):
         """Under ``info``'s lock: ``(cached curves, True)``, else ``(measure(info), False)`` (saved);
