@@ -22,6 +22,8 @@ import sys
 import time
 
 from .cli_args import (
+    DECOMP_HELP,
+    method_rule_type,
     Parser,
     UsageError,
     add_calibration_args,
@@ -117,6 +119,12 @@ def _training_data(args, loaded, name=None):
     return _dataset(args, loaded, split="train", name=name), _dataset(args, loaded, split="train", augment=True, name=name)
 
 
+def _label(args) -> str:
+    """The plan as the user gave it: ``--plan`` and its ``--decomp`` rules."""
+    rules = getattr(args, "decomp", None) or ()
+    return str(args.plan) + "".join(f" +{p}={m}" + (f":{r}" if r else "") for p, m, r in rules)
+
+
 def _plan_kwargs(args) -> dict:
     return {"exclude": args.exclude or (), "keep_classifier": not getattr(args, "decompose_classifier", False)}
 
@@ -130,14 +138,20 @@ def _plan_for(args, loaded, analysis):
 
 
 def _snapped(args, analysis, plan):
-    """The plan with ranks at multiples of ``--snap`` (a ``ratio:T`` plan keeps its params budget)."""
+    """The plan with ranks at multiples of ``--snap`` (a ``ratio:T`` plan keeps its params budget), then
+    the ``--decomp`` rules applied (CP / spatial SVD per layer)."""
     snap = getattr(args, "snap", None)
-    if not snap:
-        return plan
-    from .plan import parse_spec, snap_plan
+    if snap:
+        from .plan import parse_spec, snap_plan
 
-    kind, value = parse_spec(args.plan)
-    return snap_plan(analysis, plan, snap, *(("params", value) if kind == "ratio" else (None, None)))
+        kind, value = parse_spec(args.plan)
+        plan = snap_plan(analysis, plan, snap, *(("params", value) if kind == "ratio" else (None, None)))
+    rules = getattr(args, "decomp", None)
+    if rules:
+        from .plan import apply_methods
+
+        plan = apply_methods(plan, rules)
+    return plan
 
 
 def _analysis_and_plan(args, loaded, progress=None):
@@ -214,12 +228,12 @@ def cmd_evaluate(args) -> int:
     res = evaluate(model, ds, limit=args.limit, batch_size=args.batch_size, device=dev, amp=args.amp, progress=_progress("evaluate", every=10))
     lo, hi = res.top1_ci
     top5 = f", top-5 {res.top5:.2%}" if res.top5 is not None else ""
-    print(f"{loaded.name}{' + plan ' + args.plan if args.plan else ''} on {args.data} (n={res.n}): "
+    print(f"{loaded.name}{' + plan ' + plan.spec if plan is not None else ''} on {args.data} (n={res.n}): "
           f"top-1 {res.top1:.2%} [95% CI {lo:.2%}, {hi:.2%}]{top5}, loss {res.loss:.4f}")
     if args.json:
         _write_json(args.json, res.to_dict())
     # ``limit``: the subset asked for (lrviz.data.subset, seeded), so the dashboard can reuse the result
-    record(args, "evaluation", loaded, plan=plan, name=args.plan or "original", metrics={**eval_metrics(res, cost), "limit": args.limit})
+    record(args, "evaluation", loaded, plan=plan, name=plan.spec if plan is not None else "original", metrics={**eval_metrics(res, cost), "limit": args.limit})
     return 0
 
 
@@ -298,7 +312,7 @@ def cmd_compress(args) -> int:
         files["state_dict.pt"] = lambda path: torch.save(small.state_dict(), path)
     files["plan.json"] = lambda path: path.write_text(_json_text(doc))
     write_dir(out, files)
-    print(f"plan {args.plan}: params {cost.params:,} -> {cost.params_planned:,} ({cost.params_ratio:.2f}x), "
+    print(f"plan {_label(args)}: params {cost.params:,} -> {cost.params_planned:,} ({cost.params_ratio:.2f}x), "
           f"MACs {cost.macs:,} -> {cost.macs_planned:,} ({cost.macs_ratio:.2f}x); FLOPs = 2 x MACs")
     print(f"wrote {out / 'model.pt2'}, {out / 'plan.json'}, {out / 'metrics.json'}"
           + (f", {out / 'state_dict.pt'} (the folder is a MODEL: lrviz evaluate {out})" if "state_dict.pt" in files else ""))
@@ -313,7 +327,7 @@ def cmd_compress(args) -> int:
         f = metrics["finetune"]
         rm.update(epochs_run=f["epochs_run"], best_epoch=f["best_epoch"], val_top1=f["val_top1"], lr=f["lr"])
     record(args, "finetune" if args.finetune else "export", loaded, plan=plan,
-           name=f"compress {args.plan}" + (f" + fine-tune {args.finetune}" if args.finetune else ""), metrics=rm,
+           name=f"compress {_label(args)}" + (f" + fine-tune {args.finetune}" if args.finetune else ""), metrics=rm,
            payload={"metrics": metrics}, artifact=out.resolve())
     return 0
 
@@ -453,7 +467,7 @@ def cmd_project(args) -> int:
     doc.update(params=cost.params_planned, macs=cost.macs_planned, params_ratio=cost.params_ratio, macs_ratio=cost.macs_ratio,
                plan=args.plan)
     lo, hi = doc["interval"]
-    print(f"{loaded.name} + {args.plan}: {cost.params_ratio:.2f}x fewer params ({cost.params_planned:,}), "
+    print(f"{loaded.name} + {_label(args)}: {cost.params_ratio:.2f}x fewer params ({cost.params_planned:,}), "
           f"{cost.macs_ratio:.2f}x fewer MACs ({cost.macs_planned:,})")
     print(f"projected top-1 {doc['projected_top1']:.2%} [{lo:.2%}, {hi:.2%}] (original {doc['base_top1']:.2%}; basis: {doc['basis']}; "
           "not evaluated, before fine-tuning)")
@@ -520,7 +534,7 @@ def cmd_bench(args) -> int:
     small = compress(loaded.module, plan, progress=_progress("decompose", every=10))
     res = bench(loaded.module, small, plan, a, batches=args.batch, device=device, threads=args.threads, execution=args.execution,
                 per_layer=not args.no_layers, rounds=args.rounds, cache=not args.no_cache, progress=_progress("bench"))
-    print(f"{loaded.name} + plan {args.plan}{' (fastest structure per layer)' if args.structure == 'speed' else ''}")
+    print(f"{loaded.name} + plan {_label(args)}{' (fastest structure per layer)' if args.structure == 'speed' else ''}")
     for r in res:
         _print_bench(r, "planned")
     docs = [r.to_dict() for r in res]
@@ -533,7 +547,7 @@ def cmd_bench(args) -> int:
     for r in res:
         bm.update({f"speedup_b{r.batch}": r.speedup, f"original_ms_b{r.batch}": r.original_ms, f"planned_ms_b{r.batch}": r.planned_ms,
                    f"execution_b{r.batch}": r.execution})
-    record(args, "bench", loaded, plan=plan, name=f"bench {args.plan}", metrics=bm, payload=docs, data="-")
+    record(args, "bench", loaded, plan=plan, name=f"bench {_label(args)}", metrics=bm, payload=docs, data="-")
     return 0
 
 
@@ -789,7 +803,7 @@ def cmd_export(args) -> int:
     write_dir(out, {files[1]: write_model, "plan.json": write_plan})
     par = doc["parity"]
     extra = f", opset {par['opset']}, {par['runtime']}" if "opset" in par else ""
-    print(f"exported {loaded.name} + plan {args.plan} as {args.format}: max |difference| against PyTorch "
+    print(f"exported {loaded.name} + plan {_label(args)} as {args.format}: max |difference| against PyTorch "
           f"{par['max_abs_diff']:.3g} on a batch of {par['batch']} (output scale {par['output_scale']:.3g}; limit "
           f"{par['rtol']:g} x scale){extra}")
     print(f"wrote {', '.join(str(out / f) for f in files)}")
@@ -832,7 +846,7 @@ def cmd_report(args) -> int:
         what = f"{args.data} test images" + (" (a fixed subset)" if args.limit and args.limit < len(ds) else "")
         print(f"top-1 original {r0.top1:.2%}, compressed {r1.top1:.2%} (n={r1.n}, {what})")
         record(args, "evaluation", loaded, name="original", metrics={**eval_metrics(r0), "limit": args.limit})
-        record(args, "evaluation", loaded, plan=plan, name=args.plan, metrics={**eval_metrics(r1, cost), "limit": args.limit})
+        record(args, "evaluation", loaded, plan=plan, name=_label(args), metrics={**eval_metrics(r1, cost), "limit": args.limit})
         projection = _cached_projection(args, loaded, ds, plan)
     if not args.no_latency:
         from .latency import bench
@@ -845,7 +859,7 @@ def cmd_report(args) -> int:
     html = compression_report(loaded, a, plan, cost, r0=r0, r1=r1, accuracy_what=what, projection=projection, speed=speed,
                               data_label=args.data or "", command=command, device=device)
     write_file(args.out, html.encode("utf-8"))
-    print(f"plan {args.plan}: {cost.params_ratio:.2f}x fewer params, {cost.macs_ratio:.2f}x fewer MACs; wrote {args.out} "
+    print(f"plan {_label(args)}: {cost.params_ratio:.2f}x fewer params, {cost.macs_ratio:.2f}x fewer MACs; wrote {args.out} "
           f"({len(html) / 1e6:.1f} MB, self-contained)")
     return 0
 
@@ -885,6 +899,7 @@ def _add_export(sub) -> None:
     x.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
     x.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
     x.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K")
+    x.add_argument("--decomp", action="append", type=method_rule_type, metavar="PATTERN=METHOD[:RANK]", help=DECOMP_HELP)
     x.add_argument("--format", required=True, choices=["pt2", "onnx", "state_dict"],
                    help="pt2: torch.export program; onnx: ONNX with a dynamic batch (checked with onnxruntime); state_dict: "
                         "plan.json + state_dict.pt, loadable again as MODEL (lrviz evaluate DIR)")
@@ -902,6 +917,7 @@ def _add_report(sub) -> None:
     r.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
     r.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
     r.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K")
+    r.add_argument("--decomp", action="append", type=method_rule_type, metavar="PATTERN=METHOD[:RANK]", help=DECOMP_HELP)
     r.add_argument("--out", required=True, metavar="report.html", help="the HTML file to write")
     add_data_args(r, required=False)
     add_speed_args(r)
@@ -926,6 +942,7 @@ def _add_plan_options(p, table_where: str) -> None:
     p.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense (fnmatch, repeatable)")
     p.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear (kept dense by default)")
     p.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K (e.g. 8; a ratio:T plan keeps its budget)")
+    p.add_argument("--decomp", action="append", type=method_rule_type, metavar="PATTERN=METHOD[:RANK]", help=DECOMP_HELP)
     p.add_argument("--structure", choices=["size", "speed"], default="size",
                    help=f"speed: drop every factor a measured per-layer latency table ({table_where}) times slower than the "
                         "dense layer (ranks above its break-even); size (default): the plan as it is")
@@ -960,6 +977,7 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
     e.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
     e.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K (e.g. 8; a ratio:T plan keeps its budget)")
+    e.add_argument("--decomp", action="append", type=method_rule_type, metavar="PATTERN=METHOD[:RANK]", help=DECOMP_HELP)
     add_data_args(e, required=True)
     add_device_args(e, amp=True)
     e.add_argument("--json", metavar="OUT", help="write {top1, top1_ci, top5, loss, n}")

@@ -154,6 +154,19 @@ def plan_type(text: str) -> str:
     return str(text).strip()
 
 
+def method_rule_type(text: str) -> tuple[str, str, int | None]:
+    from .plan import parse_method_rule
+
+    try:
+        return parse_method_rule(text)
+    except LrvizError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+DECOMP_HELP = ("decompose matching k x k convs by cp or spatial (SVD, k x 1 then 1 x k) instead of Tucker-2, at RANK "
+               "(default: the largest rank no bigger than the plan's Tucker-2 layer); repeatable, e.g. 'layer3.*=cp:48'")
+
+
 def target_type(text: str) -> tuple[str, float]:
     from .budget import parse_target
 

@@ -206,12 +206,17 @@ def _prod(shape) -> int:
     return out
 
 
-def layer_params(layer: LayerInfo, ranks: tuple[int, ...] | None = None) -> int:
-    """Parameters of a layer, dense (``ranks=None``) or decomposed at (per-group) ``ranks``."""
+def layer_params(layer: LayerInfo, ranks: tuple[int, ...] | None = None, method: str = "") -> int:
+    """Parameters of a layer, dense (``ranks=None``) or decomposed at (per-group) ``ranks`` (by ``method``:
+    ``""`` the layer's own decomposition, ``"cp"`` / ``"spatial"`` see :mod:`lrviz.methods`)."""
     bias = layer.out_channels if layer.bias else 0
     dense = _prod(layer.weight_shape)
     if ranks is None:
         return dense + bias
+    if method and method != "tucker2":
+        from .methods import method_max_rank, method_params
+
+        return dense + bias if ranks[0] >= method_max_rank(layer, method) else method_params(layer, method, ranks[0])
     out_f, in_f = factor_structure(layer, ranks)
     if not (out_f or in_f):
         return dense + bias
@@ -224,8 +229,14 @@ def layer_params(layer: LayerInfo, ranks: tuple[int, ...] | None = None) -> int:
     return ranks[0] * (c_in + c_out) + bias
 
 
-def _call_macs(layer: LayerInfo, call: LayerCall, ranks: tuple[int, ...] | None) -> int:
+def _call_macs(layer: LayerInfo, call: LayerCall, ranks: tuple[int, ...] | None, method: str = "") -> int:
     b = 1 if layer.kind == SVD_LINEAR else call.batch
+    if ranks is not None and method and method != "tucker2":
+        from .methods import method_call_macs, method_max_rank
+
+        if ranks[0] < method_max_rank(layer, method):
+            return method_call_macs(layer, method, ranks[0], b, call.in_hw, call.out_hw)
+        ranks = None
     P = call.positions if layer.kind == SVD_LINEAR else b * _prod(call.out_hw)
     g, c_out, c_in = layer.groups, layer.out_channels, layer.in_channels
     if layer.kind == TUCKER2:
@@ -242,10 +253,10 @@ def _call_macs(layer: LayerInfo, call: LayerCall, ranks: tuple[int, ...] | None)
     return P * ranks[0] * (c_in + c_out)
 
 
-def layer_macs(layer: LayerInfo, io: LayerIO, ranks: tuple[int, ...] | None = None) -> int:
-    """MACs at batch 1 of a layer, dense (``ranks=None``) or decomposed at (per-group) ``ranks``,
-    summed over every call recorded in ``io`` (see module docstring)."""
-    return int(sum(_call_macs(layer, c, ranks) for c in io.all_calls))
+def layer_macs(layer: LayerInfo, io: LayerIO, ranks: tuple[int, ...] | None = None, method: str = "") -> int:
+    """MACs at batch 1 of a layer, dense (``ranks=None``) or decomposed at (per-group) ``ranks`` (by
+    ``method``, as :func:`layer_params`), summed over every call recorded in ``io`` (see module docstring)."""
+    return int(sum(_call_macs(layer, c, ranks, method) for c in io.all_calls))
 
 
 def check_metric(metric: str) -> str:

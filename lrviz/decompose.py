@@ -57,6 +57,7 @@ __all__ = [
     "factorize",
     "build_layer",
     "compress",
+    "compress_structure",
     "weights_fingerprint",
 ]
 
@@ -449,6 +450,7 @@ class FactorCache:
         self._factors: dict[str, LayerFactors] = {}
         self._lock = threading.Lock()
         self._stats = stats  # lrviz.activations.ActivationStats: data-aware factors
+        self._method_factors: dict[tuple, object] = {}  # CP fits / spatial SVDs (lrviz.methods)
 
     @property
     def kind(self) -> str:
@@ -507,6 +509,43 @@ class FactorCache:
     def __contains__(self, name: str) -> bool:
         return name in self._factors
 
+    def build_method(self, name: str, method: str, rank: int) -> nn.Module:
+        """Layer ``name`` decomposed by CP or spatial SVD at ``rank`` (:mod:`lrviz.methods`), from the
+        weights alone (also in a data-aware cache). The spatial SVD is computed once per layer and
+        sliced; a CP fit is computed once per (layer, rank). On the meta device: shapes only."""
+        from .methods import CP, SPATIAL, build_cp, build_spatial, check_method, cp_als, spatial_svd
+
+        f = self.get(name)  # checks the layer and its weights
+        check_method(f.layer, method)
+        if method not in (CP, SPATIAL):
+            raise LrvizError(f"build_method builds CP or spatial SVD layers; got {method!r}")
+        module = f.module
+        param = _param_maker(module.weight.dtype, module.weight.device)
+        meta = module.weight.is_meta
+        key = (name, method) if method == SPATIAL else (name, method, int(rank))
+        with self._lock:
+            made = self._method_factors.get(key)
+        if made is None and not meta:
+            made = spatial_svd(module.weight) if method == SPATIAL else cp_als(module.weight, int(rank))
+            with self._lock:
+                self._method_factors[key] = made
+        return (build_spatial if method == SPATIAL else build_cp)(module, made, int(rank), param)
+
+
+def compress_structure(model: nn.Module, plan) -> nn.Module:
+    """The planned model's structure for loading a state_dict into: decomposed on the meta device (no
+    factorisation is run, no CP is fitted), then given uninitialised CPU storage. Every parameter and
+    persistent buffer must be loaded afterwards (``load_state_dict(..., strict=True)``)."""
+    meta = copy.deepcopy(model).to("meta")
+    net = compress(meta, plan).to_empty(device="cpu")
+    saved = set(net.state_dict())
+    originals = dict(model.named_buffers())
+    with torch.no_grad():  # non-persistent buffers are not in a state_dict: take them from the original
+        for name, buf in net.named_buffers():
+            if name not in saved and name in originals:
+                buf.copy_(originals[name])
+    return net
+
 
 def compress(model: nn.Module, plan, factors: FactorCache | None = None, progress=None) -> nn.Module:
     """Return a new model with every planned layer decomposed; ``model`` is never modified.
@@ -550,7 +589,8 @@ def compress(model: nn.Module, plan, factors: FactorCache | None = None, progres
                 f"plan layer {lp.name!r} has weight shape {tuple(lp.weight_shape)} but the model's is "
                 f"{info.weight_shape}: the plan was made for another architecture"
             )
-        built = build_layer(factors.get(lp.name), lp.ranks)
+        method = getattr(lp, "method", "")
+        built = factors.build_method(lp.name, method, lp.ranks[0]) if method else build_layer(factors.get(lp.name), lp.ranks)
         for alias in names_of.get(id(get_module(new, lp.name)), [lp.name]):
             set_module(new, alias, built)
         if progress is not None:

@@ -124,7 +124,7 @@ def is_export_dir(path) -> bool:
 def load_export_dir(path) -> tuple[nn.Module, dict, object]:
     """Rebuild the compressed model of a ``state_dict`` export directory: ``(module, architecture, plan)``."""
     from .analysis import analyze
-    from .decompose import compress
+    from .decompose import compress, compress_structure
     from .models import load_model
     from .plan import RankPlan
 
@@ -146,7 +146,8 @@ def load_export_dir(path) -> tuple[nn.Module, dict, object]:
     base = load_model(arch["spec"], weights="none", input_size=tuple(arch["input_size"]), num_classes=int(arch["num_classes"]))
     a = analyze(base.module, base.input_size, base.name, spectra=False)
     plan = RankPlan.from_dict(doc, a.layers)
-    net = compress(base.module, plan)
+    # a CP layer would be fitted to the random weights only to be overwritten: build the structure alone
+    net = compress_structure(base.module, plan) if plan.methods else compress(base.module, plan)
     try:
         state = torch.load(sd, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt or foreign file: torch raises many types

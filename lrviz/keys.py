@@ -19,7 +19,14 @@ def short_id(text: str, n: int = 10) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:n]
 
 
+def _method(lp) -> str:
+    """``"cp:"`` / ``"spatial:"`` before the ranks of a layer another decomposition (none for the layer's own,
+    so keys of plans without methods are unchanged)."""
+    m = getattr(lp, "method", "")
+    return f"{m}:" if m else ""
+
+
 def plan_key(plan: RankPlan) -> str:
     """Identity of a plan's ranks (not its spec or label): two plans with the same ranks share it."""
-    text = ";".join(f"{lp.name}={','.join(map(str, lp.ranks))}" for lp in plan.layers)
+    text = ";".join(f"{lp.name}={_method(lp)}{','.join(map(str, lp.ranks))}" for lp in plan.layers)
     return short_id(text, 16)

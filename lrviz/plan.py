@@ -42,11 +42,13 @@ from .analysis import ModelAnalysis
 from .cost import CostReport, check_metric, layer_cost, layer_macs, layer_params
 from .errors import LrvizError, is_int
 from .layers import MODE_IN, MODE_OUT, TUCKER2, LayerInfo
+from .methods import TUCKER, check_method, method_max_rank, method_params, rank_for_params
 from .spectra import energy_rank
 from .vbmf import weaken_rank
 
 __all__ = ["LayerPlan", "RankPlan", "make_plan", "parse_spec", "precheck_plan", "max_ratio", "classifier_layer", "plan_for_ratio",
-           "RATIO_FAMILIES", "uniform_rank", "effective_ranks", "cheapest_structure", "plan_cost", "PLAN_SCHEMA"]
+           "RATIO_FAMILIES", "uniform_rank", "effective_ranks", "cheapest_structure", "plan_cost", "PLAN_SCHEMA",
+           "parse_method_rule", "apply_methods"]
 
 PLAN_SCHEMA = "lrviz.plan/1"
 RATIO_TOLERANCE = 0.10
@@ -67,6 +69,10 @@ class LayerPlan:
         not factored.
     note : str
         Why the ranks are what they are, when a rule changed them.
+    method : str
+        ``""``: the layer's own decomposition (Tucker-2 for a k×k conv, SVD otherwise); ``"cp"`` or
+        ``"spatial"`` (k×k convs, :mod:`lrviz.methods`): one rank ``(R,)``, and :attr:`full_ranks` is
+        the rank from which the layer stays dense (:func:`lrviz.methods.method_max_rank`).
     """
 
     name: str
@@ -74,13 +80,18 @@ class LayerPlan:
     weight_shape: tuple[int, ...]
     ranks: tuple[int, ...]
     note: str = ""
+    method: str = ""
 
     @property
     def full_ranks(self) -> tuple[int, ...]:
+        if self.method:
+            return (method_max_rank(_info(self), self.method),)
         return _info(self).full_ranks
 
     @property
     def is_dense(self) -> bool:
+        if self.method:
+            return self.ranks[0] >= self.full_ranks[0]
         if self.kind == TUCKER2:
             return tuple(self.ranks) == tuple(self.full_ranks)
         return self.ranks[0] >= self.full_ranks[0]
@@ -88,6 +99,23 @@ class LayerPlan:
 
 def _info(lp: LayerPlan) -> LayerInfo:
     return LayerInfo(name=lp.name, kind=lp.kind, weight_shape=tuple(lp.weight_shape))
+
+
+def _check_method_rank(lp_name: str, info: LayerInfo, method: str, ranks) -> tuple[int]:
+    """``(R,)`` validated for a CP / spatial-SVD layer: one integer in 1..the method's dense rank."""
+    check_method(info, method)
+    top = method_max_rank(info, method)
+    vals = (ranks,) if is_int(ranks) else ranks
+    try:
+        vals = list(vals)
+    except TypeError as e:
+        raise LrvizError(f"layer {lp_name!r} ({method}): rank must be [R]; got {ranks!r}") from e
+    if len(vals) != 1 or not is_int(vals[0]):
+        raise LrvizError(f"layer {lp_name!r} ({method}) needs one integer rank [R]; got {ranks!r}")
+    r = int(vals[0])
+    if not 1 <= r <= top:
+        raise LrvizError(f"layer {lp_name!r}: {method} rank {r} is outside 1..{top} ({top} keeps the layer dense)")
+    return (r,)
 
 
 @dataclass(frozen=True)
@@ -116,10 +144,51 @@ class RankPlan:
         new = []
         for lp in self.layers:
             if lp.name in changes:
-                r = _info(lp).check_ranks(changes[lp.name])
+                if lp.method:
+                    r = _check_method_rank(lp.name, _info(lp), lp.method, changes[lp.name])
+                else:
+                    r = _info(lp).check_ranks(changes[lp.name])
                 lp = replace(lp, ranks=r, note="")
             new.append(lp)
         return RankPlan(tuple(new), spec=spec, model=self.model)
+
+    def with_methods(self, changes: dict[str, tuple[str, tuple[int, ...] | int | None]], spec: str = "custom") -> "RankPlan":
+        """A new plan with some layers' decomposition replaced: ``{name: (method, ranks)}``.
+
+        ``method`` is ``"cp"``, ``"spatial"`` (ranks ``R`` or ``(R,)``; None = the largest rank with no
+        more params than the layer has in this plan) or ``"tucker2"`` (ranks ``(r_out, r_in)``; None = full,
+        i.e. dense). A CP / spatial rank that would not reduce the layer's params keeps it dense (noted).
+        """
+        by_name = {lp.name: lp for lp in self.layers}
+        for name in changes:
+            if name not in by_name:
+                raise LrvizError(f"plan has no layer named {name!r}")
+        new = []
+        for lp in self.layers:
+            if lp.name in changes:
+                method, ranks = changes[lp.name]
+                info = _info(lp)
+                check_method(info, method)
+                if method == TUCKER:
+                    r = info.full_ranks if ranks is None else info.check_ranks(ranks)
+                    lp = replace(lp, ranks=r, note="", method="")
+                else:
+                    if ranks is None:
+                        now = layer_params(info, None if lp.is_dense else tuple(lp.ranks), lp.method)
+                        ranks = rank_for_params(info, method, now)
+                    r = _check_method_rank(lp.name, info, method, ranks)
+                    if method_params(info, method, r[0]) >= layer_params(info):  # dense: the layer's own form at full rank
+                        lp = replace(lp, ranks=info.full_ranks, note=f"{method} rank {r[0]} would not reduce params: kept dense",
+                                     method="")
+                    else:
+                        lp = replace(lp, ranks=r, note="", method=method)
+            new.append(lp)
+        return RankPlan(tuple(new), spec=spec, model=self.model)
+
+    @property
+    def methods(self) -> dict[str, str]:
+        """The layers decomposed otherwise than by their own kind: ``{name: "cp" | "spatial"}``."""
+        return {lp.name: lp.method for lp in self.layers if lp.method}
 
     # --- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -128,7 +197,8 @@ class RankPlan:
             "model": self.model,
             "spec": self.spec,
             "layers": [
-                {"name": lp.name, "kind": lp.kind, "weight_shape": list(lp.weight_shape), "ranks": list(lp.ranks), "note": lp.note}
+                {"name": lp.name, "kind": lp.kind, "weight_shape": list(lp.weight_shape), "ranks": list(lp.ranks), "note": lp.note,
+                 **({"method": lp.method} if lp.method else {})}
                 for lp in self.layers
             ],
         }
@@ -194,8 +264,17 @@ class RankPlan:
                     raise LrvizError(
                         f"plan layer {name!r} is {kind} {shape} but the model's is {m.kind} {m.weight_shape}: wrong architecture"
                     )
-            r = info.check_ranks(ranks)
-            out.append(LayerPlan(name, kind, shape, r, str(e.get("note", ""))))
+            method = e.get("method", "")
+            if method in ("", TUCKER):
+                r = info.check_ranks(ranks)
+                method = ""
+            elif isinstance(method, str):
+                r = _check_method_rank(name, info, method, ranks)
+                if r[0] >= method_max_rank(info, method):  # at its dense rank: the layer stays dense
+                    r, method = info.full_ranks, ""
+            else:
+                raise LrvizError(f"plan layer {name!r}: method must be a string; got {method!r}")
+            out.append(LayerPlan(name, kind, shape, r, str(e.get("note", "")), method))
         return cls(tuple(out), spec=str(d.get("spec", "")), model=str(d.get("model", "")))
 
     @classmethod
@@ -223,6 +302,49 @@ class RankPlan:
 
 
 _KIND_NDIM = {TUCKER2: (4, 5), "svd_conv": (4, 5), "svd_linear": (2,)}  # 5: grouped conv (G, C_out/G, C_in/G, kh, kw)
+
+
+def parse_method_rule(text: str) -> tuple[str, str, int | None]:
+    """``"PATTERN=METHOD[:RANK]"`` → ``(pattern, method, rank or None)``; METHOD is cp, spatial or tucker2
+    (the syntax only: :func:`apply_methods` checks the layers)."""
+    from .methods import METHODS
+
+    pattern, eq, rest = str(text).partition("=")
+    method, colon, rank = rest.partition(":")
+    if not eq or not pattern or method not in METHODS:
+        raise LrvizError(f"decomposition rule {text!r}: expected PATTERN=METHOD[:RANK] with METHOD one of "
+                         f"{', '.join(METHODS)} (e.g. 'layer3.*.conv2=cp:32')")
+    if method == TUCKER and colon:
+        raise LrvizError(f"decomposition rule {text!r}: tucker2 takes no :RANK (it keeps the plan's Tucker-2 ranks)")
+    if colon and not (rank.isdigit() and int(rank) >= 1):
+        raise LrvizError(f"decomposition rule {text!r}: RANK must be a positive integer; got {rank!r}")
+    return pattern, method, int(rank) if colon else None
+
+
+def apply_methods(plan: "RankPlan", rules) -> "RankPlan":
+    """The plan with each rule ``(pattern, method, rank)`` applied to the k×k convs whose names match
+    (fnmatch), later rules winning. Without a rank, CP / spatial SVD get the largest rank with no more
+    params than the layer has in the plan (the same size, another form; a dense layer: the break-even
+    size, so give a rank). A pattern that matches no k×k conv of the plan is an error."""
+    changes: dict[str, tuple] = {}
+    for pattern, method, rank in rules:
+        hit = [lp for lp in plan.layers if fnmatch.fnmatchcase(lp.name, pattern)]
+        kxk = [lp for lp in hit if lp.kind == TUCKER2]
+        if not kxk:
+            what = f"matches only {', '.join(lp.name for lp in hit[:3])} (1x1 convs / Linears: SVD only)" if hit else "matches no layer"
+            raise LrvizError(f"decomposition rule {pattern}={method}: the pattern {what}; CP and spatial SVD apply to k x k convs")
+        for lp in kxk:
+            if method == TUCKER:  # back to the layer's own form: unchanged if it has it, else dense
+                if lp.method:
+                    changes[lp.name] = (TUCKER, None)
+                else:
+                    changes.pop(lp.name, None)
+            else:
+                changes[lp.name] = (method, rank)
+    if not changes:
+        return plan
+    spec = plan.spec + "".join(f" +{p}={m}" + (f":{r}" if r else "") for p, m, r in rules)
+    return plan.with_methods(changes, spec=spec)
 
 
 def _plain_int(v) -> int:
@@ -277,12 +399,14 @@ def plan_cost(analysis: ModelAnalysis, plan: RankPlan) -> CostReport:
     params_planned, macs_planned = analysis.params, analysis.macs
     for l in analysis.layers:
         lp = by_name.get(l.name)
-        ranks = tuple(lp.ranks) if lp is not None else l.full_ranks
+        method = lp.method if lp is not None and not lp.is_dense else ""
+        ranks = tuple(lp.ranks) if lp is not None and (method or not lp.method) else l.full_ranks
         p0, m0 = layer_params(l), layer_macs(l, analysis.io[l.name])
-        p1, m1 = layer_params(l, ranks), layer_macs(l, analysis.io[l.name], ranks)
+        p1, m1 = layer_params(l, ranks, method), layer_macs(l, analysis.io[l.name], ranks, method)
         params_planned += p1 - p0
         macs_planned += m1 - m0
-        rows.append({"name": l.name, "kind": l.kind, "ranks": ranks, "full_ranks": l.full_ranks,
+        rows.append({"name": l.name, "kind": l.kind, "method": method or l.kind, "ranks": ranks,
+                     "full_ranks": lp.full_ranks if lp is not None else l.full_ranks,
                      "params": p0, "params_planned": p1, "macs": m0, "macs_planned": m1})
     return CostReport(pd.DataFrame(rows), analysis.params, analysis.macs, params_planned, macs_planned)
 

@@ -184,6 +184,8 @@ class SensitivityProjector:
         total = np.zeros_like(self.sens.base_logits)
         pairs = getattr(self.sens, "pairs", None) or {}
         for lp in plan.layers:
+            if getattr(lp, "method", ""):
+                continue  # CP / spatial SVD: no curve (missing() names them)
             for m, (r, full) in enumerate(zip(lp.ranks, lp.full_ranks)):
                 if r < full:
                     d = self._delta(lp.name, m, int(r))
@@ -202,6 +204,9 @@ class SensitivityProjector:
         """Planned (truncated) layers the sensitivities do not cover."""
         out = []
         for lp in plan.layers:
+            if getattr(lp, "method", "") and not lp.is_dense:
+                out.append(lp.name)  # sensitivities are curves of the Tucker-2 / SVD modes
+                continue
             for m, (r, full) in enumerate(zip(lp.ranks, lp.full_ranks)):
                 if r < full and self.sens.curve(lp.name, m) is None and full > 1:
                     out.append(lp.name)
@@ -234,6 +239,10 @@ class SensitivityProjector:
         fall below chance.
         """
         missing = self.missing(plan)
+        other = [n for n, m in getattr(plan, "methods", {}).items() if n in missing]
+        if other:
+            raise LrvizError(f"layer(s) {other[:5]} use CP / spatial SVD, which the projection does not cover (it "
+                             "projects Tucker-2 / SVD ranks): measure the plan instead")
         if missing:
             raise LrvizError(f"no sensitivity measured for planned layer(s) {missing[:5]}; measure them first")
         delta = self.total_delta(plan)
@@ -412,6 +421,10 @@ def layer_retention(analysis: ModelAnalysis, plan: RankPlan) -> dict[str, float]
     Layers of the plan that have no spectrum (cost-only analyses) count as fully retained.
     """
     out: dict[str, float] = {}
+    other = [lp.name for lp in plan.layers if getattr(lp, "method", "") and not lp.is_dense]
+    if other:
+        raise LrvizError(f"layer(s) {other[:5]} use CP / spatial SVD, which the spectral projection does not cover: "
+                         "measure the plan instead")
     for lp in plan.layers:
         sp = analysis.spectra.get(lp.name)
         if sp is None:

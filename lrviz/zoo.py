@@ -1,9 +1,10 @@
-"""Bundled demo networks, registered by name (``demo``, ``demo-compressed``).
+"""Bundled demo networks, registered by name (``demo``, ``demo-compressed``, ``demo-7x``).
 
 ``demo`` is a ResNet-20-style CNN for 1×28×28 Fashion-MNIST (He et al. 2016, CIFAR variant: three
 stages of three basic blocks, widths 16/32/64, 1×1 projection shortcuts): 19 k×k convs that Tucker-2
 can decompose, two 1×1 shortcuts and the classifier for SVD. ``demo-compressed`` is the same net after
-VBMF-ranked decomposition and fine-tuning; its structure is rebuilt from the bundled plan.
+VBMF-ranked decomposition and fine-tuning, ``demo-7x`` after the budget solver's plan at ≥ 7× fewer params
+and ≥ 6× fewer MACs and 3 epochs of distilled fine-tuning; their structures are rebuilt from the bundled plans.
 See ``lrviz/assets/MODEL_CARD.md`` for how the weights were made.
 """
 
@@ -22,6 +23,8 @@ ASSETS = Path(__file__).parent / "assets"
 DEMO_WEIGHTS = "assets/demo.pt"
 DEMO_COMPRESSED_WEIGHTS = "assets/demo-compressed.pt"
 DEMO_COMPRESSED_PLAN = ASSETS / "demo-compressed.plan.json"
+DEMO_7X_WEIGHTS = "assets/demo-7x.pt"
+DEMO_7X_PLAN = ASSETS / "demo-7x.plan.json"
 
 
 class BasicBlock(nn.Module):
@@ -80,16 +83,24 @@ def demo(num_classes: int = 10) -> nn.Module:
     return DemoNet(num_classes)
 
 
-def _compressed_structure(num_classes: int = 10) -> nn.Module:
-    """DemoNet with the bundled plan's decomposed structure (weights are loaded afterwards)."""
+def _structure_of(plan_path: Path, num_classes: int = 10) -> nn.Module:
+    """DemoNet with a bundled plan's decomposed structure (weights are loaded afterwards)."""
     from .analysis import analyze
-    from .decompose import compress
+    from .decompose import compress, compress_structure
     from .plan import RankPlan
 
     net = DemoNet(num_classes)
     a = analyze(net, (1, 28, 28), "demo", spectra=False)
-    plan = RankPlan.load(DEMO_COMPRESSED_PLAN, a.layers)
-    return compress(net, plan)
+    plan = RankPlan.load(plan_path, a.layers)
+    return compress_structure(net, plan) if plan.methods else compress(net, plan)
+
+
+def _compressed_structure(num_classes: int = 10) -> nn.Module:
+    return _structure_of(DEMO_COMPRESSED_PLAN, num_classes)
+
+
+def _7x_structure(num_classes: int = 10) -> nn.Module:
+    return _structure_of(DEMO_7X_PLAN, num_classes)
 
 
 if DEMO_COMPRESSED_PLAN.exists():
@@ -100,3 +111,13 @@ if DEMO_COMPRESSED_PLAN.exists():
         description="demo after VBMF ranks + Tucker-2/SVD + fine-tuning (see lrviz/assets/MODEL_CARD.md)",
         weights_path=DEMO_COMPRESSED_WEIGHTS,
     )(_compressed_structure)
+
+
+if DEMO_7X_PLAN.exists():
+    register_model(
+        "demo-7x",
+        input_size=(1, 28, 28),
+        num_classes=10,
+        description="demo at >=7x fewer params and >=6x fewer MACs, fine-tuned 3 epochs (see lrviz/assets/MODEL_CARD.md)",
+        weights_path=DEMO_7X_WEIGHTS,
+    )(_7x_structure)
