@@ -478,7 +478,8 @@ def sweep(
         choices = layer_choices(analysis, projector, metric, snap)
     jobs = [(s, t) for t in targets for s in strategies]
     if executor is not None and (measure or finetune_epochs):
-        job = PlanJob(model, dataset, limit, measure, finetune_epochs, train_set, finetune_limit, uuid.uuid4().hex)
+        job = PlanJob(model, dataset, limit, measure, finetune_epochs, train_set, finetune_limit, uuid.uuid4().hex,
+                      factors.stats if factors is not None else None)
         return _sweep_fanout(executor, job, analysis, jobs, metric, projector, snap, solved, base_top1, progress, should_stop,
                              choices)
     factors = factors or FactorCache(model)
@@ -539,14 +540,16 @@ class PlanJob:
     one plan exactly as the local :func:`sweep` does (:func:`lrviz.compress`, then
     ``_measured_columns``: evaluate, and fine-tune when asked). ``token`` names the run."""
 
-    def __init__(self, model, dataset, limit, measure: bool, finetune_epochs: float, train_set, finetune_limit, token: str):
+    def __init__(self, model, dataset, limit, measure: bool, finetune_epochs: float, train_set, finetune_limit, token: str,
+                 stats=None):
         self.model, self.dataset, self.limit, self.measure = model, dataset, limit, measure
         self.finetune_epochs, self.train_set, self.finetune_limit, self.token = finetune_epochs, train_set, finetune_limit, token
+        self.stats = stats  # data-aware factors' statistics, or None (weight-only)
 
     def prepare(self, device) -> "PlanWorker":
         from .decompose import FactorCache
 
-        return PlanWorker(self, FactorCache(self.model), device)
+        return PlanWorker(self, FactorCache(self.model, self.stats), device)
 
 
 class PlanWorker:

@@ -23,6 +23,7 @@ import time
 
 from .cli_args import (
     DECOMP_HELP,
+    add_factor_args,
     method_rule_type,
     Parser,
     UsageError,
@@ -117,6 +118,35 @@ def _dataset(args, loaded, split="test", augment=False, name=None):
 def _training_data(args, loaded, name=None):
     """``(plain, augmented)`` views of the training images (the ``train`` split of ``name``)."""
     return _dataset(args, loaded, split="train", name=name), _dataset(args, loaded, split="train", augment=True, name=name)
+
+
+def _factors(args, loaded):
+    """The :class:`lrviz.FactorCache` of the command: weight-only, or with ``--factors data`` built from the
+    input statistics of ``--factors-images`` images of the *training* split of ``--data`` (the bundled test
+    sample's: the bundled train sample), so no evaluated image shapes the factors. Made once per command."""
+    from .decompose import FactorCache
+
+    made = getattr(args, "_factor_cache", None)
+    if made is not None:
+        return made
+    if getattr(args, "factors", "weights") != "data":
+        made = FactorCache(loaded.module)
+    else:
+        from .activations import input_statistics
+        from .data import train_data_name
+
+        if not getattr(args, "data", None):
+            raise LrvizError("--factors data needs --data: the statistics come from its training split")
+        name = train_data_name(args.data)
+        train = _dataset(args, loaded, split="train", name=name)
+        n = min(args.factors_images, len(train))
+        t0 = time.monotonic()
+        stats = input_statistics(loaded.module, train, limit=n, data_name=f"{name} train, {n} images")
+        print(f"[factors] data-aware: input statistics of {len(stats.second_moment)} layers on {n} {name} train images "
+              f"({time.monotonic() - t0:.1f}s)", file=sys.stderr, flush=True)
+        made = FactorCache(loaded.module, stats)
+    args._factor_cache = made
+    return made
 
 
 def _label(args) -> str:
@@ -223,7 +253,7 @@ def cmd_evaluate(args) -> int:
 
         a, plan = _analysis_and_plan(args, loaded)
         cost = plan_cost(a, plan)
-        model = compress(loaded.module, plan, progress=_progress("decompose", every=10))
+        model = compress(loaded.module, plan, _factors(args, loaded), progress=_progress("decompose", every=10))
     dev = _device(args.device, say=True)
     res = evaluate(model, ds, limit=args.limit, batch_size=args.batch_size, device=dev, amp=args.amp, progress=_progress("evaluate", every=10))
     lo, hi = res.top1_ci
@@ -269,7 +299,7 @@ def cmd_compress(args) -> int:
         args.threads = None
         plan = speed_structure(plan, _table(args, loaded, a, args.speed_batch, "channels_last", "cpu"), a)
     cost = plan_cost(a, plan)
-    small = compress(loaded.module, plan, progress=_progress("decompose", every=10))
+    small = compress(loaded.module, plan, _factors(args, loaded), progress=_progress("decompose", every=10))
     metrics = cost.to_dict()
     if test is not None:
         dev = _device(args.device, say=True)
@@ -390,7 +420,7 @@ def _sensitivities(args, loaded, executor=None):
     t0 = time.monotonic()
     device = _device(args.device) if getattr(args, "device", None) else None
     sens = measure_sensitivity(loaded.module, ds, limit=limit, batch_size=args.batch_size, cache=not args.no_cache, device=device,
-                               grid_points=args.grid_points,
+                               grid_points=args.grid_points, factors=_factors(args, loaded),
                                data_name=f"{args.data} {args.split}, {min(limit, len(ds))} images",
                                progress=_progress("sensitivity", every=4), executor=executor)
     src = "from the cache" if sens.cached_layers == len(sens.layers) else f"measured in {time.monotonic() - t0:.1f}s"
@@ -726,7 +756,7 @@ def cmd_sweep(args) -> int:
         df = sweep(a, loaded.module, ds, targets, metric=args.metric, strategies=strategies, projector=proj,
                    limit=args.limit if args.limit is not None else 1000, snap=args.snap, finetune_epochs=args.finetune_epochs,
                    train_set=train, finetune_limit=args.train_limit, progress=_progress("sweep"), executor=executor,
-                   device=_device(args.device))
+                   device=_device(args.device), factors=_factors(args, loaded))
     finally:
         if executor is not None:
             executor.close()
@@ -760,7 +790,7 @@ def cmd_export(args) -> int:
         raise LrvizError(f"{args.model} is an exported program: nothing to decompose or export again")
     data = _dataset(args, loaded) if args.data else None
     a, plan = _analysis_and_plan(args, loaded, progress=_progress("analyze", every=10))
-    small = compress(loaded.module, plan, progress=_progress("decompose", every=10)).eval()
+    small = compress(loaded.module, plan, _factors(args, loaded), progress=_progress("decompose", every=10)).eval()
     x = parity_batch(loaded.input_size, data)
     doc = plan.to_dict()
     doc["architecture"] = architecture_record(args.model, loaded.input_size, loaded.num_classes, args.weights)
@@ -834,7 +864,7 @@ def cmd_report(args) -> int:
     a = analyze(loaded.module, loaded.input_size, loaded.name, progress=_progress("analyze", every=10))
     plan = _plan_for(args, loaded, a)
     cost = plan_cost(a, plan)
-    small = compress(loaded.module, plan, progress=_progress("decompose", every=10))
+    small = compress(loaded.module, plan, _factors(args, loaded), progress=_progress("decompose", every=10))
     r0 = r1 = projection = speed = None
     what = None
     if ds is not None:
@@ -900,6 +930,7 @@ def _add_export(sub) -> None:
     x.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
     x.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K")
     x.add_argument("--decomp", action="append", type=method_rule_type, metavar="PATTERN=METHOD[:RANK]", help=DECOMP_HELP)
+    add_factor_args(x)
     x.add_argument("--format", required=True, choices=["pt2", "onnx", "state_dict"],
                    help="pt2: torch.export program; onnx: ONNX with a dynamic batch (checked with onnxruntime); state_dict: "
                         "plan.json + state_dict.pt, loadable again as MODEL (lrviz evaluate DIR)")
@@ -916,6 +947,7 @@ def _add_report(sub) -> None:
     r.add_argument("--plan", required=True, type=plan_type, metavar="SPEC", help=_PLAN_HELP)
     r.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
     r.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
+    add_factor_args(r)
     r.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K")
     r.add_argument("--decomp", action="append", type=method_rule_type, metavar="PATTERN=METHOD[:RANK]", help=DECOMP_HELP)
     r.add_argument("--out", required=True, metavar="report.html", help="the HTML file to write")
@@ -952,6 +984,7 @@ def _add_compress(sub) -> None:
     c = sub.add_parser("compress", help="decompose with a rank plan and export model.pt2, plan.json, metrics.json")
     add_model_args(c)
     _add_plan_options(c, "CPU, batch --speed-batch")
+    add_factor_args(c)
     c.add_argument("--speed-batch", type=positive_int, default=64, metavar="N", help="batch of the latency table (default 64)")
     c.add_argument("--out", required=True, metavar="DIR", help="new or empty folder for model.pt2, plan.json, metrics.json")
     c.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing lrviz's files there")
@@ -978,6 +1011,7 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")
     e.add_argument("--snap", type=positive_int, metavar="K", help="ranks rounded to multiples of K (e.g. 8; a ratio:T plan keeps its budget)")
     e.add_argument("--decomp", action="append", type=method_rule_type, metavar="PATTERN=METHOD[:RANK]", help=DECOMP_HELP)
+    add_factor_args(e)
     add_data_args(e, required=True)
     add_device_args(e, amp=True)
     e.add_argument("--json", metavar="OUT", help="write {top1, top1_ci, top5, loss, n}")

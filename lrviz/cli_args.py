@@ -261,6 +261,16 @@ def add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256, metavar="N")
 
 
+def add_factor_args(p: argparse.ArgumentParser) -> None:
+    """``--factors weights|data`` and ``--factors-images N``."""
+    p.add_argument("--factors", choices=["weights", "data"], default="weights",
+                   help="Tucker-2 / SVD bases from the weights alone (default) or data-aware (experimental): whitened by "
+                        "each layer's input statistics on --factors-images images of --data's training split, so the "
+                        "truncation minimises the layer's output error")
+    p.add_argument("--factors-images", type=int_type(1, 500), default=500, metavar="N",
+                   help="training images for --factors data (default 500)")
+
+
 def add_calibration_args(p: argparse.ArgumentParser, plan: bool = False, data_required: bool = True, device: bool = True) -> None:
     """Model, data and calibration options of ``sensitivity``, ``project``, ``solve`` and ``sweep``
     (with ``plan``: also ``--exclude`` and ``--decompose-classifier``; with ``device``: ``--device``)."""
@@ -273,6 +283,7 @@ def add_calibration_args(p: argparse.ArgumentParser, plan: bool = False, data_re
     p.add_argument("--grid-points", type=int_type(2, 16), default=16, metavar="K",
                    help="ranks measured per mode: every rank up to K+1 channels, else 1, 2, 3 and K evenly spaced (fewer = faster)")
     p.set_defaults(batch_size=500)
+    add_factor_args(p)
     if plan:
         p.add_argument("--exclude", action="append", metavar="PATTERN", help="keep matching layers dense")
         p.add_argument("--decompose-classifier", action="store_true", help="also decompose the output Linear")

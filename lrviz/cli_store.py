@@ -40,6 +40,9 @@ def record(args, kind: str, loaded, *, plan=None, name: str = "", metrics=None, 
     try:
         from .store import Store, model_key
 
+        made = getattr(args, "_factor_cache", None)  # data-aware factors: said in the record, never mixed with weight-only ones
+        if made is not None and made.kind != "weights":
+            metrics, name = {**(metrics or {}), "factors": made.kind}, f"{name} [data factors]"
         store = Store()
         module = loaded.module if loaded.decomposable else loaded.runnable
         rid = store.record(kind, model=model_key(module), model_name=loaded.name, data=data or data_name(args), plan=plan, name=name,

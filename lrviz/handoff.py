@@ -121,6 +121,18 @@ def is_export_dir(path) -> bool:
     return p.is_dir() and (p / "plan.json").is_file()
 
 
+def _adopt_biases(net: nn.Module, state: dict) -> None:
+    """Give a bias to every conv / linear of ``net`` that has none but whose bias the state_dict holds: data-aware
+    factors move the mean's truncation error into the last factor's bias (:mod:`lrviz.activations`), which the
+    weight-only structure built from the plan lacks. Nothing else of the structure follows the file."""
+    for name, m in net.named_modules():
+        key = f"{name}.bias" if name else "bias"
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is None and key in state:
+            t = state[key]
+            if isinstance(t, torch.Tensor) and tuple(t.shape) == (m.weight.shape[0],):
+                m.bias = nn.Parameter(torch.zeros_like(m.weight[:, 0].flatten()))
+
+
 def load_export_dir(path) -> tuple[nn.Module, dict, object]:
     """Rebuild the compressed model of a ``state_dict`` export directory: ``(module, architecture, plan)``."""
     from .analysis import analyze
@@ -154,6 +166,7 @@ def load_export_dir(path) -> tuple[nn.Module, dict, object]:
         raise LrvizError(f"{sd} cannot be read as a state_dict (weights_only): {short_cause(e)}") from e
     if not isinstance(state, dict):
         raise LrvizError(f"{sd} holds a {type(state).__name__}, not a state_dict")
+    _adopt_biases(net, state)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:

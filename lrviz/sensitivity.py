@@ -395,7 +395,7 @@ def measure_sensitivity(
     work = copy.deepcopy(model).to(dev).eval()
     factors = _factors_for(model, factors)
     idx, base, label_pos, rest, num_classes = _reference(work, x, y, batch_size, dev)
-    key, key_src = cache_key(model, x, y, grid_points, MAX_CLASSES, pairs)
+    key, key_src = cache_key(model, x, y, grid_points, MAX_CLASSES, pairs, factors.kind)
     store = SensitivityCache((Path(cache_root) if cache_root is not None else sensitivity_dir()) / key, key_src, base.shape, cache)
     result = Sensitivities(key, base, label_pos, rest, num_classes, {}, tuple(l.name for l in infos), True,
                            data_name or f"{len(y)} images", grid_points=int(grid_points), with_pairs=bool(pairs))
@@ -413,7 +413,7 @@ def measure_sensitivity(
         result.complete = store.obtain(infos, measurer.layer, record, cache_only=cache_only, should_stop=should_stop)
     else:
         job = LayerJob(model if _on_cpu(model) else copy.deepcopy(model).cpu(), x, idx, label_pos, num_classes, batch_size,
-                       int(grid_points), bool(partial), bool(pairs), f"{key}-{uuid.uuid4().hex}")
+                       int(grid_points), bool(partial), bool(pairs), f"{key}-{uuid.uuid4().hex}", factors.stats)
         fanned = [0.0]
 
         def measure_many(todo: list[LayerInfo]):
@@ -549,6 +549,8 @@ class LayerJob:
         As in :func:`measure_sensitivity`.
     token : str
         Names the run: a worker keeps what :meth:`prepare` built for the next layer of the same run.
+    stats : ActivationStats or None
+        Data-aware factors' statistics (:mod:`lrviz.activations`); None: weight-only factors.
     """
 
     model: nn.Module
@@ -561,6 +563,7 @@ class LayerJob:
     partial: bool
     pairs: bool
     token: str
+    stats: object = None
 
     def prepare(self, device) -> "LayerWorker":
         dev = torch.device(device)
@@ -569,7 +572,7 @@ class LayerJob:
             z0 = forward_logits(work, self.x, self.batch_size, dev)
         base, rest = _kept_reference(z0, self.idx)
         sens = Sensitivities("", base, np.asarray(self.label_pos), rest, self.num_classes, {}, ())
-        measurer = _Measurer(work, self.x, self.idx, sens, FactorCache(self.model), self.batch_size, dev, self.partial,
+        measurer = _Measurer(work, self.x, self.idx, sens, FactorCache(self.model, self.stats), self.batch_size, dev, self.partial,
                              self.grid_points, None, self.pairs)
         return LayerWorker(measurer)
 

@@ -60,14 +60,18 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def cache_key(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid_points: int, max_classes: int,
-              pairs: bool = True) -> tuple[str, str]:
+              pairs: bool = True, factors: str = "weights") -> tuple[str, str]:
     """``(key, key_src)``: the folder name (24 hex digits) and the JSON it hashes — the model
     (:func:`model_fingerprint`), the calibration tensors, the grid (and whether pair terms are
-    measured) and the format."""
-    key_src = json.dumps({
+    measured), the format, and the factors' kind (:attr:`lrviz.FactorCache.kind`) when they are not the
+    weight-only ones (so weight-only keys, the bundled ones among them, are unchanged)."""
+    doc = {
         "v": FORMAT_VERSION, "model": model_fingerprint(model), "data": _data_fingerprint(x, y),
         "grid": int(grid_points), "max_classes": int(max_classes), "pairs": bool(pairs),
-    }, sort_keys=True)
+    }
+    if factors != "weights":
+        doc["factors"] = str(factors)
+    key_src = json.dumps(doc, sort_keys=True)
     return hashlib.sha256(key_src.encode()).hexdigest()[:24], key_src
 
 

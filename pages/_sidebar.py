@@ -7,12 +7,14 @@ the sidebar, which loads the chosen model and data (cached, ``pages/_state.py``)
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
 import streamlit as st
 
 from lrviz import sources
+from lrviz.data import images_label
 from lrviz.devices import device_label
 from lrviz.errors import LrvizError
 from pages import _state as state
@@ -177,6 +179,44 @@ def _data_sidebar(loaded) -> tuple[sources.DataSource | None, Any, str | None]:
         return src, None, str(exc)
 
 
+# ---- data-aware factors -------------------------------------------------------------------------------
+
+FACTOR_IMAGES = 500
+
+
+def _factors_sidebar(model_key: str, loaded, data_src, dataset):
+    """The "Data-aware factors" toggle: input statistics on training images (the evaluation data's training
+    counterpart), or None (weight-only factors, the default, or when there are no separate training images)."""
+    if not loaded.decomposable or data_src is None or dataset is None:
+        return None
+    on = st.sidebar.toggle("Data-aware factors (experimental)", key="data_factors",
+                           help=f"Tucker-2 / SVD bases whitened by each layer's input statistics on {FACTOR_IMAGES} training "
+                                "images, so truncation minimises the layer's output error instead of its weights' error. "
+                                "On the bundled demo they lose accuracy at the same ranks (see the README).")
+    if not on:
+        return None
+    from lrviz.data import same_images
+
+    tsrc = sources.training_source(data_src, loaded.input_size)
+    try:
+        train = state.cached_dataset(tsrc.key, "train", tsrc)
+    except LrvizError as exc:
+        st.sidebar.error(f"Data-aware factors need training images: {exc}")
+        return None
+    if same_images(train, dataset):
+        st.sidebar.error("Data-aware factors need training images apart from the evaluation images; this data has no "
+                         "separate training split")
+        return None
+    n = min(FACTOR_IMAGES, len(train))
+    try:
+        stats = state.cached_stats(f"{model_key}|{tsrc.key}|{n}", loaded.module, train, n)
+    except (LrvizError, RuntimeError) as exc:
+        st.sidebar.error(f"Could not collect input statistics: {' '.join(str(exc).split())[:300]}")
+        return None
+    st.sidebar.caption(f"Factors: data-aware, from {n:,} {images_label(train)}")
+    return stats
+
+
 # ---- the context and the router -----------------------------------------------------------------------
 
 
@@ -217,7 +257,10 @@ def build_context() -> state.Context | None:
     data_src, dataset, data_error = _data_sidebar(loaded)
     quick_n = st.sidebar.select_slider("Quick-evaluation images", QUICK_SIZES, value=DEFAULT_QUICK, key="quick_n",
                                        help="Subset size (deterministic) for quick evaluations, sweeps and saved configurations")
-    ctx = state.Context(source, loaded, list(notes), analysis, data_src, dataset, data_error, int(quick_n))
+    stats = _factors_sidebar(source.key, loaded, data_src, dataset)
+    if stats is not None:  # every result of data-aware factors is keyed apart from the weight-only ones
+        source = dataclasses.replace(source, key=f"{source.key}|data-factors:{stats.fingerprint()}")
+    ctx = state.Context(source, loaded, list(notes), analysis, data_src, dataset, data_error, int(quick_n), stats)
     st.session_state[state.CTX_KEY] = ctx
     return ctx
 

@@ -74,6 +74,19 @@ def cached_factors(key: str, _module) -> FactorCache:
     return FactorCache(_module)
 
 
+@st.cache_resource(show_spinner="Collecting input statistics for data-aware factors…", max_entries=4)
+def cached_stats(key: str, _module, _train, n: int):
+    """Input statistics of every decomposable layer on ``n`` training images (:func:`lrviz.activations.input_statistics`)."""
+    from lrviz.activations import input_statistics
+
+    return input_statistics(_module, _train, limit=n, data_name=f"{n} training images")
+
+
+@st.cache_resource(max_entries=4)
+def cached_data_factors(key: str, _module, _stats) -> FactorCache:
+    return FactorCache(_module, _stats)
+
+
 @st.cache_resource(show_spinner="Loading dataset…", max_entries=6)
 def cached_dataset(key: str, split: str, _src: sources.DataSource):
     return sources.load_dataset(_src, split)
@@ -193,6 +206,9 @@ class Context:
     dataset: Any
     data_error: str | None
     quick_n: int
+    #: Input statistics of data-aware factors (the sidebar's toggle), else None (weight-only factors). With
+    #: them, ``source.key`` carries their fingerprint, so no result of one kind of factors is shown for the other.
+    stats: Any = None
 
     @property
     def model_id(self) -> str:
@@ -209,6 +225,8 @@ class Context:
 
     @property
     def factors(self) -> FactorCache:
+        if self.stats is not None:
+            return cached_data_factors(self.source.key, self.loaded.module, self.stats)
         return cached_factors(self.source.key, self.loaded.module)
 
     @property
@@ -228,7 +246,8 @@ class Context:
     @property
     def store_model(self) -> str:
         """The model as the experiment store keys it (its fingerprint, computed once per model)."""
-        return cached_model_key(self.source.key, self.loaded)
+        key = cached_model_key(self.source.key, self.loaded)
+        return key if self.stats is None else f"{key}+data:{self.stats.fingerprint()[:12]}"
 
     @property
     def store_data(self) -> str:

@@ -175,3 +175,81 @@ def test_the_mean_input_keeps_the_original_output_after_truncation(module):
         want = module(probe)
         for r in _some_ranks(info):
             torch.testing.assert_close(build_layer(f, r).double()(probe), want, rtol=0, atol=1e-9)
+
+
+# --- --factors data through the CLI and the dashboard -------------------------------------------------
+
+def test_cli_data_factors_key_record_and_export(tmp_path, capsys):
+    import json
+
+    from lrviz.cli import main
+    from lrviz.handoff import load_export_dir
+    from lrviz.store import Store
+
+    model = ["helpers:tiny_net", "--input-size", "3,16,16"]
+    data = ["--data", "synthetic:3,16,16,10,64"]
+    keys = {}
+    for kind in ("weights", "data"):
+        out = tmp_path / f"{kind}.json"
+        assert main(["sensitivity", *model, *data, "--limit", "32", "--grid-points", "2", "--factors", kind,
+                     "--factors-images", "16", "--json", str(out)]) == 0
+        keys[kind] = json.loads(out.read_text())["key"]
+    assert keys["weights"] != keys["data"]  # curves of one kind of factors are never read for the other
+    err = capsys.readouterr().err
+    assert "[factors] data-aware: input statistics" in err and "16 synthetic" in err
+    assert main(["evaluate", *model, *data, "--plan", "uniform:0.5", "--factors", "data", "--factors-images", "16"]) == 0
+    run = Store().runs(kind="evaluation")[0]
+    assert run.metrics["factors"].startswith("data:") and run.name.endswith("[data factors]")
+    # an export of data-aware factors (biases moved into the last factors) loads back as the same model
+    d = tmp_path / "sd"
+    assert main(["export", *model, *data, "--plan", "uniform:0.5", "--factors", "data", "--factors-images", "16",
+                 "--format", "state_dict", "--out", str(d)]) == 0
+    net, _, plan = load_export_dir(d)
+    sd = torch.load(d / "state_dict.pt", weights_only=True)
+    assert net.state_dict().keys() == sd.keys()
+    # the mean correction gave bias-free last factors a bias, which the rebuilt structure adopted
+    from lrviz.decompose import compress
+    from lrviz.models import load_model
+
+    plain = compress(load_model("helpers:tiny_net", input_size=(3, 16, 16)).module, plan)
+    assert set(sd) - set(plain.state_dict()), "no bias was added by the data-aware factors"
+    capsys.readouterr()
+    assert main(["export", *model, "--plan", "uniform:0.5", "--factors", "data", "--format", "state_dict",
+                 "--out", str(tmp_path / "nodata")]) == 2
+    assert "--factors data needs --data" in capsys.readouterr().err
+
+
+def test_dashboard_toggle_keys_data_factors_apart():
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    if str(app.parent) not in sys.path:
+        sys.path.insert(0, str(app.parent))
+    from pages._state import CTX_KEY
+
+    at = AppTest.from_file(str(app), default_timeout=120)
+    at.run()
+    at.select_slider(key="quick_n").set_value(200)
+    at.run()
+    at.switch_page("pages/ranks.py")
+    at.run()
+    weights_ctx = at.session_state[CTX_KEY]
+    assert weights_ctx.stats is None and weights_ctx.factors.kind == "weights"
+    at.toggle(key="data_factors").set_value(True)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    ctx = at.session_state[CTX_KEY]
+    assert ctx.factors.kind.startswith("data:") and ctx.source.key != weights_ctx.source.key
+    assert ctx.store_model != weights_ctx.store_model and ctx.model_id != weights_ctx.model_id
+    assert any("Factors: data-aware, from 500 train-sample images" in c.value for c in at.sidebar.caption)
+    at.button(key="preset_ratio").click()
+    at.run()
+    at.button(key="quick_eval").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    rows = at.session_state["_measured"]
+    assert [k for k in rows if k[0] == ctx.model_id and rows[k]] and not [k for k in rows if k[0] == weights_ctx.model_id and rows[k]]
