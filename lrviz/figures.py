@@ -177,6 +177,26 @@ def spectrum_figure(analysis: ModelAnalysis, name: str, ranks: Sequence[int] | N
     return _layout(fig, f"{name} — {layer.kind} {'×'.join(map(str, layer.weight_shape))}", height=420)
 
 
+def spatial_spectrum_figure(values, name: str, rank: int | None = None):
+    """Singular values (relative to the largest) of a k×k conv's spatial-SVD matrix ``(C_in·kh, C_out·kw)``
+    (:func:`lrviz.methods.spatial_spectrum`), with the energy kept on a right-hand axis and ``rank`` marked."""
+    import plotly.graph_objects as go
+
+    v = np.asarray(values, dtype=float)
+    x = np.arange(1, len(v) + 1)
+    energy = np.cumsum(v ** 2) / max(float((v ** 2).sum()), 1e-300)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=v / max(v[0], 1e-300), mode="lines+markers", name="σ / σ₁", marker=dict(size=4)))
+    fig.add_trace(go.Scatter(x=x, y=energy, mode="lines", name="energy kept", yaxis="y2", line=dict(dash="dot")))
+    if rank is not None and 1 <= rank <= len(v):
+        fig.add_vline(x=rank, line_dash="dash", annotation_text=f"rank {rank}")
+    fig.update_layout(yaxis=dict(type="log", title_text="σ / σ₁"),
+                      yaxis2=dict(overlaying="y", side="right", range=[0, 1.02], tickformat=".0%", title_text="energy kept",
+                                  showgrid=False),
+                      xaxis_title_text="component")
+    return _layout(fig, f"{name}: spatial SVD (k×1 · 1×k) spectrum")
+
+
 def spectra_heatmap(analysis: ModelAnalysis, max_len: int = 64):
     """Normalised spectra (σ_i / σ_1) of every layer mode, one row each, as a heat-map."""
     import plotly.graph_objects as go

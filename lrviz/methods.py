@@ -46,7 +46,7 @@ from .layers import TUCKER2, LayerInfo
 
 __all__ = ["CP", "SPATIAL", "TUCKER", "METHODS", "CPConv2d", "SpatialConv2d", "check_method", "method_max_rank",
            "method_params", "method_call_macs", "cp_als", "CPFactors", "spatial_svd", "spatial_spectrum", "build_cp", "build_spatial",
-           "rank_for_params"]
+           "rank_for_params", "tucker2_error", "spatial_error", "equal_size"]
 
 TUCKER, CP, SPATIAL = "tucker2", "cp", "spatial"
 #: Per-layer decompositions a plan can select for a k×k conv ("" in a plan = the layer's own kind).
@@ -216,6 +216,44 @@ def spatial_svd(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 def spatial_spectrum(weight: torch.Tensor) -> torch.Tensor:
     """Singular values of the spatial-SVD matrix ``(C_in·kh, C_out·kw)`` of a kernel, descending."""
     return torch.linalg.svdvals(_spatial_matrix(weight))
+
+
+# --- one layer, three forms, equal size ---------------------------------------------------------
+
+def tucker2_error(weight: torch.Tensor, r_out: int, r_in: int) -> float:
+    """Relative kernel error ``‖W − W ×₀ P_out ×₁ P_in‖ / ‖W‖`` of weight-only Tucker-2 at ``(r_out, r_in)``
+    (``P`` = projection on the leading left singular vectors of the mode's unfolding)."""
+    w = weight.detach().to("cpu", torch.float64)
+    u_out = torch.linalg.svd(_unfold(w, 0), full_matrices=False)[0][:, :r_out]
+    u_in = torch.linalg.svd(_unfold(w, 1), full_matrices=False)[0][:, :r_in]
+    approx = torch.einsum("oikl,or,pr,is,qs->pqkl", w, u_out, u_out, u_in, u_in)
+    return float(torch.linalg.vector_norm(w - approx) / torch.linalg.vector_norm(w).clamp_min(1e-300))
+
+
+def spatial_error(weight: torch.Tensor, rank: int) -> float:
+    """Relative kernel error of spatial SVD at ``rank`` (Eckart–Young: the discarded singular values)."""
+    s = spatial_spectrum(weight)
+    return float(s[rank:].square().sum().sqrt() / s.square().sum().sqrt().clamp_min(1e-300))
+
+
+def equal_size(layer: LayerInfo, weight: torch.Tensor, tucker_ranks: tuple[int, int], cp_error: bool = False) -> list[dict]:
+    """The layer at the params of its Tucker-2 ranks in each form: ``method, rank, params, rel_error`` (the
+    kernel's relative Frobenius error; CP's only with ``cp_error``, as it needs an ALS fit)."""
+    from .cost import layer_params
+
+    check_method(layer, CP)
+    params = layer_params(layer, tuple(tucker_ranks))
+    rows = [{"method": TUCKER, "rank": f"{tucker_ranks[0]}, {tucker_ranks[1]}", "params": params,
+             "rel_error": tucker2_error(weight, *tucker_ranks)}]
+    for method in (SPATIAL, CP):
+        r = rank_for_params(layer, method, params)
+        err = None
+        if method == SPATIAL:
+            err = spatial_error(weight, r)
+        elif cp_error:
+            err = cp_als(weight, r).rel_error
+        rows.append({"method": method, "rank": str(r), "params": method_params(layer, method, r), "rel_error": err})
+    return rows
 
 
 # --- modules -------------------------------------------------------------------------------------

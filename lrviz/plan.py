@@ -798,5 +798,5 @@ def speed_structure(plan: RankPlan, table, analysis: ModelAnalysis) -> RankPlan:
     layer down (a rank above its break-even) is dropped."""
     by_name = {l.name: l for l in analysis.layers}
     new = {lp.name: table.fastest_structure(by_name[lp.name], lp.ranks) for lp in plan.layers
-           if lp.name in by_name and not lp.is_dense}
+           if lp.name in by_name and not lp.is_dense and not lp.method}  # CP / spatial: not in the table, kept
     return plan.with_ranks(new, spec=f"{plan.spec}:speed")

@@ -287,9 +287,11 @@ def projection_base(ctx: Context, measured_base):
     return None, None
 
 
-def energy_kept(ctx: Context, plan) -> float:
+def energy_kept(ctx: Context, plan) -> float | None:
     """Π q over the planned layers (q = energy kept by a layer's worst mode): data-free, an *ordering* of
     plans (1 = nothing truncated), not an accuracy."""
+    if getattr(plan, "methods", None):
+        return None  # CP / spatial SVD layers have no Tucker-2 / SVD spectrum to keep energy of
     retained = 1.0
     for v in project.layer_retention(ctx.analysis, plan).values():
         retained *= v

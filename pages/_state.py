@@ -314,17 +314,39 @@ def current_label(ctx: Context) -> str:
     return _plan_state(ctx)["label"]
 
 
+def current_methods(ctx: Context) -> dict[str, tuple[str, int]]:
+    """The layers decomposed by CP or spatial SVD in the current plan: ``{name: (method, rank)}``."""
+    return _plan_state(ctx).setdefault("methods", {})
+
+
 def current_plan(ctx: Context):
-    """The plan with exactly the current ranks (no break-even rule), labelled with the current label."""
-    return make_plan(ctx.analysis, "full").with_ranks(current_ranks(ctx), spec=current_label(ctx))
+    """The plan with exactly the current ranks (no break-even rule) and CP / spatial-SVD layers, labelled
+    with the current label."""
+    plan = make_plan(ctx.analysis, "full").with_ranks(current_ranks(ctx), spec=current_label(ctx))
+    methods = current_methods(ctx)
+    return plan.with_methods(dict(methods), spec=current_label(ctx)) if methods else plan
 
 
 def set_plan(ctx: Context, plan, label: str | None = None) -> None:
     """Make ``plan`` the current plan; the Ranks page re-syncs its sliders on the next render."""
-    ranks = {lp.name: tuple(int(r) for r in lp.ranks) for lp in plan.layers}
+    infos = {l.name: l for l in ctx.analysis.layers}
+    ranks = {lp.name: (tuple(infos[lp.name].full_ranks) if lp.method and lp.name in infos else tuple(int(r) for r in lp.ranks))
+             for lp in plan.layers}
+    methods = {lp.name: (lp.method, int(lp.ranks[0])) for lp in plan.layers if lp.method}
     old = st.session_state.setdefault(PLANS_KEY, {}).get(ctx.model_id, {})
-    st.session_state[PLANS_KEY][ctx.model_id] = {"ranks": ranks, "label": label or plan.spec or "custom",
+    st.session_state[PLANS_KEY][ctx.model_id] = {"ranks": ranks, "label": label or plan.spec or "custom", "methods": methods,
                                                  "version": old.get("version", 0) + 1}
+
+
+def set_method(ctx: Context, name: str, method: str, rank: int | None) -> None:
+    """Decompose layer ``name`` by ``method`` (``"cp"`` / ``"spatial"`` at ``rank``; ``"tucker2"``: back to its sliders)."""
+    state = _plan_state(ctx)
+    methods = state.setdefault("methods", {})
+    if method == "tucker2":
+        methods.pop(name, None)
+    else:
+        methods[name] = (method, int(rank))
+    state["label"] = "custom"
 
 
 def sync_sliders(ctx: Context) -> None:

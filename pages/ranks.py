@@ -375,6 +375,80 @@ def rank_sliders(ctx, lat=None) -> dict[str, tuple[int, ...]]:
     return ranks
 
 
+METHOD_LABELS = {"tucker2": "Tucker-2 (the sliders)", "cp": "CP", "spatial": "spatial SVD (k×1 then 1×k)"}
+
+
+def _apply_method(ctx, name: str, method: str) -> None:
+    """Callback (runs before the script): the layer's decomposition from the panel's widgets."""
+    rank = st.session_state.get(f"method_rank|{name}|{method}") if method != "tucker2" else None
+    if rank is None and method != "tucker2":  # no rank chosen yet: the size of the layer's Tucker-2 sliders
+        from lrviz.cost import layer_params
+        from lrviz.methods import rank_for_params
+
+        l = ctx.analysis.layer(name)
+        rank = rank_for_params(l, method, layer_params(l, tuple(state.current_ranks(ctx)[name])))
+    state.set_method(ctx, name, method, rank)
+
+
+def _reset_methods(ctx) -> None:
+    for n in list(state.current_methods(ctx)):
+        state.set_method(ctx, n, "tucker2", None)
+
+
+def other_decompositions(ctx) -> None:
+    """Per k×k conv: CP or spatial SVD instead of Tucker-2, at a rank (default: the size of its sliders' Tucker-2),
+    with the three forms' kernel errors at that size."""
+    from lrviz.layers import get_module
+    from lrviz.methods import check_method, equal_size, method_max_rank, rank_for_params
+
+    a = ctx.analysis
+    eligible = []
+    for l in a.layers:
+        try:
+            check_method(l, "cp")
+            eligible.append(l)
+        except LrvizError:
+            pass
+    if not eligible:
+        return
+    methods = state.current_methods(ctx)
+    title = "Other decompositions: CP, spatial SVD" + (f" · {len(methods)} layer{'s' if len(methods) > 1 else ''}" if methods else "")
+    with st.expander(title, expanded=bool(methods)):
+        st.caption("A k×k conv can be decomposed by **CP** (1×1 → kh×1 and 1×kw depthwise → 1×1; fitted by ALS) or by "
+                   "**spatial SVD** (kh×1 then 1×kw) instead of Tucker-2. Their costs are exact; the projection covers "
+                   "Tucker-2 / SVD only, so a plan with such layers is measured (*Quick evaluate*), not projected.")
+        names = [l.name for l in eligible]
+        name = st.selectbox("Layer", names, key="method_layer")
+        l = a.layer(name)
+        current = methods.get(name, ("tucker2", None))
+        choice = st.radio("Decomposition", list(METHOD_LABELS), index=list(METHOD_LABELS).index(current[0]),
+                          format_func=METHOD_LABELS.get, horizontal=True, key=f"method_kind|{name}")
+        tucker = tuple(state.current_ranks(ctx)[name])
+        from lrviz.cost import layer_params
+
+        size = layer_params(l, tucker)
+        if choice != "tucker2":
+            top = method_max_rank(l, choice) - 1
+            default = current[1] if current[0] == choice else rank_for_params(l, choice, size)
+            rank = st.number_input(f"{METHOD_LABELS[choice]} rank", 1, max(top, 1), int(min(default, max(top, 1))),
+                                   key=f"method_rank|{name}|{choice}", help=f"1..{top}; from {top + 1} the layer stays dense")
+        left, right = st.columns(2)
+        left.button("Apply to this layer", key="method_apply", on_click=_apply_method, args=(ctx, name, choice))
+        if methods:
+            right.button("All back to Tucker-2", key="method_reset", on_click=_reset_methods, args=(ctx,))
+        if methods:
+            st.caption("Now: " + ", ".join(f"`{n}` {METHOD_LABELS[m].split(' (')[0]} rank {r}" for n, (m, r) in methods.items()))
+        if tucker != tuple(l.full_ranks):
+            w = get_module(ctx.module, name).weight
+            fit = st.toggle("Also fit CP at this size (ALS, a few seconds)", key="method_cp_fit")
+            rows = equal_size(l, w, tucker, cp_error=fit)
+            st.dataframe([{"form": METHOD_LABELS[r["method"]].split(" (")[0], "rank": r["rank"], "params": r["params"],
+                           "kernel error": "–" if r["rel_error"] is None else f"{r['rel_error']:.1%}"} for r in rows],
+                         hide_index=True)
+            st.caption(f"At the size of this layer's Tucker-2 ranks {tucker} ({fmt.count(size)} params): each form's relative "
+                       "kernel error ‖W − Ŵ‖/‖W‖ (weight-only; an indication, not an accuracy).")
+
+
 def projection_settings(live: Live) -> None:
     """The user's own original accuracy for the projection (e.g. a published one when there is no data)."""
     with st.expander("Projection settings"):
@@ -543,6 +617,10 @@ def not_projected(col, live: Live) -> None:
         st.caption(f"No projection: {ctx.eval_problem}. {energy_text(live.proj.retained)}")
         return
     button = f"*{measure_label(ctx.quick_n)}*"
+    if live.plan.methods:
+        st.caption(f"**Projected top-1: not projected.** Layer(s) {', '.join(f'`{n}`' for n in list(live.plan.methods)[:4])} use "
+                   "CP / spatial SVD, which the sensitivities do not cover: check the plan with *Quick evaluate* below.")
+        return
     if sens.running:
         why = "Layer sensitivities are being measured (progress in the panel above); the projection appears when they are complete."
     elif sens.result is not None and sens.result.curves:
@@ -608,6 +686,7 @@ def plan_section(ctx) -> None:
     header, charts_box, evals_box = st.container(), st.container(), st.container()
     lat = measure.latency_table(ctx) if measure.optimise_for() == "speed" else None
     state.set_ranks_from_sliders(ctx, rank_sliders(ctx, lat))
+    other_decompositions(ctx)
     live = Live(ctx, current_sens(ctx))  # read again: a quick evaluation may have refitted the projector
     metrics_box = header.container()
     speed_box = header.container()

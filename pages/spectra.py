@@ -10,6 +10,7 @@ import streamlit as st
 
 from lrviz import energy_curve, figures, fmt, tables
 from lrviz.cost import layer_params
+from lrviz.errors import LrvizError
 from pages import _state as state
 
 CAPTION = (
@@ -61,6 +62,30 @@ def layer_tab(a, ranks) -> None:
         if asked > full:
             text += f" (the plan's {asked} channels exceed the {full} singular values: this mode is kept whole)"
         col.caption(f"{text} · σ² = {res.sigma2:.3g}")
+    spatial_view(a, name, planned)
+
+
+def spatial_view(a, name: str, planned) -> None:
+    """The spectrum of the layer's other nested decomposition, spatial SVD (k×k ungrouped convs)."""
+    from lrviz.cost import layer_params
+    from lrviz.layers import get_module
+    from lrviz.methods import check_method, method_max_rank, rank_for_params, spatial_error, spatial_spectrum
+
+    l = a.layer(name)
+    try:
+        check_method(l, "spatial")
+    except LrvizError:
+        return
+    ctx = state.require_ctx(decomposable=True)
+    with st.expander("Spatial SVD of this layer (k×1 then 1×k)"):
+        w = get_module(ctx.module, name).weight
+        size = layer_params(l, tuple(planned)) if planned is not None else None
+        r = rank_for_params(l, "spatial", size) if size is not None and tuple(planned) != tuple(l.full_ranks) else None
+        st.plotly_chart(figures.spatial_spectrum_figure(spatial_spectrum(w).numpy(), name, r), key="spatial_chart")
+        note = (f"At the planned Tucker-2 size ({fmt.count(size)} params) spatial SVD has rank {r}, keeping "
+                f"{fmt.percent(1 - spatial_error(w, r) ** 2)} of the kernel's energy." if r is not None else "")
+        st.caption(f"Singular values of the kernel reshaped to (C_in·kh) × (C_out·kw); exact at rank {method_max_rank(l, 'spatial')}. "
+                   f"{note} Choose it per layer on the Ranks page.")
 
 
 def overview_tab(a) -> None:

@@ -192,3 +192,77 @@ def test_cli_exports_and_reloads_a_cp_plan(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.strip().splitlines()[-1].startswith("lrviz: error: decomposition rule fc=cp"), err
     assert math.isfinite(float(doc["layers"][0]["ranks"][0]))
+
+
+def test_equal_size_errors_are_exact():
+    from lrviz.methods import equal_size, spatial_error, tucker2_error
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3, padding=1)
+    a = analyze(nn.Sequential(conv), (8, 6, 6), spectra=False)
+    w = conv.weight.detach()
+    assert tucker2_error(w, 6, 8) < 1e-12 and spatial_error(w, 18) < 1e-12
+    # Tucker-2 error by brute force: the layer built from lrviz's own factors, folded back to one kernel
+    from lrviz.decompose import FactorCache, build_layer
+
+    built = build_layer(FactorCache(nn.Sequential(conv)).get("0"), (3, 4))
+    k = torch.einsum("or,rskl,si->oikl", built.expand.weight[:, :, 0, 0].double(), built.core.weight.double(),
+                     built.reduce.weight[:, :, 0, 0].double())
+    ref = float(torch.linalg.vector_norm(w.double() - k) / torch.linalg.vector_norm(w.double()))
+    assert tucker2_error(w, 3, 4) == pytest.approx(ref, rel=1e-6)
+    rows = {r["method"]: r for r in equal_size(a.layers[0], w, (3, 4), cp_error=True)}
+    assert rows["spatial"]["params"] <= rows["tucker2"]["params"] and rows["cp"]["params"] <= rows["tucker2"]["params"]
+    assert 0 < rows["cp"]["rel_error"] < 1 and 0 < rows["spatial"]["rel_error"] < 1
+
+
+def test_dashboard_sets_cp_and_spatial_per_layer():
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    if str(app.parent) not in sys.path:
+        sys.path.insert(0, str(app.parent))
+    from pages._state import CTX_KEY, current_plan
+
+    def ok(at):
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    at = AppTest.from_file(str(app), default_timeout=120)
+    ok(at.run())
+    at.select_slider(key="quick_n").set_value(200)
+    ok(at.run())
+    at.switch_page("pages/ranks.py")
+    ok(at.run())
+    at.button(key="preset_ratio").click()
+    ok(at.run())
+    layer = "layer3.2.conv2"
+    at.selectbox(key="method_layer").set_value(layer)
+    ok(at.run())
+    assert any("kernel error" in c.value for c in at.caption)  # the equal-size comparison is shown
+    at.radio(key=f"method_kind|{layer}").set_value("cp")
+    ok(at.run())
+    at.number_input(key=f"method_rank|{layer}|cp").set_value(20)
+    ok(at.run())
+    at.button(key="method_apply").click()
+    ok(at.run())
+    ctx = at.session_state[CTX_KEY]
+    plans = at.session_state["_plans"] if "_plans" in at.session_state else None
+    assert any("not projected" in c.value and "CP / spatial SVD" in c.value for c in at.caption)
+    at.button(key="quick_eval").click()
+    ok(at.run())
+    rows = at.session_state["_measured"]
+    (points,) = [v for k, v in rows.items() if k[2] == 200]
+    doc = json.loads(points[-1]["plan_json"])
+    assert {e["name"]: e.get("method") for e in doc["layers"]}[layer] == "cp"
+    assert 0 <= points[-1]["top1"] <= 1
+    for page in ("pages/compare.py", "pages/present.py", "pages/finetune.py"):
+        at.switch_page(page)
+        ok(at.run())
+    at.switch_page("pages/spectra.py")
+    ok(at.run())
+    assert any("reshaped to (C_in·kh) × (C_out·kw)" in c.value and "spatial SVD has rank" in c.value for c in at.caption)
+    del ctx, plans, current_plan
