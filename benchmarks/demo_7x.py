@@ -9,7 +9,8 @@ No test image takes part in any choice. The plan is chosen on *training* images 
 2. the greedy budget solver (``lrviz.budget.solve_many``) at params targets and at MACs targets, and the
    layer-wise smaller ranks of every (params plan, MACs plan) pair, keeping the plans that meet both bars
    (≥ 7× params, ≥ 6× MACs); the ``--candidates`` with the lowest projected loss are decomposed and
-   scored on ``--select`` *training* images held out of fine-tuning, the lowest loss kept;
+   scored on ``--select`` *training* images held out of fine-tuning — each also with every truncated k×k
+   conv re-cast as CP at the same size (``--forms``) — the lowest loss kept;
 3. ``--epochs`` epochs of fine-tuning on the rest of the 60k training split (augmented, cosine learning
    rate, distilled from ``demo``), the last epoch's weights kept (no epoch is selected);
 4. top-1 on the full 10k test set, once, at the end.
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=500)
     ap.add_argument("--select", type=int, default=5000, help="training images held out of fine-tuning to pick the plan")
     ap.add_argument("--candidates", type=int, default=4)
+    ap.add_argument("--forms", default="tucker2,cp", help="decompositions compared on the held-out training images")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -110,13 +112,26 @@ def main() -> None:
     select_idx, tune_idx = order[: args.select], order[args.select:]
     select_set = tud.Subset(train_plain, select_idx)
     tune_set = tud.Subset(train_aug, tune_idx)
+    forms = [f for f in args.forms.split(",") if f]
+    if "cp" in forms or "spatial" in forms:  # the same plans with every truncated k x k conv re-cast at the same size
+        from lrviz import plan_cost
+        from lrviz.plan import apply_methods
+
+        recast = []
+        for ploss, projected, spec, plan, cost in cands:
+            for form in (f for f in forms if f != "tucker2"):
+                p2 = apply_methods(plan, [("*", form, None)])
+                c2 = plan_cost(a, p2)
+                if c2.params_ratio >= PARAMS_BAR and c2.macs_ratio >= MACS_BAR:
+                    recast.append((ploss, projected, f"{spec} as {form}", p2, c2))
+        cands = ([c for c in cands] if "tucker2" in forms else []) + recast
     scored = []
     for ploss, projected, spec, plan, cost in cands:
         small = compress(net, plan, fc)
         ev = evaluate(small, select_set)
         scored.append((ev.loss, ev.top1, ploss, spec, plan, cost))
         log(f"candidate {spec}: {cost.params_ratio:.2f}x params, {cost.macs_ratio:.2f}x MACs, projected loss {ploss:.3f} "
-            f"(calibration images); decomposed: loss {ev.loss:.3f}, top-1 {ev.top1:.4f} on {len(select_set):,} held-out "
+            f"(calibration images, Tucker-2 form); decomposed: loss {ev.loss:.3f}, top-1 {ev.top1:.4f} on {len(select_set):,} held-out "
             "training images")
     scored.sort(key=lambda c: c[0])  # the lowest held-out loss (top-1 is near chance this far down for every candidate)
     _, _, _, spec, plan, cost = scored[0]
@@ -138,7 +153,7 @@ def main() -> None:
     torch.save(res.model.state_dict(), out / "model.pt")
     plan.save(out / "plan.json")
     result = {
-        "plan_spec": spec, "params": cost.params_planned, "macs": cost.macs_planned,
+        "plan_spec": spec, "methods": plan.methods, "params": cost.params_planned, "macs": cost.macs_planned,
         "params_ratio": cost.params_ratio, "macs_ratio": cost.macs_ratio,
         "calibration": f"{sens.n} images of fashion-mnist-train-sample (training split)",
         "selection": f"{len(select_set)} held-out training images (seed {args.seed} permutation of the 60k)",
