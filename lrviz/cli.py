@@ -258,12 +258,12 @@ def cmd_evaluate(args) -> int:
     res = evaluate(model, ds, limit=args.limit, batch_size=args.batch_size, device=dev, amp=args.amp, progress=_progress("evaluate", every=10))
     lo, hi = res.top1_ci
     top5 = f", top-5 {res.top5:.2%}" if res.top5 is not None else ""
-    print(f"{loaded.name}{' + plan ' + plan.spec if plan is not None else ''} on {args.data} (n={res.n}): "
+    print(f"{loaded.name}{' + plan ' + _label(args) if plan is not None else ''} on {args.data} (n={res.n}): "
           f"top-1 {res.top1:.2%} [95% CI {lo:.2%}, {hi:.2%}]{top5}, loss {res.loss:.4f}")
     if args.json:
         _write_json(args.json, res.to_dict())
     # ``limit``: the subset asked for (lrviz.data.subset, seeded), so the dashboard can reuse the result
-    record(args, "evaluation", loaded, plan=plan, name=plan.spec if plan is not None else "original", metrics={**eval_metrics(res, cost), "limit": args.limit})
+    record(args, "evaluation", loaded, plan=plan, name=_label(args) if plan is not None else "original", metrics={**eval_metrics(res, cost), "limit": args.limit})
     return 0
 
 

@@ -93,3 +93,23 @@ def test_card_meets_targets(bundled):
 def test_bundled_weights_are_plain_state_dicts():
     sd = torch.load(ASSETS / "demo.pt", weights_only=True)
     assert set(sd) == set(DemoNet().state_dict())
+
+
+@pytest.mark.skipif(not (ASSETS / "demo-7x.plan.json").exists(), reason="demo-7x not bundled")
+def test_demo_7x_reproduces_its_card_and_meets_the_size_bars():
+    """demo-7x: exact params / MACs of its card, ≥ 7× and ≥ 6× fewer than demo, its sample accuracy as recorded,
+    and the card's full-test-set figure within the sample's 95% interval; the card says whether the accuracy
+    target (≤ 0.5 points lost) is met, consistently with its own numbers."""
+    card = json.loads(CARD.read_text())
+    c, d, s7 = card["models"]["demo-7x"], card["models"]["demo"], card["demo_7x"]
+    m = load_model("demo-7x")
+    params, macs = lrviz.count_params(m.module), lrviz.count_macs(m.module, m.input_size)
+    assert (params, macs) == (c["params"], c["macs"])
+    assert d["params"] / params >= 7 and d["macs"] / macs >= 6
+    r = evaluate(m.module, get_dataset("fashion-mnist-sample"))
+    assert r.correct == c["sample_correct"]
+    lo, hi = wilson_interval(r.correct, r.n)
+    assert lo <= c["test_top1"] <= hi
+    drop = 100 * (d["test_top1"] - c["test_top1"])
+    assert s7["top1_drop_points"] == pytest.approx(drop) and s7["accuracy_target_met"] == (drop <= 0.5)
+    assert (ASSETS / "demo-7x.pt").stat().st_size <= 5 * 1024 * 1024
