@@ -9,8 +9,9 @@ No test image takes part in any choice. The plan is chosen on *training* images 
 2. the greedy budget solver (``lrviz.budget.solve_many``) at params targets and at MACs targets, and the
    layer-wise smaller ranks of every (params plan, MACs plan) pair, keeping the plans that meet both bars
    (≥ 7× params, ≥ 6× MACs); the ``--candidates`` with the lowest projected loss are decomposed and
-   scored on ``--select`` *training* images held out of fine-tuning — each also with every truncated k×k
-   conv re-cast as CP at the same size (``--forms``) — the lowest loss kept;
+   scored on ``--select`` *training* images held out of fine-tuning — each also with every k×k conv
+   re-cast as CP at the largest rank within its size in the plan (``--forms``; the dense stem becomes a CP
+   just under its dense size) — the lowest loss kept;
 3. ``--epochs`` epochs of fine-tuning on the rest of the 60k training split (augmented, cosine learning
    rate, distilled from ``demo``), the last epoch's weights kept (no epoch is selected);
 4. top-1 on the full 10k test set, once, at the end.
@@ -115,12 +116,13 @@ def main() -> None:
     forms = [f for f in args.forms.split(",") if f]
     if "cp" in forms or "spatial" in forms:  # the same plans with every truncated k x k conv re-cast at the same size
         from lrviz import plan_cost
-        from lrviz.plan import apply_methods
+        from lrviz.layers import TUCKER2 as KXK
 
         recast = []
         for ploss, projected, spec, plan, cost in cands:
             for form in (f for f in forms if f != "tucker2"):
-                p2 = apply_methods(plan, [("*", form, None)])
+                # every k x k conv at the largest rank within its size in the plan (the dense stem too, just under dense)
+                p2 = plan.with_methods({lp.name: (form, None) for lp in plan.layers if lp.kind == KXK}, spec=plan.spec)
                 c2 = plan_cost(a, p2)
                 if c2.params_ratio >= PARAMS_BAR and c2.macs_ratio >= MACS_BAR:
                     recast.append((ploss, projected, f"{spec} as {form}", p2, c2))

@@ -164,7 +164,8 @@ def method_rule_type(text: str) -> tuple[str, str, int | None]:
 
 
 DECOMP_HELP = ("decompose matching k x k convs by cp or spatial (SVD, k x 1 then 1 x k) instead of Tucker-2, at RANK "
-               "(default: the largest rank no bigger than the plan's Tucker-2 layer); repeatable, e.g. 'layer3.*=cp:48'")
+               "(default: the largest rank no bigger than the plan's Tucker-2 layer; layers the plan keeps dense stay "
+               "dense); repeatable, e.g. 'layer3.*=cp:48'")
 
 
 def target_type(text: str) -> tuple[str, float]:

@@ -323,9 +323,10 @@ def parse_method_rule(text: str) -> tuple[str, str, int | None]:
 
 def apply_methods(plan: "RankPlan", rules) -> "RankPlan":
     """The plan with each rule ``(pattern, method, rank)`` applied to the k×k convs whose names match
-    (fnmatch), later rules winning. Without a rank, CP / spatial SVD get the largest rank with no more
-    params than the layer has in the plan (the same size, another form; a dense layer: the break-even
-    size, so give a rank). A pattern that matches no k×k conv of the plan is an error."""
+    (fnmatch), later rules winning. Without a rank, CP / spatial SVD re-cast the layers the plan truncates,
+    each at the largest rank with no more params than it has in the plan (the same size, another form),
+    and leave the dense ones dense (give a rank to decompose those). A pattern that matches no k×k conv
+    of the plan is an error."""
     changes: dict[str, tuple] = {}
     for pattern, method, rank in rules:
         hit = [lp for lp in plan.layers if fnmatch.fnmatchcase(lp.name, pattern)]
@@ -339,7 +340,7 @@ def apply_methods(plan: "RankPlan", rules) -> "RankPlan":
                     changes[lp.name] = (TUCKER, None)
                 else:
                     changes.pop(lp.name, None)
-            else:
+            elif rank is not None or not lp.is_dense:  # without a rank, a layer the plan keeps dense stays dense
                 changes[lp.name] = (method, rank)
     if not changes:
         return plan

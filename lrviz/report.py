@@ -343,7 +343,7 @@ def compression_report(loaded, analysis, plan, cost: CostReport, *, r0=None, r1=
     bars = [*bars, *latency_bars(speed)]
     figs = list(report_figures(cost, bars, analysis=analysis).values())
     if analysis.has_spectra:
-        planned = {lp.name: lp.ranks for lp in plan.layers}
+        planned = {lp.name: lp.ranks for lp in plan.layers if not lp.method}  # a CP / spatial layer has no Tucker-2 cut
         for l in analysis.layers[:MAX_LAYER_SPECTRA]:
             if l.name in analysis.spectra:
                 figs.append((f"Spectrum of {l.name}", fg.spectrum_figure(analysis, l.name, planned.get(l.name))))

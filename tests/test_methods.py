@@ -266,3 +266,12 @@ def test_dashboard_sets_cp_and_spatial_per_layer():
     ok(at.run())
     assert any("reshaped to (C_in·kh) × (C_out·kw)" in c.value and "spatial SVD has rank" in c.value for c in at.caption)
     del ctx, plans, current_plan
+
+
+def test_rules_without_a_rank_leave_dense_layers_dense():
+    net = _Net()
+    a = analyze(net, (3, 16, 16), spectra=False)
+    plan = make_plan(a, "full").with_ranks({"b": (12, 8)})
+    out = apply_methods(plan, [parse_method_rule("*=cp")])
+    assert out.methods == {"b": "cp"} and out["a"].is_dense and out["c"].is_dense
+    assert apply_methods(plan, [parse_method_rule("a=cp:3")]).methods == {"a": "cp"}
