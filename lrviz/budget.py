@@ -41,8 +41,10 @@ __all__ = ["parse_target", "candidate_ranks", "SolveResult", "solve", "solve_man
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("solver", "knapsack", "bayes", "continuous", "uniform", "vbmf", "energy")
-STRATEGY_LABELS = {"solver": "budget solver (sensitivities)", "knapsack": "knapsack (exact, additive model)",
+STRATEGIES = ("solver", "solver-cp", "knapsack", "bayes", "continuous", "uniform", "vbmf", "energy")
+#: The strategies that read layer sensitivities (a projector).
+NEEDS_SENSITIVITIES = ("solver", "solver-cp", "knapsack", "bayes")
+STRATEGY_LABELS = {"solver": "budget solver (sensitivities)", "solver-cp": "budget solver, k×k convs re-cast as CP", "knapsack": "knapsack (exact, additive model)",
                    "bayes": "Bayesian optimisation (optuna, projection)", "continuous": "continuous rank search (data-free)", "uniform": "uniform rank fraction", "vbmf": "weakened VBMF",
                    "energy": "energy threshold"}
 
@@ -393,8 +395,14 @@ def strategy_plan(analysis: ModelAnalysis, strategy: str, metric: str, target: f
     check_metric(metric)
     if strategy == "solver" and solved is not None:
         return solved.plan
-    if strategy in ("solver", "knapsack", "bayes") and projector is None:
+    if strategy in NEEDS_SENSITIVITIES and projector is None:
         raise LrvizError(f"the {strategy} strategy needs sensitivities")
+    if strategy == "solver-cp":  # the solver's plan, every truncated k x k conv as CP at the same size
+        from .plan import apply_methods
+
+        base = strategy_plan(analysis, "solver", metric, target, projector, snap, solved)
+        return None if base is None else apply_methods(base, [("*", "cp", None)]) if any(
+            lp.kind == "tucker2" and not lp.is_dense for lp in base.layers) else base
     if strategy == "knapsack":
         from .allocate import knapsack_plan
 
@@ -470,7 +478,7 @@ def sweep(
 
     _check_sweep(metric, strategies, projector, measure, dataset, finetune_epochs, train_set)
     targets = [float(t) for t in targets]
-    solved = dict(zip(targets, solve_many(analysis, projector, targets, metric, snap))) if "solver" in strategies else {}
+    solved = dict(zip(targets, solve_many(analysis, projector, targets, metric, snap))) if {"solver", "solver-cp"} & set(strategies) else {}
     choices = None
     if "knapsack" in strategies:  # one table of the layers' choices for every target
         from .allocate import layer_choices
@@ -573,7 +581,7 @@ def _check_sweep(metric, strategies, projector, measure, dataset, finetune_epoch
     for s in strategies:
         if s not in STRATEGIES:
             raise LrvizError(f"unknown strategy {s!r}; use {', '.join(STRATEGIES)}")
-    for s in ("solver", "knapsack", "bayes"):
+    for s in NEEDS_SENSITIVITIES:
         if s in strategies and projector is None:
             raise LrvizError(f"the {s} strategy needs sensitivities (a projector)")
     if measure and dataset is None:

@@ -743,7 +743,9 @@ def cmd_sweep(args) -> int:
         if not loaded.decomposable:
             raise LrvizError(f"{args.model} is an exported program: nothing to decompose")
         a = analyze(loaded.module, loaded.input_size, loaded.name)
-        needs = any(s in strategies for s in ("solver", "knapsack", "bayes"))
+        from .budget import NEEDS_SENSITIVITIES
+
+        needs = any(s in strategies for s in NEEDS_SENSITIVITIES)
         proj = _projector(_sensitivities(args, loaded, executor)) if needs or not args.no_projection else None
         ds = _dataset(args, loaded, split=args.split)
         train = _dataset(args, loaded, split="train", augment=True) if args.finetune_epochs else None

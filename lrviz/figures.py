@@ -51,7 +51,7 @@ COLORS = {
     "measured": "#d62728",
 }
 MODE_NAMES = {"out": "output channels (mode-0)", "in": "input channels (mode-1)", "matrix": "matrix"}
-STRATEGY_COLORS = {"solver": "#d62728", "knapsack": "#9467bd", "continuous": "#8c564b", "bayes": "#e377c2", "uniform": "#ff7f0e", "vbmf": "#2ca02c", "energy": "#1f77b4"}
+STRATEGY_COLORS = {"solver": "#d62728", "solver-cp": "#17becf", "knapsack": "#9467bd", "continuous": "#8c564b", "bayes": "#e377c2", "uniform": "#ff7f0e", "vbmf": "#2ca02c", "energy": "#1f77b4"}
 #: One colour per stage of the network (sensitivity curves), cycled.
 STAGE_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 #: Line style per mode (sensitivity curves).

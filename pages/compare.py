@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from lrviz import RankPlan, figures, fmt, make_plan, plan_cost
-from lrviz.budget import STRATEGIES, STRATEGY_LABELS
+from lrviz.budget import NEEDS_SENSITIVITIES, STRATEGIES, STRATEGY_LABELS
 from lrviz.budget import sweep as run_sweep
 from lrviz.errors import LrvizError
 from lrviz.keys import plan_key
@@ -203,11 +203,11 @@ def sweep_controls(ctx, sens, projector) -> tuple:
            f"{projector.n_fit} measured plan(s)." if projector is not None else
            "Measure layer sensitivities on the Ranks page to add the solver and the projected accuracies.")
     )
-    offered = [s for s in STRATEGIES if s not in ("solver", "knapsack", "bayes") or projector is not None]
+    offered = [s for s in STRATEGIES if s not in NEEDS_SENSITIVITIES or projector is not None]
     c = st.columns([2, 1.2, 2.2, 1, 1])
     ratios = c[0].multiselect("Ratios (×)", list(SWEEP_RATIOS), default=list(SWEEP_RATIOS), key="sweep_ratios")
     metric = c[1].radio("Matched", ["params", "macs"], key="sweep_metric", horizontal=True, format_func={"params": "params", "macs": "MACs"}.get)
-    default = [s for s in offered if s not in ("knapsack", "bayes", "continuous")]  # offered, off by default (README: the solver does better)
+    default = [s for s in offered if s not in ("knapsack", "bayes", "continuous", "solver-cp")]  # offered, off by default (README: the solver does better)
     strategies = c[2].multiselect("Strategies", offered, default=default, key="sweep_strategies", format_func=STRATEGY_LABELS.get)
     images = c[3].number_input("Images", 50, 10000, ctx.quick_n, 50, key="sweep_n",
                                help="the default (the quick-evaluation size) measures on the calibration images of the projection")

@@ -275,3 +275,17 @@ def test_rules_without_a_rank_leave_dense_layers_dense():
     out = apply_methods(plan, [parse_method_rule("*=cp")])
     assert out.methods == {"b": "cp"} and out["a"].is_dense and out["c"].is_dense
     assert apply_methods(plan, [parse_method_rule("a=cp:3")]).methods == {"a": "cp"}
+
+
+def test_sweep_strategy_solver_cp(tmp_path, capsys, monkeypatch):
+    """'solver-cp': the solver's plan with its truncated k×k convs as CP at the same size, measured, not projected."""
+    monkeypatch.setenv("LRVIZ_CACHE_DIR", str(tmp_path / "cache"))
+    sw = tmp_path / "sw.json"
+    rc = main(["sweep", "helpers:tiny_net", "--input-size", "3,16,16", "--data", "synthetic:3,16,16,10,64", "--limit", "64",
+               "--grid-points", "4", "--targets", "2", "--metric", "params", "--strategies", "solver,solver-cp", "--json", str(sw)])
+    assert rc == 0, capsys.readouterr().err
+    solver, cp = json.loads(sw.read_text())["rows"]
+    assert (solver["strategy"], cp["strategy"]) == ("solver", "solver-cp")
+    assert cp["params"] <= solver["params"] and cp["params_ratio"] >= 2
+    assert cp["macs"] != solver["macs"]  # re-cast, not the same plan
+    assert 0 <= cp["top1"] <= 1 and (cp["projected"] is None or math.isnan(cp["projected"]))  # measured, not projected
