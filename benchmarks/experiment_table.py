@@ -3,7 +3,7 @@ demo architecture, top-1 on the full Fashion-MNIST test set right after decompos
 ``--epochs`` epochs of fine-tuning.
 
     python benchmarks/experiment_table.py [--runs runs] [--regimes plain,ortho,overparam] [--factors weights,data]
-        [--methods solver,knapsack,bayes,continuous,uniform,vbmf] [--targets 2,3,4,6]
+        [--methods solver,knapsack,bayes,continuous,uniform,vbmf] [--data-methods M,...] [--targets 2,3,4,6]
         [--finetune solver/weights,uniform/weights] [--epochs 3] [--train-limit N] [--out runs/experiment_table]
 
 Models: ``overparam`` is the bundled ``demo`` (``runs/overparam/model.pt`` when present); ``plain`` and
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--regimes", default=",".join(REGIMES))
     ap.add_argument("--factors", default="weights,data")
     ap.add_argument("--methods", default="solver,knapsack,bayes,continuous,uniform,vbmf")
+    ap.add_argument("--data-methods", default=None, help="methods run with data-aware factors (default: --methods)")
     ap.add_argument("--targets", default="2,3,4,6")
     ap.add_argument("--finetune", default="solver/weights,uniform/weights", help="method/factors pairs to fine-tune ('' none)")
     ap.add_argument("--epochs", type=int, default=3)
@@ -116,7 +117,8 @@ def main() -> None:
         log(f"{regime} ({where}): baseline {rows[base_key]['top1']:.4f}")
         stats = None
         for kind in args.factors.split(","):
-            todo = [(m, t) for m in methods for t in targets if f"{regime}|{kind}|{m}|{t:g}" not in rows
+            kind_methods = [m for m in (args.data_methods or args.methods).split(",") if m] if kind == "data" else methods
+            todo = [(m, t) for m in kind_methods for t in targets if f"{regime}|{kind}|{m}|{t:g}" not in rows
                     or ((m, kind) in tuned and rows[f"{regime}|{kind}|{m}|{t:g}"].get("ft_last") is None
                         and rows[f"{regime}|{kind}|{m}|{t:g}"].get("plan") is not None)]
             if not todo:
@@ -126,8 +128,8 @@ def main() -> None:
             fc = FactorCache(net, stats if kind == "data" else None)
             sens = measure_sensitivity(net, calib, limit=args.calibration, factors=fc, data_name="fashion-mnist-train-sample")
             proj = SensitivityProjector.from_sensitivities(sens)
-            solved = dict(zip(targets, solve_many(a, proj, targets, "macs"))) if "solver" in methods else {}
-            choices = layer_choices(a, proj, "macs") if "knapsack" in methods else None
+            solved = dict(zip(targets, solve_many(a, proj, targets, "macs"))) if {"solver", "solver-cp"} & set(kind_methods) else {}
+            choices = layer_choices(a, proj, "macs") if "knapsack" in kind_methods else None
             for m, t in todo:
                 key = f"{regime}|{kind}|{m}|{t:g}"
                 row = rows.get(key) or {"regime": regime, "factors": kind, "method": m, "target": t}
