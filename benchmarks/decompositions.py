@@ -33,7 +33,7 @@ def main() -> None:
     from lrviz.data import get_dataset
     from lrviz.evaluate import evaluate
     from lrviz.layers import get_module
-    from lrviz.methods import cp_als, spatial_error
+    from lrviz.methods import spatial_error
     from lrviz.models import load_model
     from lrviz.plan import apply_methods
     from lrviz.project import SensitivityProjector
@@ -61,7 +61,8 @@ def main() -> None:
             for lp in plan.layers:
                 if lp.method and not lp.is_dense:
                     w = get_module(net, lp.name).weight
-                    errs.append(spatial_error(w, lp.ranks[0]) if lp.method == "spatial" else cp_als(w, lp.ranks[0]).rel_error)
+                    errs.append(spatial_error(w, lp.ranks[0]) if lp.method == "spatial" else
+                                fc.method_factors(lp.name, "cp", lp.ranks[0]).rel_error)  # the fit compress() made
             cost = plan_cost(a, plan)
             top1 = evaluate(small, test).top1
             err = f"{sum(errs) / len(errs):.3f}" if errs else "-"

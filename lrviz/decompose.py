@@ -513,23 +513,31 @@ class FactorCache:
         """Layer ``name`` decomposed by CP or spatial SVD at ``rank`` (:mod:`lrviz.methods`), from the
         weights alone (also in a data-aware cache). The spatial SVD is computed once per layer and
         sliced; a CP fit is computed once per (layer, rank). On the meta device: shapes only."""
-        from .methods import CP, SPATIAL, build_cp, build_spatial, check_method, cp_als, spatial_svd
+        from .methods import SPATIAL, build_cp, build_spatial
+
+        module = self.get(name).module
+        made = self.method_factors(name, method, rank)
+        param = _param_maker(module.weight.dtype, module.weight.device)
+        return (build_spatial if method == SPATIAL else build_cp)(module, made, int(rank), param)
+
+    def method_factors(self, name: str, method: str, rank: int):
+        """The cached CP fit (:class:`lrviz.methods.CPFactors`, per layer and rank) or spatial SVD (``U, S, Vh``, per
+        layer) of layer ``name``, computed on first use; None on the meta device (no values)."""
+        from .methods import CP, SPATIAL, check_method, cp_als, spatial_svd
 
         f = self.get(name)  # checks the layer and its weights
         check_method(f.layer, method)
         if method not in (CP, SPATIAL):
             raise LrvizError(f"build_method builds CP or spatial SVD layers; got {method!r}")
-        module = f.module
-        param = _param_maker(module.weight.dtype, module.weight.device)
-        meta = module.weight.is_meta
+        weight = f.module.weight
         key = (name, method) if method == SPATIAL else (name, method, int(rank))
         with self._lock:
             made = self._method_factors.get(key)
-        if made is None and not meta:
-            made = spatial_svd(module.weight) if method == SPATIAL else cp_als(module.weight, int(rank))
+        if made is None and not weight.is_meta:
+            made = spatial_svd(weight) if method == SPATIAL else cp_als(weight, int(rank))
             with self._lock:
                 self._method_factors[key] = made
-        return (build_spatial if method == SPATIAL else build_cp)(module, made, int(rank), param)
+        return made
 
 
 def compress_structure(model: nn.Module, plan) -> nn.Module:

@@ -137,20 +137,21 @@ class RankPlan:
 
     def with_ranks(self, changes: dict[str, tuple[int, ...]], spec: str = "custom") -> "RankPlan":
         """A new plan with some layers' ranks replaced (validated, not break-even adjusted)."""
-        by_name = {lp.name: lp for lp in self.layers}
+
+        def changed(lp: LayerPlan) -> LayerPlan:
+            if lp.method:
+                return replace(lp, ranks=_check_method_rank(lp.name, _info(lp), lp.method, changes[lp.name]), note="")
+            return replace(lp, ranks=_info(lp).check_ranks(changes[lp.name]), note="")
+
+        return self._changed(changes, changed, spec)
+
+    def _changed(self, changes: dict, change, spec: str) -> "RankPlan":
+        """A new plan with ``change(lp)`` for every layer named in ``changes`` (each must be a layer of the plan)."""
+        names = {lp.name for lp in self.layers}
         for name in changes:
-            if name not in by_name:
+            if name not in names:
                 raise LrvizError(f"plan has no layer named {name!r}")
-        new = []
-        for lp in self.layers:
-            if lp.name in changes:
-                if lp.method:
-                    r = _check_method_rank(lp.name, _info(lp), lp.method, changes[lp.name])
-                else:
-                    r = _info(lp).check_ranks(changes[lp.name])
-                lp = replace(lp, ranks=r, note="")
-            new.append(lp)
-        return RankPlan(tuple(new), spec=spec, model=self.model)
+        return RankPlan(tuple(change(lp) if lp.name in changes else lp for lp in self.layers), spec=spec, model=self.model)
 
     def with_methods(self, changes: dict[str, tuple[str, tuple[int, ...] | int | None]], spec: str = "custom") -> "RankPlan":
         """A new plan with some layers' decomposition replaced: ``{name: (method, ranks)}``.
@@ -159,31 +160,20 @@ class RankPlan:
         more params than the layer has in this plan) or ``"tucker2"`` (ranks ``(r_out, r_in)``; None = full,
         i.e. dense). A CP / spatial rank that would not reduce the layer's params keeps it dense (noted).
         """
-        by_name = {lp.name: lp for lp in self.layers}
-        for name in changes:
-            if name not in by_name:
-                raise LrvizError(f"plan has no layer named {name!r}")
-        new = []
-        for lp in self.layers:
-            if lp.name in changes:
-                method, ranks = changes[lp.name]
-                info = _info(lp)
-                check_method(info, method)
-                if method == TUCKER:
-                    r = info.full_ranks if ranks is None else info.check_ranks(ranks)
-                    lp = replace(lp, ranks=r, note="", method="")
-                else:
-                    if ranks is None:
-                        now = layer_params(info, None if lp.is_dense else tuple(lp.ranks), lp.method)
-                        ranks = rank_for_params(info, method, now)
-                    r = _check_method_rank(lp.name, info, method, ranks)
-                    if method_params(info, method, r[0]) >= layer_params(info):  # dense: the layer's own form at full rank
-                        lp = replace(lp, ranks=info.full_ranks, note=f"{method} rank {r[0]} would not reduce params: kept dense",
-                                     method="")
-                    else:
-                        lp = replace(lp, ranks=r, note="", method=method)
-            new.append(lp)
-        return RankPlan(tuple(new), spec=spec, model=self.model)
+        def changed(lp: LayerPlan) -> LayerPlan:
+            method, ranks = changes[lp.name]
+            info = _info(lp)
+            check_method(info, method)
+            if method == TUCKER:
+                return replace(lp, ranks=info.full_ranks if ranks is None else info.check_ranks(ranks), note="", method="")
+            if ranks is None:
+                ranks = rank_for_params(info, method, layer_params(info, None if lp.is_dense else tuple(lp.ranks), lp.method))
+            r = _check_method_rank(lp.name, info, method, ranks)
+            if method_params(info, method, r[0]) >= layer_params(info):  # dense: the layer's own form at full rank
+                return replace(lp, ranks=info.full_ranks, note=f"{method} rank {r[0]} would not reduce params: kept dense", method="")
+            return replace(lp, ranks=r, note="", method=method)
+
+        return self._changed(changes, changed, spec)
 
     @property
     def methods(self) -> dict[str, str]:

@@ -95,29 +95,18 @@ def _structure_of(plan_path: Path, num_classes: int = 10) -> nn.Module:
     return compress_structure(net, plan) if plan.methods else compress(net, plan)
 
 
-def _compressed_structure(num_classes: int = 10) -> nn.Module:
-    return _structure_of(DEMO_COMPRESSED_PLAN, num_classes)
+def _register_compressed(name: str, plan_path: Path, weights: str, description: str) -> None:
+    """Register a bundled compressed demo (when its plan is bundled): DemoNet with the plan's structure."""
+    if not plan_path.exists():
+        return
+
+    def structure(num_classes: int = 10) -> nn.Module:
+        return _structure_of(plan_path, num_classes)
+
+    register_model(name, input_size=(1, 28, 28), num_classes=10, description=description, weights_path=weights)(structure)
 
 
-def _7x_structure(num_classes: int = 10) -> nn.Module:
-    return _structure_of(DEMO_7X_PLAN, num_classes)
-
-
-if DEMO_COMPRESSED_PLAN.exists():
-    register_model(
-        "demo-compressed",
-        input_size=(1, 28, 28),
-        num_classes=10,
-        description="demo after VBMF ranks + Tucker-2/SVD + fine-tuning (see lrviz/assets/MODEL_CARD.md)",
-        weights_path=DEMO_COMPRESSED_WEIGHTS,
-    )(_compressed_structure)
-
-
-if DEMO_7X_PLAN.exists():
-    register_model(
-        "demo-7x",
-        input_size=(1, 28, 28),
-        num_classes=10,
-        description="demo at >=7x fewer params and >=6x fewer MACs, fine-tuned 3 epochs (see lrviz/assets/MODEL_CARD.md)",
-        weights_path=DEMO_7X_WEIGHTS,
-    )(_7x_structure)
+_register_compressed("demo-compressed", DEMO_COMPRESSED_PLAN, DEMO_COMPRESSED_WEIGHTS,
+                     "demo after VBMF ranks + Tucker-2/SVD + fine-tuning (see lrviz/assets/MODEL_CARD.md)")
+_register_compressed("demo-7x", DEMO_7X_PLAN, DEMO_7X_WEIGHTS,
+                     "demo at >=7x fewer params and >=6x fewer MACs, fine-tuned 3 epochs (see lrviz/assets/MODEL_CARD.md)")

@@ -82,6 +82,15 @@ def cached_stats(key: str, _module, _train, n: int):
     return input_statistics(_module, _train, limit=n, data_name=f"{n} training images")
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def cached_equal_size(key: str, name: str, tucker_ranks: tuple, cp_error: bool, _layer, _weight) -> list:
+    """:func:`lrviz.methods.equal_size` of one layer at its Tucker-2 ranks, once per (model, layer, ranks): the
+    Ranks fragment reruns on every slider move, and a CP fit takes seconds."""
+    from lrviz.methods import equal_size
+
+    return equal_size(_layer, _weight, tuple(tucker_ranks), cp_error=cp_error)
+
+
 @st.cache_resource(max_entries=4)
 def cached_data_factors(key: str, _module, _stats) -> FactorCache:
     return FactorCache(_module, _stats)

@@ -399,7 +399,7 @@ def other_decompositions(ctx) -> None:
     """Per k×k conv: CP or spatial SVD instead of Tucker-2, at a rank (default: the size of its sliders' Tucker-2),
     with the three forms' kernel errors at that size."""
     from lrviz.layers import get_module
-    from lrviz.methods import check_method, equal_size, method_max_rank, rank_for_params
+    from lrviz.methods import check_method, method_max_rank, rank_for_params
 
     a = ctx.analysis
     eligible = []
@@ -441,7 +441,7 @@ def other_decompositions(ctx) -> None:
         if tucker != tuple(l.full_ranks):
             w = get_module(ctx.module, name).weight
             fit = st.toggle("Also fit CP at this size (ALS, a few seconds)", key="method_cp_fit")
-            rows = equal_size(l, w, tucker, cp_error=fit)
+            rows = state.cached_equal_size(ctx.source.key, name, tucker, fit, l, w)
             st.dataframe([{"form": METHOD_LABELS[r["method"]].split(" (")[0], "rank": r["rank"], "params": r["params"],
                            "kernel error": "–" if r["rel_error"] is None else f"{r['rel_error']:.1%}"} for r in rows],
                          hide_index=True)

@@ -69,7 +69,7 @@ def spatial_view(a, name: str, planned) -> None:
     """The spectrum of the layer's other nested decomposition, spatial SVD (k×k ungrouped convs)."""
     from lrviz.cost import layer_params
     from lrviz.layers import get_module
-    from lrviz.methods import check_method, method_max_rank, rank_for_params, spatial_error, spatial_spectrum
+    from lrviz.methods import check_method, method_max_rank, rank_for_params, spatial_spectrum
 
     l = a.layer(name)
     try:
@@ -81,9 +81,10 @@ def spatial_view(a, name: str, planned) -> None:
         w = get_module(ctx.module, name).weight
         size = layer_params(l, tuple(planned)) if planned is not None else None
         r = rank_for_params(l, "spatial", size) if size is not None and tuple(planned) != tuple(l.full_ranks) else None
-        st.plotly_chart(figures.spatial_spectrum_figure(spatial_spectrum(w).numpy(), name, r), key="spatial_chart")
+        values = spatial_spectrum(w).numpy()  # one SVD for the chart and the energy kept
+        st.plotly_chart(figures.spatial_spectrum_figure(values, name, r), key="spatial_chart")
         note = (f"At the planned Tucker-2 size ({fmt.count(size)} params) spatial SVD has rank {r}, keeping "
-                f"{fmt.percent(1 - spatial_error(w, r) ** 2)} of the kernel's energy." if r is not None else "")
+                f"{fmt.percent(float(energy_curve(values)[r - 1]))} of the kernel's energy." if r is not None else "")
         st.caption(f"Singular values of the kernel reshaped to (C_in·kh) × (C_out·kw); exact at rank {method_max_rank(l, 'spatial')}. "
                    f"{note} Choose it per layer on the Ranks page.")
 
